@@ -93,6 +93,18 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def amp_for_device(amp: Any, device: str, where: str) -> str:
+    """A suite's ``amp``: one precision, or a table per device type (the paper suite: fp16 autocast on
+    CUDA as the paper ran, fp32 on CPU where fp16 autocast is slow and not what anyone compares to)."""
+    if isinstance(amp, dict):
+        kind = torch.device(device).type
+        if kind not in amp:
+            raise SuiteError(f"{where}: [defaults] amp has no entry for device type '{kind}' "
+                             f"(has {', '.join(sorted(amp))})")
+        amp = amp[kind]
+    return amp or "fp32"
+
+
 class Plan:
     """A validated run: every name, file and root checked before any compute is spent."""
 
@@ -106,7 +118,7 @@ class Plan:
         self.limit = int(self.limit) if self.limit else None
         self.seed = int(cfg.seed if cfg.seed is not None else d.get("seed", 0))
         self.device = cfg.device or d.get("device") or default_device()
-        self.amp = cfg.amp or d.get("amp") or "fp32"
+        self.amp = cfg.amp or amp_for_device(d.get("amp"), self.device, self.suite.path)
         # CPU: in-process (workers only add IPC on few cores); CUDA: keep the host cores generating data
         default_workers = min(8, (os.cpu_count() or 1) - 1) if self.device.startswith("cuda") else 0
         self.workers = int(cfg.workers if cfg.workers is not None else d.get("workers", default_workers))
@@ -285,6 +297,8 @@ class Runner:
             "attention": attention, "kwargs": m.kwargs, "precision": self.plan.amp,
             "num_params": sum(p.numel() for p in model.parameters()),
             "num_classes": int(model.data_config.get("num_classes") or 0), "reference": m.reference,
+            "mean": [float(v) for v in model.data_config.get("mean", ())],
+            "std": [float(v) for v in model.data_config.get("std", ())],
             "init_seed": None if m.checkpoint else self.plan.seed,
         }
         key = stable_key({k: info[k] for k in ("arch", "checkpoint_sha256", "attention", "kwargs", "precision",

@@ -1,17 +1,22 @@
 """Durable per-sample results: an embedded SQLite database under the run's output folder.
 
-Schema (ARCHITECTURE.md), plus two additions marked (+):
+Schema (ARCHITECTURE.md), plus additions marked (+):
 
     meta(key, value_json)
     models(model_key, info_json)
     evaluations(eval_key, info_json)
     units(model_key, eval_key, unit, n, finished_at)
     samples(model_key, eval_key, sample_id, unit(+), label, pred, correct1, correct5, confidence,
-            clean_correct1, linf, l2)
+            clean_correct1, linf, l2, clean_correct5(+), plain_correct1(+), plain_correct5(+))
     checks(model_key, eval_key(+), check, status, message, details_json, updated_at(+))
 
 `samples.unit` lets a unit be verified (its row count equals `units.n`) and compared on a rewrite;
 `checks.eval_key` lets a trust check be attached to one evaluation ('' in the database = none).
+For attacks, `correct1/5` hold the accuracy the evaluation reports (its ``accuracy`` parameter: robust =
+clean-correct and adversarially correct, or plain = adversarially correct); `plain_correct1/5` and
+`clean_correct1/5` keep the other definition derivable (robust = clean AND plain). Schema version 2 added
+the last three columns; a version-1 store is migrated in place when opened for writing (the new columns
+are NULL for its rows) and read as is.
 
 Durability: WAL journal with ``synchronous=FULL``. A unit's sample rows and its ``units`` row are written
 in one transaction; once :meth:`ResultsStore.write_unit` returns, the unit survives a kill -9 of the
@@ -38,14 +43,17 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_MIGRATIONS = {1: ("ALTER TABLE samples ADD COLUMN clean_correct5 INTEGER CHECK (clean_correct5 IN (0, 1))",
+                   "ALTER TABLE samples ADD COLUMN plain_correct1 INTEGER CHECK (plain_correct1 IN (0, 1))",
+                   "ALTER TABLE samples ADD COLUMN plain_correct5 INTEGER CHECK (plain_correct5 IN (0, 1))")}
 EVAL_KINDS = ("clean", "attack", "corruption", "ood", "shift")
 SAMPLE_COLUMNS = ("sample_id", "label", "pred", "correct1", "correct5", "confidence",
-                  "clean_correct1", "linf", "l2")
+                  "clean_correct1", "linf", "l2", "clean_correct5", "plain_correct1", "plain_correct5")
 REQUIRED_SAMPLE_COLUMNS = ("sample_id", "label", "pred", "correct1", "correct5", "confidence")
-OPTIONAL_SAMPLE_COLUMNS = ("clean_correct1", "linf", "l2")
-_INT_COLUMNS = {"sample_id", "label", "pred", "correct1", "correct5", "clean_correct1"}
-_BOOL_COLUMNS = {"correct1", "correct5", "clean_correct1"}
+OPTIONAL_SAMPLE_COLUMNS = ("clean_correct1", "linf", "l2", "clean_correct5", "plain_correct1", "plain_correct5")
+_BOOL_COLUMNS = {"correct1", "correct5", "clean_correct1", "clean_correct5", "plain_correct1", "plain_correct5"}
+_INT_COLUMNS = {"sample_id", "label", "pred"} | _BOOL_COLUMNS
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -81,6 +89,9 @@ CREATE TABLE IF NOT EXISTS samples (
     clean_correct1 INTEGER CHECK (clean_correct1 IN (0, 1)),
     linf REAL,
     l2 REAL,
+    clean_correct5 INTEGER CHECK (clean_correct5 IN (0, 1)),
+    plain_correct1 INTEGER CHECK (plain_correct1 IN (0, 1)),
+    plain_correct5 INTEGER CHECK (plain_correct5 IN (0, 1)),
     PRIMARY KEY (model_key, eval_key, sample_id),
     FOREIGN KEY (model_key, eval_key, unit) REFERENCES units(model_key, eval_key, unit)
         DEFERRABLE INITIALLY DEFERRED
@@ -245,6 +256,14 @@ class ResultsStore:
             row = con.execute("SELECT value_json FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
                 con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),))
+            else:
+                version = json.loads(row[0])
+                while version in _MIGRATIONS:  # older stores gain the new columns, their rows kept
+                    for stmt in _MIGRATIONS[version]:
+                        con.execute(stmt)
+                    version += 1
+                    con.execute("UPDATE meta SET value_json = ? WHERE key = 'schema_version'",
+                                (json.dumps(version),))
         self._check_schema_version()
 
     # ------------------------------------------------------------------------------------ plumbing
@@ -254,6 +273,10 @@ class ResultsStore:
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path} is not a results store: {e}") from e
         version = json.loads(row[0]) if row else None
+        if self.readonly and version in _MIGRATIONS:  # read an older store as is: new columns read NULL
+            self._missing_columns = {c for c in SAMPLE_COLUMNS if c not in {
+                r[1] for r in self._con.execute("PRAGMA table_info(samples)").fetchall()}}
+            return
         if version != SCHEMA_VERSION:
             raise StoreError(f"{self.path} has store schema version {version!r}; this code reads "
                              f"version {SCHEMA_VERSION}")
@@ -559,7 +582,8 @@ class ResultsStore:
         if eval_key is not None:
             where.append("eval_key = ?")
             params.append(eval_key)
-        sql = f"SELECT {', '.join(cols)} FROM samples"
+        missing = getattr(self, "_missing_columns", set())
+        sql = "SELECT " + ", ".join(f"NULL AS {c}" if c in missing else c for c in cols) + " FROM samples"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY model_key, eval_key, sample_id"
@@ -568,8 +592,9 @@ class ResultsStore:
             df = pd.DataFrame({c: pd.Series(dtype="float64" if c in ("confidence", "linf", "l2") else
                                             "object" if c in ("model_key", "eval_key") else "int64")
                                for c in cols})
-        if "clean_correct1" in df:
-            df["clean_correct1"] = pd.array(df["clean_correct1"].tolist(), dtype="Int64")
+        for c in OPTIONAL_SAMPLE_COLUMNS:
+            if c in df and c in _BOOL_COLUMNS:
+                df[c] = pd.array(df[c].tolist(), dtype="Int64")
         for c in ("linf", "l2", "confidence"):
             if c in df:
                 df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")

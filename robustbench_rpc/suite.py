@@ -170,6 +170,23 @@ def _known(registry, name: str, where: str) -> None:
         raise SuiteError(f"{where}: {e}") from None
 
 
+def _check_attack(e: EvalSpec, where: str) -> None:
+    """Build the attack once (no model, no data): a misspelt parameter or a bad value fails here, before
+    any compute, naming the file and the evaluation."""
+    from . import attacks
+    from .units import ACCURACIES, attack_params
+
+    accuracy = e.params.get("accuracy", "robust")
+    if accuracy not in ACCURACIES:
+        raise SuiteError(f"{where}: accuracy must be one of {', '.join(ACCURACIES)}, got {accuracy!r}")
+    if not isinstance(e.params.get("attack_amp", True), bool):
+        raise SuiteError(f"{where}: attack_amp must be true or false, got {e.params['attack_amp']!r}")
+    try:
+        attacks.get_attack(e.name, **attack_params(e, None))
+    except (ValueError, TypeError) as err:
+        raise SuiteError(f"{where}: attack {describe_eval(e)}: {err}") from None
+
+
 def expand(suite: Suite, dataset: str) -> list[EvalSpec]:
     """Concrete evaluations in declaration order, with names validated against the registries."""
     from . import attacks, corruptions
@@ -196,7 +213,9 @@ def expand(suite: Suite, dataset: str) -> list[EvalSpec]:
                     params = dict(spec)
                     if eps is not None:
                         params["eps"] = parse_eps(eps, where)
-                    out.append(EvalSpec("attack", name, dataset, params))
+                    e = EvalSpec("attack", name, dataset, params)
+                    _check_attack(e, where)
+                    out.append(e)
         elif kind == "corruption":
             source = ev.get("source", "on-the-fly")
             if source not in ("on-the-fly", "imagenet-c", "cifar10-c", "cifar100-c"):

@@ -1,7 +1,9 @@
 """How one unit (a fixed batch) of each evaluation kind is computed into per-sample rows.
 
 Robust accuracy is always recomputed from the returned adversarial images (``attacks.attack_outcomes``);
-a row's ``correct1`` for an attack means clean-correct AND still correct under attack.
+a row's ``correct1`` for an attack is the accuracy its evaluation reports (``accuracy`` parameter):
+"robust" (default: clean-correct AND still correct under attack) or "plain" (correct under attack, the
+RPC paper's definition); the other definition is stored beside it (``plain_correct*``, ``clean_correct*``).
 """
 from __future__ import annotations
 
@@ -53,13 +55,21 @@ def prediction_rows(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, id
     }
 
 
+ACCURACIES = ("robust", "plain")
+#: evaluation-level parameters of an attack evaluation (not passed to the attack)
+EVAL_PARAMS = ("accuracy", "attack_amp")
+
+
 def attack_params(spec: EvalSpec, amp: str | None) -> dict[str, Any]:
-    """Suite parameters -> get_attack kwargs (``alpha_rel`` is a step size relative to eps)."""
-    params = dict(spec.params)
+    """Suite parameters -> get_attack kwargs (``alpha_rel`` is a step size relative to eps).
+
+    The run's ``amp`` reaches PGD/FGSM's own forward/backward unless the evaluation says
+    ``attack_amp = false`` (the paper runs its attacks in fp32 and only classifies under autocast)."""
+    params = {k: v for k, v in spec.params.items() if k not in EVAL_PARAMS}
     rel = params.pop("alpha_rel", None)
     if rel is not None:
         params["alpha"] = float(rel) * float(params["eps"])
-    if amp and amp != "fp32" and spec.name in ("pgd", "fgsm"):
+    if amp and amp != "fp32" and spec.name in ("pgd", "fgsm") and spec.params.get("attack_amp", True):
         params["amp_dtype"] = amp  # the attacks accept 'bf16' / 'fp16' (attacks.base.amp_dtype_of)
     return params
 
@@ -67,17 +77,23 @@ def attack_params(spec: EvalSpec, amp: str | None) -> dict[str, Any]:
 def attack_rows(model: torch.nn.Module, spec: EvalSpec, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                 seed: int, device: str, amp: str | None) -> dict[str, list]:
     from . import attacks
+    from .attacks.base import amp_dtype_of
 
     attack = attacks.get_attack(spec.name, seed=seed, **attack_params(spec, amp))
-    out = attacks.attack_outcomes(model, attack, x, y)
+    out = attacks.attack_outcomes(model, attack, x, y, amp=amp_dtype_of(amp))
+    plain = spec.params.get("accuracy", "robust") == "plain"
+    top1, top5 = (out.plain_correct1, out.plain_correct5) if plain else (out.adv_correct1, out.adv_correct5)
     return {
         "sample_id": ids.tolist(),
         "label": y.tolist(),
         "pred": out.adv_pred.tolist(),
-        "correct1": out.adv_correct1.int().tolist(),
-        "correct5": out.adv_correct5.int().tolist(),
+        "correct1": top1.int().tolist(),
+        "correct5": top5.int().tolist(),
         "confidence": out.adv_confidence.float().tolist(),
         "clean_correct1": out.clean_correct1.int().tolist(),
+        "clean_correct5": out.clean_correct5.int().tolist(),
+        "plain_correct1": out.plain_correct1.int().tolist(),
+        "plain_correct5": out.plain_correct5.int().tolist(),
         "linf": out.linf.float().tolist(),
         "l2": out.l2.float().tolist(),
     }

@@ -27,6 +27,7 @@ from robustbench_rpc.attacks import (
 from robustbench_rpc.attacks.budget import project_l1_ball
 from robustbench_rpc.attacks.presets import expand_sweep
 from robustbench_rpc.registry import UnknownNameError
+from robustbench_rpc.units import EVAL_PARAMS
 
 N_CLASSES = 10
 HW = 16
@@ -554,23 +555,25 @@ def test_worst_case():
 
 # -- presets ------------------------------------------------------------------------------------------
 def test_presets():
-    assert list_presets() == ["paper", "robustbench-cifar10", "robustbench-imagenet"]
-    paper = get_preset("paper")
-    pgd = [s for s in paper if s["name"] == "pgd"]
-    fgsm = [s for s in paper if s["name"] == "fgsm"]
+    assert list_presets() == ["paper", "paper-extras", "pixel", "robustbench-cifar10", "robustbench-imagenet"]
+    pixel = get_preset("pixel")
+    pgd = [s for s in pixel if s["name"] == "pgd"]
+    fgsm = [s for s in pixel if s["name"] == "fgsm"]
     assert [round(s["eps"] * 255, 6) for s in pgd] == [1, 2, 3, 4, 5, 6] == [round(s["eps"] * 255, 6) for s in fgsm]
     assert all(s["steps"] == 20 and abs(s["alpha"] - 0.15 * s["eps"]) < 1e-12 for s in pgd)
-    assert {s["name"] for s in paper} == {"fgsm", "pgd", "spsa", "sld", "cw", "noise", "autoattack"}
-    for spec in paper + get_preset("robustbench-imagenet") + get_preset("robustbench-cifar10"):
-        params = {k: v for k, v in spec.items() if k != "name"}
+    assert {s["name"] for s in pixel} == {"fgsm", "pgd", "spsa", "sld", "cw", "noise", "autoattack"}
+    every = (get_preset("paper") + get_preset("paper-extras") + pixel + get_preset("robustbench-imagenet")
+             + get_preset("robustbench-cifar10"))
+    for spec in every:
+        params = {k: v for k, v in spec.items() if k not in ("name", *EVAL_PARAMS)}
         attack = get_attack(spec["name"], **params)
         assert attack.spec()["name"] == spec["name"]
     (imagenet,) = get_preset("robustbench-imagenet")
     (cifar,) = get_preset("robustbench-cifar10")
     assert imagenet["eps"] == 4 / 255 and cifar["eps"] == 8 / 255
     assert imagenet["version"] == cifar["version"] == "standard" and imagenet["norm"] == "Linf"
-    get_preset("paper")[0]["eps"] = 123.0  # fresh dicts each time
-    assert get_preset("paper")[0]["eps"] != 123.0
+    get_preset("pixel")[0]["eps"] = 123.0  # fresh dicts each time
+    assert get_preset("pixel")[0]["eps"] != 123.0
     with pytest.raises(UnknownNameError, match="paper"):
         get_preset("papr")
 

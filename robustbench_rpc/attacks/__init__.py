@@ -1,11 +1,12 @@
 """Adversarial attacks: ``get_attack(name, **params)(model, images, labels) -> adversarial images``.
 
-Models take [0, 1] images (they normalize inside) and return (B, C) logits; ``eps`` is in pixel units.
+Models take [0, 1] images (they normalize inside) and return (B, C) logits; ``eps`` is in pixel units,
+or in the model's normalized input with ``space="normalized"`` (see ``base.Attack``).
 Every attack is a plug-in of the ``attack`` registry (``register_attack``); ``list_attacks()`` shows
 them. See ``evaluate`` (recomputed per-sample outcomes), ``presets`` (named attack lists) and ``checks``
 (trust checks: monotonicity, large eps, gradient masking, differentiability, stochasticity).
 """
-from . import autoattack, cw, fgsm, noise, pgd, sld, spsa, square  # noqa: F401  (registers the attacks)
+from . import autoattack, cw, cw_cleverhans, fgsm, noise, pgd, sld, spsa, square  # noqa: F401  (registers the attacks)
 from .autoattack import AutoAttack, FewClassesWarning
 from .base import (
     ATTACKS,
@@ -29,6 +30,7 @@ from .checks import (
     detect_stochastic,
 )
 from .cw import CW
+from .cw_cleverhans import CWCleverhans
 from .evaluate import AttackOutcomes, BudgetError, attack_outcomes, worst_case
 from .fgsm import FGSM
 from .noise import UniformNoise
@@ -39,7 +41,7 @@ from .spsa import SPSA
 from .square import Square
 
 __all__ = [
-    "ATTACKS", "NORMS", "PRESETS", "CW", "FGSM", "PGD", "SPSA", "Attack", "AttackOutcomes", "AutoAttack",
+    "ATTACKS", "NORMS", "PRESETS", "CW", "CWCleverhans", "FGSM", "PGD", "SPSA", "Attack", "AttackOutcomes", "AutoAttack",
     "BudgetError", "CheckResult", "EOTModel", "FewClassesWarning", "GradientAttack", "ModelOutputError",
     "SparseL1Descent", "Square", "UniformNoise", "attack_class", "attack_outcomes", "budget_violations",
     "check_differentiability", "check_gradient_masking", "check_large_eps", "check_monotone_in_eps",

@@ -59,9 +59,14 @@ class AutoAttack(GradientAttack):
     def __init__(self, eps: float | None = None, norm: str = "Linf", version: str = "standard",
                  attacks_to_run: list[str] | None = None, impl: str = "pyautoattack", n_iter: int = 100,
                  n_queries: int = 5000, n_restarts: int | None = None, eot_iter: int | None = None,
-                 n_target_classes: int = 9, on_few_classes: str = "fallback", seed: int | None = None,
+                 n_target_classes: int = 9, on_few_classes: str = "fallback", space: str = "pixel", clip: bool = True,
+                 labels: str = "true", seed: int | None = None,
                  batch_size: int | None = None, progress: bool | None = None):
-        super().__init__(eps=eps, norm=norm, seed=seed, batch_size=batch_size, progress=progress)
+        super().__init__(eps=eps, norm=norm, space=space, clip=clip, labels=labels, seed=seed,
+                         batch_size=batch_size, progress=progress)
+        if self.space != "pixel" or not self.clip:
+            raise ValueError(f"attack '{self.name}' runs the reference library, which works on [0, 1] images: "
+                             "it supports only space='pixel' and clip=True")
         if version not in VERSIONS:
             raise ValueError(f"version of attack 'autoattack' must be one of {', '.join(VERSIONS)}, got {version!r}")
         if impl not in IMPLS:

@@ -8,7 +8,12 @@ The base class owns the boring, error-prone parts so each attack file holds only
 * a guard that fails fast when the model does not return a ``(B, num_classes)`` logits tensor;
 * seeding: with ``seed`` set, every call forks the torch RNG (CPU and CUDA), seeds it, and restores the
   caller's RNG afterwards, so the same batch always gives the same adversarial images;
-* a final projection onto the threat model (``[0, 1]`` and the ``eps`` ball of ``norm``);
+* the threat model, three parameters every attack takes:
+  ``space`` ("pixel": eps in [0, 1] pixel units; "normalized": eps, step sizes and norms in the model's
+  normalized input ``(x - mean) / std``, the mean/std read from the model's [0, 1] wrapper), ``clip``
+  (True: stay in the valid image range; False: never clip, as the RPC paper's cleverhans calls) and
+  ``labels`` ("true"; "predicted": attack the model's clean prediction, cleverhans' ``y=None``);
+* a final projection onto the threat model (the valid box and the ``eps`` ball of ``norm``);
 * optional splitting into ``batch_size`` chunks with a tqdm progress bar (only on a TTY).
 
 Subclasses implement ``perturb(model, x, y) -> x_adv`` and declare ``norms`` (supported threat models)
@@ -27,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import Registry
-from .budget import NORMS, project, validate_eps, validate_norm
+from .budget import NORMS, Box, project, validate_eps, validate_norm, validate_threat
 
 ATTACKS: Registry[Callable[..., "Attack"]] = Registry("attack")
 
@@ -197,12 +202,49 @@ def _is_tty() -> bool:
         return False
 
 
-class Attack:
-    """Base class: ``attack(model, images, labels) -> adversarial images`` (same shape, in [0, 1]).
+class NormalizationError(ValueError):
+    """``space="normalized"`` was asked of a model that does not say its mean/std."""
 
-    Common parameters: ``eps`` (pixel units), ``norm`` ('Linf' | 'L2' | 'L1', restricted per attack by
-    ``norms``), ``seed`` (None: use the ambient RNG), ``batch_size`` (None: the whole input at once),
-    ``progress`` (None: a bar only on a TTY and for more than one chunk; False: never).
+
+def normalization_of(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of the [0, 1] wrapper (``models.Normalized``) at or under ``model`` (through ``.model``
+    attributes of wrappers such as EOT or class masking), each shaped (1, C, 1, 1)."""
+    from ..models.normalize import Normalized
+
+    m, seen = model, set()
+    while isinstance(m, nn.Module) and id(m) not in seen:
+        if isinstance(m, Normalized):
+            return m.mean, m.std
+        seen.add(id(m))
+        m = getattr(m, "model", None)
+    raise NormalizationError(
+        f"space='normalized' measures eps in the model's normalized input, but {type(model).__name__} does not "
+        "carry its mean/std: wrap it as robustbench_rpc.models.Normalized(model, mean, std) (load_model does "
+        "this) or use space='pixel'")
+
+
+class FromNormalized(nn.Module):
+    """``z -> model(z * std + mean)``: a [0, 1]-input model seen from its normalized input (used when the
+    wrapper is not the outermost module; otherwise the wrapped network is called directly)."""
+
+    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.model, self.mean, self.std = model, mean, std
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model(z * self.std.to(z.dtype) + self.mean.to(z.dtype))
+
+
+class Attack:
+    """Base class: ``attack(model, images, labels) -> adversarial images`` (same shape, pixel space).
+
+    Common parameters: ``eps`` (in ``space`` units), ``norm`` ('Linf' | 'L2' | 'L1', restricted per
+    attack by ``norms``), ``space`` ('pixel' | 'normalized'), ``clip`` (keep images in [0, 1]),
+    ``labels`` ('true' | 'predicted'), ``seed`` (None: use the ambient RNG), ``batch_size`` (None: the
+    whole input at once), ``progress`` (None: a bar only on a TTY and for more than one chunk).
+
+    During ``perturb`` the attack works in its space: ``x`` is the (normalized) input, ``self.box`` the
+    valid range there (``self.box.clamp``), and the model maps that input to logits.
     """
 
     name: ClassVar[str] = "attack"
@@ -210,16 +252,20 @@ class Attack:
     norms: ClassVar[tuple[str, ...]] = NORMS
     eps_required: ClassVar[bool] = True
 
-    def __init__(self, *, eps: float | None = None, norm: str = "Linf", seed: int | None = None,
-                 batch_size: int | None = None, progress: bool | None = None):
+    def __init__(self, *, eps: float | None = None, norm: str = "Linf", space: str = "pixel", clip: bool = True,
+                 labels: str = "true", seed: int | None = None, batch_size: int | None = None,
+                 progress: bool | None = None):
         self.eps = validate_eps(eps, self.name, required=self.eps_required)
         self.norm = validate_norm(norm, self.norms, self.name)
+        self.space, self.clip, self.labels = validate_threat(space, clip, labels, self.name)
+        self.box = Box.unit() if self.clip else Box.none()
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed of attack '{self.name}' must be an int or None, got {seed!r}")
         self.seed = seed
         self.batch_size = self._positive_int("batch_size", batch_size, allow_none=True)
         self.progress = progress
-        self.params: dict[str, Any] = {"eps": self.eps, "norm": self.norm, "seed": seed}
+        self.params: dict[str, Any] = {"eps": self.eps, "norm": self.norm, "space": self.space,
+                                       "clip": self.clip, "labels": self.labels, "seed": seed}
 
     # -- helpers for subclasses -------------------------------------------------------------------------
     def _record(self, **params: Any) -> None:
@@ -257,11 +303,25 @@ class Attack:
         raise NotImplementedError
 
     # -- the call --------------------------------------------------------------------------------------
+    def working_space(self, model: nn.Module, device: torch.device):
+        """(model on the working input, to_working, to_pixel, box) for this attack's ``space``/``clip``."""
+        if self.space == "pixel":
+            self.box = Box.unit() if self.clip else Box.none()
+            return model, (lambda t: t), (lambda t: t), self.box
+        from ..models.normalize import Normalized
+
+        mean, std = (t.to(device) for t in normalization_of(model))
+        inner = model.model if isinstance(model, Normalized) else FromNormalized(model, mean, std)
+        self.box = Box.of_normalized(mean, std) if self.clip else Box.none()
+        return inner, (lambda t: (t - mean) / std), (lambda t: t * std + mean), self.box
+
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x, y = self._validate_inputs(images, labels)
         device = model_device(model, x.device)
         x, y = x.to(device), y.to(device)
-        guard = LogitsGuard(model)
+        inner, to_working, to_pixel, box = self.working_space(model, device)
+        guard = LogitsGuard(inner)
+        x = to_working(x)
         n = x.shape[0]
         size = self.batch_size or max(n, 1)
         starts = list(range(0, n, size))
@@ -273,15 +333,20 @@ class Attack:
             try:
                 for s in starts:
                     xc, yc = x[s:s + size], y[s:s + size]
+                    if self.labels == "predicted":  # cleverhans' y=None: the clean prediction, computed once
+                        with torch.no_grad():
+                            yc = guard(xc).argmax(dim=1)
                     adv = self.perturb(guard, xc, yc).detach().to(xc.dtype)
                     if adv.shape != xc.shape:
                         raise RuntimeError(f"attack '{self.name}' returned shape {tuple(adv.shape)}, "
                                            f"expected {tuple(xc.shape)}")
-                    outs.append(project(xc, adv, self.eps, self.norm))
+                    outs.append(project(xc, adv, self.eps, self.norm, box))
                     bar.update(1)
             finally:
                 bar.close()
-        out = torch.cat(outs) if outs else x.clone()
+        out = to_pixel(torch.cat(outs) if outs else x.clone())
+        if self.clip:  # the round trip from normalized units may leave [0, 1] by a rounding error
+            out = out.clamp(0.0, 1.0)
         return out.to(images.device)
 
     def _validate_inputs(self, images: torch.Tensor, labels: torch.Tensor):

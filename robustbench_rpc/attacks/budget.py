@@ -1,8 +1,11 @@
 """Threat-model arithmetic shared by every attack: per-sample norms, projection onto the budget, and the
 validation of ``eps`` / ``norm`` options.
 
-Budgets are in pixel space (images in [0, 1]). Projection first maps the perturbation into the norm ball,
-then clamps the image into [0, 1]; clamping only moves each pixel towards the clean image, so it never
+Budgets are measured in the attack's working space: pixel space (images in [0, 1]) by default, or the
+model's normalized input ``(x - mean) / std`` (``space="normalized"``, the RPC paper's threat model).
+Projection first maps the perturbation into the norm ball, then clamps the image into the valid box
+(``Box``: [0, 1] in pixel units, [(0 - mean)/std, (1 - mean)/std] per channel in normalized units, or
+no box at all with ``clip=False``); clamping only moves each value towards the clean image, so it never
 increases any Lp norm and the result satisfies both constraints.
 """
 from __future__ import annotations
@@ -13,6 +16,8 @@ from numbers import Real
 import torch
 
 NORMS = ("Linf", "L2", "L1")
+SPACES = ("pixel", "normalized")
+LABELS = ("true", "predicted")
 _NORM_ALIASES = {"linf": "Linf", "inf": "Linf", "l_inf": "Linf", "l2": "L2", "l1": "L1"}
 # Absolute slack allowed when *checking* a budget (float32 rounding of x + delta - x).
 BUDGET_TOL = 1e-5
@@ -50,6 +55,54 @@ def validate_eps(eps: object, attack: str, *, required: bool = True) -> float | 
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"eps of attack '{attack}' must be finite and >= 0, got {eps!r}")
     return value
+
+
+def validate_threat(space: object, clip: object, labels: object, attack: str) -> tuple[str, bool, str]:
+    """The three threat-model options every attack takes, checked and named in the error."""
+    if space not in SPACES:
+        raise ValueError(f"space of attack '{attack}' must be one of {', '.join(SPACES)}, got {space!r}")
+    if not isinstance(clip, bool):
+        raise ValueError(f"clip of attack '{attack}' must be True or False, got {clip!r}")
+    if labels not in LABELS:
+        raise ValueError(f"labels of attack '{attack}' must be one of {', '.join(LABELS)}, got {labels!r}")
+    return str(space), clip, str(labels)
+
+
+class Box:
+    """The valid input range in an attack's working space: per-channel ``lo``/``hi`` bounds, or none.
+
+    ``Box.unit()`` is [0, 1] (pixel space); ``Box.of_normalized(mean, std)`` is the image of [0, 1] under
+    ``(x - mean) / std``; ``Box.none()`` does not clamp (``clip=False``).
+    """
+
+    def __init__(self, lo: torch.Tensor | float | None, hi: torch.Tensor | float | None):
+        self.lo, self.hi = lo, hi
+
+    @classmethod
+    def unit(cls) -> "Box":
+        return cls(0.0, 1.0)
+
+    @classmethod
+    def none(cls) -> "Box":
+        return cls(None, None)
+
+    @classmethod
+    def of_normalized(cls, mean: torch.Tensor, std: torch.Tensor) -> "Box":
+        return cls((0.0 - mean) / std, (1.0 - mean) / std)
+
+    @property
+    def bounded(self) -> bool:
+        return self.lo is not None
+
+    def clamp(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lo is None:
+            return x
+        if isinstance(self.lo, float):
+            return x.clamp(self.lo, self.hi)
+        return torch.maximum(torch.minimum(x, self.hi.to(x.dtype)), self.lo.to(x.dtype))
+
+    def __repr__(self) -> str:
+        return "Box(unbounded)" if self.lo is None else f"Box({self.lo}, {self.hi})"
 
 
 def lp_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
@@ -97,26 +150,42 @@ def project_delta(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
 
 
-def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float | None, norm: str | None) -> torch.Tensor:
-    """Project x_adv onto {x + d : ||d||_norm <= eps} and then into [0, 1]. eps=None: only [0, 1]."""
+def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float | None, norm: str | None,
+            box: Box | None = None) -> torch.Tensor:
+    """Project x_adv onto {x + d : ||d||_norm <= eps} and then into ``box`` ([0, 1] by default).
+    eps=None: only the box."""
     if eps is not None and norm is not None:
         x_adv = x + project_delta(x_adv - x, eps, norm)
-    return x_adv.clamp(0.0, 1.0)
+    return (box or Box.unit()).clamp(x_adv)
 
 
 def budget_violations(x: torch.Tensor, x_adv: torch.Tensor, eps: float | None, norm: str | None,
-                      tol: float = BUDGET_TOL) -> list[str]:
-    """Human-readable list of what is wrong with x_adv (empty when it respects the threat model)."""
+                      tol: float = BUDGET_TOL, *, clip: bool = True,
+                      std: torch.Tensor | None = None) -> list[str]:
+    """Human-readable list of what is wrong with pixel-space x_adv (empty when it respects the threat
+    model). ``std`` given: the budget is measured in normalized units, ``(x_adv - x) / std``; ``clip``:
+    the images must stay in [0, 1]."""
     problems = []
     if x_adv.shape != x.shape:
         return [f"adversarial images have shape {tuple(x_adv.shape)}, clean images {tuple(x.shape)}"]
     if not torch.isfinite(x_adv).all():
         problems.append("adversarial images contain NaN or inf")
     lo, hi = float(x_adv.min()), float(x_adv.max())
-    if lo < 0.0 or hi > 1.0:
+    if clip and (lo < 0.0 or hi > 1.0):
         problems.append(f"adversarial images leave [0, 1] (min {lo:.6g}, max {hi:.6g})")
     if eps is not None and norm is not None:
-        worst = float(lp_norms((x_adv - x).double(), norm).max()) if len(x) else 0.0
+        worst = float(perturbation_norms(x, x_adv, norm, std).max()) if len(x) else 0.0
         if worst > eps + tol:
-            problems.append(f"{norm} perturbation {worst:.6g} exceeds eps {eps:.6g} (+{tol:g} tolerance)")
+            where = "normalized" if std is not None else "pixel"
+            problems.append(f"{norm} perturbation {worst:.6g} ({where} units) exceeds eps {eps:.6g} "
+                            f"(+{tol:g} tolerance)")
     return problems
+
+
+def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor, norm: str,
+                       std: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample norm of x_adv - x in float64: in pixel units, or in normalized units given ``std``."""
+    delta = x_adv.double() - x.double()
+    if std is not None:
+        delta = delta / std.double().to(delta.device)
+    return lp_norms(delta, norm)

@@ -28,9 +28,11 @@ class CW(GradientAttack):
     eps_required = False
 
     def __init__(self, eps: float | None = None, norm: str = "L2", c: float = 1.0, kappa: float = 0.0,
-                 steps: int = 50, lr: float = 0.01, binary_search_steps: int = 1, seed: int | None = None,
+                 steps: int = 50, lr: float = 0.01, binary_search_steps: int = 1, space: str = "pixel", clip: bool = True,
+                 labels: str = "true", seed: int | None = None,
                  batch_size: int | None = None, progress: bool | None = None):
-        super().__init__(eps=eps, norm=norm, seed=seed, batch_size=batch_size, progress=progress)
+        super().__init__(eps=eps, norm=norm, space=space, clip=clip, labels=labels, seed=seed,
+                         batch_size=batch_size, progress=progress)
         self._record(c=self._positive_float("c", c), kappa=self._positive_float("kappa", kappa, allow_zero=True),
                      steps=self._positive_int("steps", steps), lr=self._positive_float("lr", lr),
                      binary_search_steps=self._positive_int("binary_search_steps", binary_search_steps))
@@ -41,8 +43,12 @@ class CW(GradientAttack):
         return true - other
 
     def perturb(self, model, x, y):
+        if not self.box.bounded:
+            raise ValueError("attack 'cw' maps images through tanh onto the valid box and needs clip=True; "
+                             "'cw-cleverhans' takes an explicit clip_min/clip_max instead")
         shape = (-1, *([1] * (x.dim() - 1)))
-        w0 = torch.atanh((x * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+        box_lo, box_hi = self.box.lo, self.box.hi
+        w0 = torch.atanh(((x - box_lo) / (box_hi - box_lo) * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
         c = torch.full((x.shape[0],), self.c, device=x.device, dtype=x.dtype)
         lo = torch.zeros_like(c)
         hi = torch.full_like(c, float("inf"))
@@ -55,7 +61,7 @@ class CW(GradientAttack):
             success = torch.zeros_like(c, dtype=torch.bool)
             for _ in range(self.steps):
                 with torch.enable_grad():
-                    adv = (torch.tanh(w) + 1) / 2
+                    adv = (torch.tanh(w) + 1) / 2 * (box_hi - box_lo) + box_lo
                     l2sq = (adv - x).flatten(1).pow(2).sum(1)
                     logits = model(adv)
                     f = (self._margin(logits.float(), y)).clamp_min(-self.kappa)

@@ -18,8 +18,10 @@ class FGSM(GradientAttack):
     norms = ("Linf", "L2")
 
     def __init__(self, eps: float | None = None, norm: str = "Linf", loss: str = "ce", amp_dtype=None,
-                 seed: int | None = None, batch_size: int | None = None, progress: bool | None = None):
-        super().__init__(eps=eps, norm=norm, seed=seed, batch_size=batch_size, progress=progress)
+                 space: str = "pixel", clip: bool = True,
+                 labels: str = "true", seed: int | None = None, batch_size: int | None = None, progress: bool | None = None):
+        super().__init__(eps=eps, norm=norm, space=space, clip=clip, labels=labels, seed=seed,
+                         batch_size=batch_size, progress=progress)
         if loss not in ("ce", "margin"):
             raise ValueError(f"loss of attack 'fgsm' must be 'ce' or 'margin', got {loss!r}")
         self._record(loss=loss)
@@ -32,4 +34,4 @@ class FGSM(GradientAttack):
             step = grad.sign()
         else:
             step = grad / (lp_norms(grad, "L2") + 1e-10).reshape(-1, *([1] * (x.dim() - 1)))
-        return torch.clamp(x + self.eps * step, 0.0, 1.0)
+        return self.box.clamp(x + self.eps * step)

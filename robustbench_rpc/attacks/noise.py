@@ -1,6 +1,8 @@
 """Uniform noise: a non-adversarial baseline row (RPC-Attention paper, "Noise").
 
-Each pixel gets independent noise uniform in [-eps, eps], then the image is clamped to [0, 1].
+Each input value gets independent noise uniform in [-eps, eps], then the image is clamped into the valid
+box (``clip=True``) or left as is (``clip=False``). The paper's row is cleverhans' ``noise(x)``: eps 0.3 in
+normalized units, no clipping, whatever the budget of the other rows.
 Norm: Linf. No model queries at all (the model is only used to find the device).
 """
 from __future__ import annotations
@@ -15,9 +17,11 @@ class UniformNoise(Attack):
     gradient_based = False
     norms = ("Linf",)
 
-    def __init__(self, eps: float | None = None, norm: str = "Linf", seed: int | None = None,
+    def __init__(self, eps: float | None = None, norm: str = "Linf", space: str = "pixel", clip: bool = True,
+                 labels: str = "true", seed: int | None = None,
                  batch_size: int | None = None, progress: bool | None = None):
-        super().__init__(eps=eps, norm=norm, seed=seed, batch_size=batch_size, progress=progress)
+        super().__init__(eps=eps, norm=norm, space=space, clip=clip, labels=labels, seed=seed,
+                         batch_size=batch_size, progress=progress)
 
     def perturb(self, model, x, y):
-        return (x + torch.empty_like(x).uniform_(-self.eps, self.eps)).clamp(0.0, 1.0)
+        return self.box.clamp(x + torch.empty_like(x).uniform_(-self.eps, self.eps))

@@ -28,9 +28,11 @@ class PGD(GradientAttack):
 
     def __init__(self, eps: float | None = None, norm: str = "Linf", steps: int = 10,
                  alpha: float | None = None, random_start: bool = True, restarts: int = 1,
-                 loss: str = "ce", amp_dtype=None, seed: int | None = None,
+                 loss: str = "ce", amp_dtype=None, space: str = "pixel", clip: bool = True,
+                 labels: str = "true", seed: int | None = None,
                  batch_size: int | None = None, progress: bool | None = None):
-        super().__init__(eps=eps, norm=norm, seed=seed, batch_size=batch_size, progress=progress)
+        super().__init__(eps=eps, norm=norm, space=space, clip=clip, labels=labels, seed=seed,
+                         batch_size=batch_size, progress=progress)
         steps = self._positive_int("steps", steps, minimum=0)
         restarts = self._positive_int("restarts", restarts)
         if alpha is None:
@@ -52,7 +54,7 @@ class PGD(GradientAttack):
             direction = torch.randn_like(x)
             radius = torch.rand(x.shape[0], device=x.device, dtype=x.dtype) * self.eps
             delta = direction * _bcast(radius / lp_norms(direction, "L2").clamp_min(1e-12), x)
-        return torch.clamp(x + delta, 0.0, 1.0)
+        return self.box.clamp(x + delta)
 
     def _step(self, x: torch.Tensor, adv: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         if self.norm == "Linf":
@@ -63,7 +65,7 @@ class PGD(GradientAttack):
             delta = adv - x
             factor = torch.clamp(self.eps / lp_norms(delta, "L2").clamp_min(1e-12), max=1.0)
             delta = delta * _bcast(factor, x)
-        return torch.clamp(x + delta, 0.0, 1.0)
+        return self.box.clamp(x + delta)
 
     def _run(self, model, x, y) -> torch.Tensor:
         adv = self._start(x)

@@ -1,9 +1,23 @@
 """Named attack presets: lists of attack specs ``{"name": ..., **params}`` for ``get_attack``.
 
-* ``paper``: the RPC-Attention paper's rows (Teo & Nguyen, NeurIPS 2024): FGSM and PGD (20 steps,
-  step size 0.15 * eps) at Linf eps 1/255 ... 6/255; SPSA (Linf 1/255); SLD (L1 eps 12, sparsity 99);
-  CW-L2 (torchattacks-like defaults c=1, 50 Adam steps, lr 0.01, unbounded: the stored per-sample L2
-  is the result); uniform noise at Linf 1/255 ... 6/255; AutoAttack standard at Linf 1/255.
+* ``paper``: the RPC-Attention paper's attack rows exactly as its code runs them (rachtsy/KPCA_code,
+  ``Attack/engine.py::evaluate`` and ``Attack/run_pgd.sh``, which call cleverhans v4's PyTorch attacks on
+  the model's NORMALIZED input, without clipping, with ``y=None``). Every row has ``space="normalized"``,
+  ``clip=False``, ``labels="predicted"`` and reports plain accuracy (top-1/top-5 of ``model(x_adv)``
+  against the true label):
+  FGSM (one step, Linf eps i/255, i = 1..6); PGD (20 steps, step 0.15*eps, uniform random start in
+  the eps box, eps i/255); SPSA (10 iterations, lr 0.01, delta 0.01, 128 samples, eps i/255, no early
+  stop, cleverhans' estimation point); SLD (L1 eps 10, step 1.0, 20 iterations, sparsity 99, cleverhans'
+  rescaling, no saturation mask); CW-L2 (``cw-cleverhans``: 1000 iterations, lr 5e-3, 5 binary-search
+  steps, initial c 1e-2, confidence = i/255 as the paper passes its ``--eps``); noise (uniform +-0.3 in
+  normalized units, cleverhans' default, whatever the row's eps). ``attack_amp = False``: attacks run in
+  fp32 as in the paper, whose autocast only wraps the final classification.
+* ``paper-extras``: AutoAttack standard and Square, Linf 1/255, in the standard pixel threat model
+  (clipped, true labels, robust accuracy). NOT in the paper's code: ours, next to the paper's rows. The
+  reference libraries work on [0, 1] images, so these rows cannot take the paper's normalized threat model.
+* ``pixel``: the same attack families in the standard pixel threat model (eps in [0, 1] pixel units,
+  clipped, true labels, robust accuracy): FGSM and PGD at 1..6/255, SPSA 1/255, SLD (L1 12), CW-L2,
+  uniform noise 1..6/255, AutoAttack standard 1/255. (This was called ``paper`` before version 0.2.)
 * ``robustbench-imagenet``: AutoAttack standard, Linf 4/255.
 * ``robustbench-cifar10``: AutoAttack standard, Linf 8/255.
 
@@ -53,8 +67,39 @@ def expand_sweep(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+#: the RPC paper's threat model (see the module docstring): normalized input, no clip, predicted labels
+PAPER_THREAT = {"space": "normalized", "clip": False, "labels": "predicted", "accuracy": "plain",
+                "attack_amp": False}
+
+
 @register_preset("paper")
 def _paper() -> list[dict[str, Any]]:
+    linf = eps_grid(6)
+    rows = [
+        {"name": "fgsm", "norm": "Linf", "eps": linf},
+        {"name": "pgd", "norm": "Linf", "eps": linf, "steps": 20, "alpha_factor": 0.15, "random_start": True},
+        {"name": "spsa", "norm": "Linf", "eps": linf, "steps": 10, "lr": 0.01, "delta": 0.01, "n_samples": 128,
+         "random_start": True, "early_stop": False, "estimate_at": "cleverhans"},
+        {"name": "sld", "norm": "L1", "eps": 10.0, "alpha": 1.0, "steps": 20, "sparsity": 99.0,
+         "projection": "rescale", "mask_saturated": False, "random_start": False},
+        *({"name": "cw-cleverhans", "norm": "L2", "eps": None, "confidence": c, "max_iterations": 1000,
+           "lr": 5e-3, "binary_search_steps": 5, "initial_const": 1e-2, "clip_min": 0.0, "clip_max": 1.0}
+          for c in linf),
+        {"name": "noise", "norm": "Linf", "eps": 0.3},
+    ]
+    return [{**row, **PAPER_THREAT} for row in rows]
+
+
+@register_preset("paper-extras")
+def _paper_extras() -> list[dict[str, Any]]:
+    return [
+        {"name": "autoattack", "norm": "Linf", "eps": 1 / 255, "version": "standard"},
+        {"name": "square", "norm": "Linf", "eps": 1 / 255, "n_queries": 5000},
+    ]
+
+
+@register_preset("pixel")
+def _pixel() -> list[dict[str, Any]]:
     linf = eps_grid(6)
     return [
         {"name": "fgsm", "norm": "Linf", "eps": linf},

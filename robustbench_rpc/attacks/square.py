@@ -29,9 +29,14 @@ class Square(Attack):
 
     def __init__(self, eps: float | None = None, norm: str = "Linf", n_queries: int = 5000,
                  p_init: float = 0.8, n_restarts: int = 1, loss: str = "margin", resc_schedule: bool = True,
-                 impl: str = "pyautoattack", seed: int | None = None, batch_size: int | None = None,
+                 impl: str = "pyautoattack", space: str = "pixel", clip: bool = True,
+                 labels: str = "true", seed: int | None = None, batch_size: int | None = None,
                  progress: bool | None = None):
-        super().__init__(eps=eps, norm=norm, seed=seed, batch_size=batch_size, progress=progress)
+        super().__init__(eps=eps, norm=norm, space=space, clip=clip, labels=labels, seed=seed,
+                         batch_size=batch_size, progress=progress)
+        if self.space != "pixel" or not self.clip:
+            raise ValueError(f"attack '{self.name}' runs the reference library, which works on [0, 1] images: "
+                             "it supports only space='pixel' and clip=True")
         if impl not in IMPLS:
             raise ValueError(f"impl of attack 'square' must be one of {', '.join(IMPLS)}, got {impl!r}")
         if loss not in ("margin", "ce"):

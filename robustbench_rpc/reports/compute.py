@@ -86,6 +86,36 @@ def incomplete_notes(data: RunData, pairs: list[tuple[str, str]]) -> list[str]:
     return notes
 
 
+# ------------------------------------------------------------------------------------- threat model
+#: what an attack evaluation without these parameters means (the standard pixel threat model)
+THREAT_DEFAULTS = {"space": "pixel", "clip": True, "labels": "true", "accuracy": "robust"}
+
+
+def threat_of(params: dict) -> tuple:
+    """(space, clip, labels, accuracy) of an attack evaluation: attacks are comparable only within one."""
+    return tuple(params.get(k, v) for k, v in THREAT_DEFAULTS.items())
+
+
+def threat_text(data: RunData, params: dict) -> str:
+    """The protocol card's sentence on an attack's threat model, with the pixel-equivalent per-channel
+    budget (eps * std_c of each model) when eps is in normalized units."""
+    space, clip, labels, accuracy = threat_of(params)
+    parts = ["eps in the model's normalized input (x - mean) / std" if space == "normalized"
+             else "eps in pixel units (images in [0, 1])",
+             "clipped to [0, 1]" if clip else "no clipping (adversarial images may leave [0, 1])",
+             "attacking the model's clean predictions" if labels == "predicted" else "attacking the true labels",
+             "plain accuracy (top-1/top-5 of model(x_adv) against the true label)" if accuracy == "plain"
+             else "robust accuracy (correct on the clean image AND under attack)"]
+    eps = params.get("eps")
+    if space == "normalized" and isinstance(eps, (int, float)) and params.get("norm", "Linf") == "Linf":
+        for m in data.model_keys:
+            std = (data.store.model_info(m) or {}).get("std")
+            if std:
+                parts.append(f"pixel-equivalent eps for {data.name(m)} at {format_eps(eps)}: "
+                             + " / ".join(f"{eps * s * 255:.3g}/255" for s in std) + " per channel (R/G/B)")
+    return "; ".join(parts)
+
+
 # ----------------------------------------------------------------------------------------- worst case
 @dataclass
 class WorstGroup:
@@ -93,19 +123,22 @@ class WorstGroup:
     norm: str
     eps: float
     eval_keys: list[str]
+    threat: tuple = tuple(THREAT_DEFAULTS.values())
 
     @property
     def label(self) -> str:
-        return f"worst case over {len(self.eval_keys)} attacks {self.norm} eps={format_eps(self.eps)}"
+        space = " (normalized eps)" if self.threat[0] == "normalized" else ""
+        return f"worst case over {len(self.eval_keys)} attacks {self.norm} eps={format_eps(self.eps)}{space}"
 
 
 def worst_groups(data: RunData) -> list[WorstGroup]:
-    """Attack evaluations grouped by (dataset, norm, eps); groups of two or more attacks."""
+    """Attack evaluations grouped by (dataset, norm, eps, threat model); groups of two or more attacks."""
     groups: dict[tuple, list[str]] = {}
     for _, row in data.evals_of("attack").iterrows():
         p = data.info(row["eval_key"])["params"]
-        groups.setdefault((row["dataset"], str(p.get("norm", "?")), eps_key(p.get("eps"))), []).append(row["eval_key"])
-    return [WorstGroup(d, n, e, keys) for (d, n, e), keys in groups.items() if len(keys) >= 2]
+        key = (row["dataset"], str(p.get("norm", "?")), eps_key(p.get("eps")), threat_of(p))
+        groups.setdefault(key, []).append(row["eval_key"])
+    return [WorstGroup(d, n, e, keys, t) for (d, n, e, t), keys in groups.items() if len(keys) >= 2]
 
 
 def worst_case(data: RunData, model_key: str, group: WorstGroup) -> tuple[pd.DataFrame | None, str]:

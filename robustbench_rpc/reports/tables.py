@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 
 from .compute import (NAN, acc_stats, common_lines, corruption_results, dataset_lines, eval_label,
-                      incomplete_notes, ood_result, pairwise, params_text, worst_case, worst_groups)
+                      incomplete_notes, ood_result, pairwise, params_text, threat_of, threat_text,
+                      THREAT_DEFAULTS, worst_case, worst_groups)
 from .data import RunData, eps_key, format_eps, slug
 from .render import Table, fmt_ci, fmt_delta, fmt_num, fmt_p, pct
 
@@ -58,6 +59,14 @@ def clean_table(data: RunData) -> Table | None:
 
 
 # ---------------------------------------------------------------------------------------- (d) attacks
+def _eps_cell(params: dict) -> str:
+    """eps as shown in the attack table; '(norm.)' marks a budget in normalized input units."""
+    eps = params.get("eps")
+    if eps is None:
+        return NA
+    return format_eps(eps) + (" (norm.)" if params.get("space") == "normalized" else "")
+
+
 def attack_table(data: RunData) -> Table | None:
     ev = data.evals_of("attack")
     if ev.empty or not data.model_keys:
@@ -66,19 +75,19 @@ def attack_table(data: RunData) -> Table | None:
     entries = []  # (sort key, row spec)
     for order, e in enumerate(ev["eval_key"]):
         p = data.info(e)["params"]
-        entries.append(((ev.iloc[order]["dataset"], str(p.get("norm", "?")), eps_key(p.get("eps")), 0, order),
-                        ("eval", e)))
+        entries.append(((ev.iloc[order]["dataset"], str(p.get("norm", "?")), threat_of(p), eps_key(p.get("eps")),
+                         0, order), ("eval", e)))
     for g in worst_groups(data):
-        entries.append(((g.dataset, g.norm, g.eps, 1, 0), ("worst", g)))
-    entries.sort(key=lambda t: t[0])
+        entries.append(((g.dataset, g.norm, g.threat, g.eps, 1, 0), ("worst", g)))
+    entries.sort(key=lambda t: (t[0][0], t[0][1], str(t[0][2]), *t[0][3:]))
     columns = (["Dataset"] if multi_ds else []) + ["Attack", "Norm", "eps", "Steps"]
     for m in data.model_keys:
         columns += [f"{data.name(m)} top-1 (%)", f"{data.name(m)} top-5 (%)"]
     rows, tidy, notes = [], [], []
-    for (dataset, norm, eps, _, _), (what, obj) in entries:
+    for (dataset, norm, _, eps, _, _), (what, obj) in entries:
         if what == "eval":
             p = data.info(obj)["params"]
-            head = [data.info(obj)["name"], norm, format_eps(p.get("eps")),
+            head = [data.info(obj)["name"], norm, _eps_cell(p),
                     str(p["steps"]) if p.get("steps") is not None else NA]
             cells = []
             for m in data.model_keys:
@@ -87,7 +96,8 @@ def attack_table(data: RunData) -> Table | None:
                                         eps=p.get("eps"), eps_text=format_eps(p.get("eps")),
                                         steps=p.get("steps"), worst_case=False))
         else:
-            head = [f"worst case ({len(obj.eval_keys)} attacks)", norm, format_eps(eps), NA]
+            head = [f"worst case ({len(obj.eval_keys)} attacks)", norm,
+                    _eps_cell({"eps": eps, "space": obj.threat[0]}), NA]
             cells = []
             for m in data.model_keys:
                 wc, why = worst_case(data, m, obj)
@@ -119,15 +129,15 @@ def attack_table(data: RunData) -> Table | None:
         eps_list = ", ".join(dict.fromkeys(format_eps(p.get("eps")) for p in ps))
         norms = ", ".join(dict.fromkeys(str(p.get("norm", "?")) for p in ps))
         steps = ", ".join(dict.fromkeys(str(p.get("steps")) for p in ps if p.get("steps") is not None)) or NA
-        others = params_text(ps[0], skip=("eps", "norm", "steps"))
-        protocol.append(f"Attack {name}: norm {norms}; eps {eps_list} (pixel space, images in [0, 1]); "
-                        f"steps {steps}; {others}")
+        others = params_text(ps[0], skip=("eps", "norm", "steps", *THREAT_DEFAULTS))
+        threats = "; ".join(dict.fromkeys(threat_text(data, p) for p in ps))
+        protocol.append(f"Attack {name}: norm {norms}; eps {eps_list}; {threats}; steps {steps}; {others}")
     protocol.append("Worst case: per sample, correct only if correct under every attack at the same "
                     "dataset, norm and eps (AND over attacks); shown when all those attacks are complete")
     protocol += common_lines(data)
     pairs = [(m, e) for e in ev["eval_key"] for m in data.model_keys]
     notes = incomplete_notes(data, pairs) + notes
-    return Table("attacks", "Robust accuracy under attack", columns, rows, pd.DataFrame(tidy), protocol, notes)
+    return Table("attacks", "Accuracy under attack", columns, rows, pd.DataFrame(tidy), protocol, notes)
 
 
 # ------------------------------------------------------------------------------------ (b) corruptions
