@@ -160,9 +160,11 @@ class Plan:
         self.data_config = configs[self.models[0].spec]
         self.evals = expand(self.suite, self.dataset)
         self.clean_key = next((e.key for e in self.evals if e.kind == "clean" and e.dataset == self.dataset), None)
-        if any(e.kind == "ood" for e in self.evals) and self.clean_key is None:
-            raise SuiteError(f"{self.suite.path}: an ood evaluation needs a clean evaluation of '{self.dataset}' "
-                             "(its confidences are the in-distribution scores)")
+        from . import ood
+
+        if self.clean_key is None and any(e.kind == "ood" and ood.in_distribution_spec(e) is None for e in self.evals):
+            raise SuiteError(f"{self.suite.path}: an ood evaluation with protocol '{ood.ALL_CLASSES}' needs a clean "
+                             f"evaluation of '{self.dataset}' (its confidences are the in-distribution scores)")
         self.run_name = self.suite.name
         self.out = Path(cfg.out) if cfg.out else Path("reports") / self.run_name
         self._datasets: dict[str, Dataset] = {}
@@ -225,7 +227,9 @@ class Plan:
     def eval_info(self, e: EvalSpec) -> dict[str, Any]:
         params = dict(e.params)
         if e.kind == "ood":
-            params["in_eval_key"] = self.clean_key
+            from .ood import in_eval_key
+
+            params["in_eval_key"] = in_eval_key(e, self.clean_key)
         if e.kind == "corruption" and e.params["source"] == "on-the-fly":
             from . import corruptions
 
@@ -424,10 +428,11 @@ class Runner:
         if e.kind == "attack":
             return attack_rows(model, e, x, y, ids, seed, p.device, p.amp)
         mask = None
-        if e.kind == "shift":
+        mask_name = e.dataset if e.kind == "shift" else e.params.get("class_mask")  # ood protocols set class_mask
+        if mask_name:
             from .data import folders
 
-            mask = folders.class_mask_for(e.dataset).to(p.device)
+            mask = folders.class_mask_for(mask_name).to(p.device)
         torch.manual_seed(seed)
         rows = prediction_rows(model, x, y, ids, p.device, p.amp, mask)
         if e.kind == "ood":  # every OOD sample is a "miss" for accuracy; only its confidence matters

@@ -194,6 +194,14 @@ def ood_metrics(conf_in, conf_out, tpr_level: float = 0.95) -> dict[str, float]:
     - ``fpr95``: the fraction of in-distribution samples flagged as OOD at the highest threshold that
       still flags at least ``tpr_level`` (95 %) of the OOD samples;
     - ``n_in``, ``n_out``, ``base_rate`` (fraction of OOD samples: the AUPR of a random detector).
+
+    Checked against the RPC-Attention paper's ``Robust/calibration_tools.py`` ``get_measures(out_score,
+    in_score)``: ``aupr`` and ``auroc`` equal scikit-learn's ``average_precision_score`` and
+    ``roc_auc_score`` there (tests/test_imagenet_o.py compares them end to end).  ``fpr95`` is NOT the
+    paper's ``fpr_and_fdr_at_recall``: that one takes the threshold whose recall is *nearest* 0.95
+    (possibly below it; among equal recalls the lowest threshold), this one the highest threshold with
+    recall >= 0.95, so the two can differ (often, with tied scores).  Which in-distribution set
+    and class mask feed ``conf_in`` / ``conf_out`` is the protocol's business (:mod:`robustbench_rpc.ood`).
     """
     conf_in = np.asarray(conf_in, dtype=np.float64).ravel()
     conf_out = np.asarray(conf_out, dtype=np.float64).ravel()

@@ -28,7 +28,7 @@ _EVAL_KEYS = {
     "clean": {"kind", "dataset"},
     "attack": None,  # any attack parameter passes through to get_attack
     "corruption": {"kind", "corruptions", "severities", "source", "severity_table", "root"},
-    "ood": {"kind", "dataset"},
+    "ood": {"kind", "dataset", "protocol"},  # protocol: see robustbench_rpc.ood
     "shift": {"kind", "dataset"},
 }
 
@@ -197,10 +197,20 @@ def expand(suite: Suite, dataset: str) -> list[EvalSpec]:
         kind = ev["kind"]
         if kind == "clean":
             out.append(EvalSpec("clean", "clean", ev.get("dataset", dataset)))
-        elif kind in ("ood", "shift"):
+        elif kind == "shift":
             if "dataset" not in ev:
                 raise SuiteError(f"{where}: a {kind} evaluation needs 'dataset'")
             out.append(EvalSpec(kind, ev["dataset"], ev["dataset"]))
+        elif kind == "ood":
+            from . import ood
+
+            if "dataset" not in ev:
+                raise SuiteError(f"{where}: an ood evaluation needs 'dataset'")
+            spec = EvalSpec("ood", ev["dataset"], ev["dataset"], ood.ood_params(ev["dataset"], ev.get("protocol"), where))
+            in_spec = ood.in_distribution_spec(spec)  # its own in-distribution evaluation, planned with it
+            if in_spec is not None and in_spec not in out:
+                out.append(in_spec)
+            out.append(spec)
         elif kind == "attack":
             for spec in _attack_specs(ev, where):
                 name = spec.pop("attack", None) or spec.pop("name", None)

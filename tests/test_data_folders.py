@@ -5,8 +5,8 @@ from PIL import Image
 
 from robustbench_rpc.data import folders as F
 from robustbench_rpc.data.imagenet_classes import (IMAGENET_A_INDICES, IMAGENET_A_WNIDS,
-                                                   IMAGENET_R_INDICES, IMAGENET_R_WNIDS,
-                                                   IMAGENET_WNIDS)
+                                                   IMAGENET_O_WNIDS, IMAGENET_R_INDICES,
+                                                   IMAGENET_R_WNIDS, IMAGENET_WNIDS)
 
 
 def _img(path, size=(40, 30), seed=0):
@@ -138,10 +138,13 @@ def test_masked_logits_argmax_over_subset():
 
 
 def test_imagenet_o(tmp_path):
-    root = make_folder(tmp_path / "o", ["n00000001", "n00000002"], per_class=2)
-    o = F.ImageNetO(root, resize=None, crop=None)
+    # the release: folder names are ImageNet-1k wnids (the 200 of IMAGENET_O_WNIDS); more in test_imagenet_o.py
+    root = make_folder(tmp_path / "o", IMAGENET_O_WNIDS[:2], per_class=2)
+    o = F.ImageNetO(root, resize=None, crop=None, allow_missing_classes=True)
     assert len(o) == 4 and set(o.targets) == {-1}
     assert [o[i][2] for i in range(4)] == [0, 1, 2, 3]
-    wrong = make_folder(tmp_path / "wrong", [IMAGENET_WNIDS[3]], per_class=1)
-    with pytest.raises(F.ClassMismatchError, match="ImageNet-1k classes"):
-        F.ImageNetO(wrong)
+    wrong = make_folder(tmp_path / "wrong", ["n00000001"], per_class=1)
+    with pytest.raises(F.ClassMismatchError, match="n00000001"):
+        F.ImageNetO(wrong, allow_missing_classes=True)
+    own = F.OODImageFolder(wrong, resize=None, crop=None)  # an OOD set of one's own: any folder names
+    assert own.targets == [-1]

@@ -256,11 +256,11 @@ def test_user_attention_plugin_by_name_on_the_cli(tmp_path, capsys):
 
 
 def _imagenet_like(root: Path) -> dict[str, str]:
-    """Tiny on-disk ImageNet val / -C / -A / -O folders in the standard layouts (3 images each)."""
+    """Tiny on-disk ImageNet val / -C / -A / -O folders in the released layouts (a few images)."""
     import numpy as np
     from PIL import Image
 
-    from robustbench_rpc.data.imagenet_classes import IMAGENET_A_WNIDS, IMAGENET_WNIDS
+    from robustbench_rpc.data.imagenet_classes import IMAGENET_A_WNIDS, IMAGENET_O_WNIDS, IMAGENET_WNIDS
 
     rng = np.random.default_rng(0)
 
@@ -277,7 +277,9 @@ def _imagenet_like(root: Path) -> dict[str, str]:
     for w in IMAGENET_A_WNIDS:
         (root / "a" / w).mkdir(parents=True)
     img(root / "a" / IMAGENET_A_WNIDS[0] / "a.jpg")
-    img(root / "o" / "n00000001" / "o.jpg")
+    for w in IMAGENET_O_WNIDS:  # ImageNet-O as released: 200 folders named by ImageNet-1k wnids
+        (root / "o" / w).mkdir(parents=True)
+    img(root / "o" / IMAGENET_O_WNIDS[3] / "o.jpg")
     return {"imagenet": "val", "imagenet-c": "c", "imagenet-a": "a", "imagenet-o": "o"}
 
 

@@ -1,4 +1,4 @@
-"""ImageNet-style image folders: ImageNet val, ImageNet-A, ImageNet-R, ImageNet-O.
+"""ImageNet-style image folders: ImageNet val, ImageNet-A, ImageNet-R, ImageNet-O (+ its in-distribution set).
 
 Every dataset yields ``(image float CHW in [0, 1], label, sample_id)``: images are *not* normalized
 (models normalize in their first layer).  ``sample_id`` is the index of the file in the full sorted
@@ -7,10 +7,17 @@ change with ``--limit``, sharding or skipped files, and ImageNet-C (same file na
 ImageNet val) gets the same ids as the clean images it was made from.
 
 Problems surface at construction, before any compute: a missing root names the path; class folders
-that do not match the expected classes (the 1000 ImageNet wnids, the 200 of ImageNet-A/R, or a given
-list) raise :class:`ClassMismatchError` listing the differences.  An unreadable image raises
+that do not match the expected classes (the 1000 ImageNet wnids, the 200 of ImageNet-A/R/O, or a
+given list) raise :class:`ClassMismatchError` listing the differences and naming the root.  An unreadable image raises
 :class:`UnreadableImageError` naming its path; with ``skip_unreadable=True`` every file is test-decoded
 at construction, unreadable ones are left out and counted (``n_skipped``, ``skipped_paths``).
+
+Checked against the released layouts and the RPC-Attention paper's code (``Robust/eval_OOD.py`` of
+rachtsy/KPCA_code): ImageNet-A, -R and -O are each ``root/<wnid>/*.jpg`` with 200 wnid folders (files
+at the root, such as the release's ``README.txt``, are ignored); the paper evaluates them with logits
+restricted to the 200 classes (``net(data)[:, mask]``), which :func:`mask_logits` reproduces while
+labels keep their ImageNet-1k indices.  Missing classes: the loaders require all 200 folders by default
+(a missing one signals a partial download); ``allow_missing_classes=True`` accepts a subset.
 """
 from __future__ import annotations
 
@@ -25,8 +32,8 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
-from .imagenet_classes import (IMAGENET_A_INDICES, IMAGENET_A_WNIDS, IMAGENET_R_INDICES,
-                               IMAGENET_R_WNIDS, IMAGENET_WNIDS)
+from .imagenet_classes import (IMAGENET_A_INDICES, IMAGENET_A_WNIDS, IMAGENET_O_INDICES,
+                               IMAGENET_O_WNIDS, IMAGENET_R_INDICES, IMAGENET_R_WNIDS, IMAGENET_WNIDS)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -220,6 +227,8 @@ class ImageNetVal(ImageSampleFolder):
     Labels are positions in ``classes`` (default: the 1000 sorted ImageNet wnids, the standard class
     index).  Preprocessing: shorter side resized to ``resize``, centre crop ``crop`` (defaults 256 /
     224; derive them from a model with :func:`transform_from_data_config`), or any ``transform``.
+    ``keep_classes``: only the images of these classes (sample ids stay those of the full listing, so
+    they pair with a full clean evaluation).
     """
 
     name = "imagenet-val"
@@ -227,12 +236,24 @@ class ImageNetVal(ImageSampleFolder):
     def __init__(self, root: str, transform: Callable | None = None, *, resize: int | None = 256,
                  crop: int | None = 224, interpolation: str = "bilinear",
                  classes: Sequence[str] = IMAGENET_WNIDS, allow_missing_classes: bool = False,
-                 skip_unreadable: bool = False):
+                 skip_unreadable: bool = False, keep_classes: Iterable[str] | None = None):
         self.root = os.fspath(root)
         index = {c: i for i, c in enumerate(classes)}
         _, pairs = scan_class_folders(self.root, classes, allow_missing_classes=allow_missing_classes,
                                       what="ImageNet val")
-        super().__init__(_indexed(pairs, index.__getitem__),
+        samples = _indexed(pairs, index.__getitem__)
+        if keep_classes is not None:
+            keep = set(keep_classes)
+            unknown = sorted(keep - set(index))
+            if unknown:
+                raise ClassMismatchError(f"ImageNet val: keep_classes not among the classes of "
+                                         f"{os.path.abspath(self.root)}: {_preview(unknown)}")
+            keep_labels = {index[c] for c in keep}
+            samples = [s for s in samples if s[1] in keep_labels]
+            if not samples:
+                raise FileNotFoundError(f"ImageNet val: no image files of the {len(keep)} requested "
+                                        f"classes under {os.path.abspath(self.root)}")
+        super().__init__(samples,
                          transform if transform is not None else eval_transform(resize, crop, interpolation),
                          skip_unreadable, classes)
 
@@ -241,15 +262,23 @@ class _SubsetImageNet(ImageSampleFolder):
     wnids: tuple[str, ...] = ()
     indices: tuple[int, ...] = ()
     display = ""
+    out_of_distribution = False  # True: every label is -1 (no class is correct)
+    hint = ""  # appended to a ClassMismatchError
 
     def __init__(self, root: str, transform: Callable | None = None, *, resize: int | None = 256,
                  crop: int | None = 224, interpolation: str = "bilinear",
                  allow_missing_classes: bool = False, skip_unreadable: bool = False):
         self.root = os.fspath(root)
         to_1k = dict(zip(self.wnids, self.indices))
-        _, pairs = scan_class_folders(self.root, self.wnids, allow_missing_classes=allow_missing_classes,
-                                      what=self.display)
-        super().__init__(_indexed(pairs, to_1k.__getitem__),
+        try:
+            _, pairs = scan_class_folders(self.root, self.wnids, allow_missing_classes=allow_missing_classes,
+                                          what=self.display)
+        except ClassMismatchError as exc:
+            if not self.hint:
+                raise
+            raise ClassMismatchError(f"{exc}\n  {self.hint}") from None
+        label_of = (lambda c: -1) if self.out_of_distribution else to_1k.__getitem__
+        super().__init__(_indexed(pairs, label_of),
                          transform if transform is not None else eval_transform(resize, crop, interpolation),
                          skip_unreadable, IMAGENET_WNIDS)
 
@@ -279,28 +308,63 @@ class ImageNetR(_SubsetImageNet):
     indices = IMAGENET_R_INDICES
 
 
-class ImageNetO(ImageSampleFolder):
-    """ImageNet-O: out-of-distribution images for ImageNet-1k models; every label is -1.
+class ImageNetO(_SubsetImageNet):
+    """ImageNet-O as released: ``root/<wnid>/*.jpg`` with 200 class folders that ARE ImageNet-1k wnids
+    (:data:`IMAGENET_O_WNIDS`, the classes the out-of-distribution images were selected against).
 
-    Layout ``root/<wnid>/*.jpg`` (the release: 200 ImageNet-22k classes, none of them in
-    ImageNet-1k).  A class folder that *is* an ImageNet-1k wnid means the wrong dataset was given and
-    raises :class:`ClassMismatchError`.  The ImageNet-O protocol scores OOD detection (OOD positive,
-    score = -max softmax) against in-distribution ImageNet val confidences; see
-    :func:`robustbench_rpc.metrics.ood_metrics`.
+    Every label is -1 (out-of-distribution: no class is correct).  A folder that is not one of the 200
+    raises :class:`ClassMismatchError` naming the folder(s) and the root; all 200 folders are required
+    unless ``allow_missing_classes``.  The paper's protocol (RPC-Attention code ``Robust/eval_OOD.py``,
+    ``get_imagenet_o_results``): logits of the OOD images and of the in-distribution images -
+    :class:`ImageNetOInDistribution`, the ImageNet val images of the same 200 classes - restricted to
+    :data:`IMAGENET_O_INDICES`, score = -max softmax, OOD positive, AUPR = average precision
+    (:func:`robustbench_rpc.metrics.ood_metrics`).  Suites select it with
+    ``kind = "ood"``, ``dataset = "imagenet-o"``, ``protocol = "imagenet-o-200"`` (see
+    :mod:`robustbench_rpc.ood`).  An OOD set of your own with other folder names: :class:`OODImageFolder`.
     """
 
     name = "imagenet-o"
+    display = "ImageNet-O"
+    wnids = IMAGENET_O_WNIDS
+    indices = IMAGENET_O_INDICES
+    out_of_distribution = True
+    hint = ("ImageNet-O as released has 200 folders named by the ImageNet-1k wnids of "
+            "IMAGENET_O_WNIDS; for an OOD set of your own use the dataset 'ood-folder'")
+
+
+class ImageNetOInDistribution(ImageNetVal):
+    """The in-distribution half of the ImageNet-O protocol: the ImageNet val images (``root`` is the
+    val folder, all 1000 class folders as for :class:`ImageNetVal`) of the 200 ImageNet-O classes only,
+    as the paper's ``Robust/eval_OOD.py`` builds it (it links each ImageNet-O folder name to the val
+    folder of the same name).  Labels are ImageNet-1k indices, sample ids those of the full val listing;
+    evaluate with logits restricted to :data:`IMAGENET_O_INDICES`."""
+
+    name = "imagenet-o-in"
+
+    def __init__(self, root: str, transform: Callable | None = None, *, resize: int | None = 256,
+                 crop: int | None = 224, interpolation: str = "bilinear",
+                 allow_missing_classes: bool = False, skip_unreadable: bool = False):
+        super().__init__(root, transform, resize=resize, crop=crop, interpolation=interpolation,
+                         allow_missing_classes=allow_missing_classes, skip_unreadable=skip_unreadable,
+                         keep_classes=IMAGENET_O_WNIDS)
+
+    @property
+    def class_indices(self) -> torch.Tensor:
+        return torch.tensor(IMAGENET_O_INDICES, dtype=torch.long)
+
+
+class OODImageFolder(ImageSampleFolder):
+    """An out-of-distribution set of your own: ``root/<any folder>/<image>``, every label -1, no class
+    check (not ImageNet-O: use :class:`ImageNetO` for the release).  Scored against the full clean
+    evaluation with unmasked logits (OOD protocol ``all-classes``)."""
+
+    name = "ood-folder"
 
     def __init__(self, root: str, transform: Callable | None = None, *, resize: int | None = 256,
                  crop: int | None = 224, interpolation: str = "bilinear",
                  skip_unreadable: bool = False):
         self.root = os.fspath(root)
-        classes, pairs = scan_class_folders(self.root, None, what="ImageNet-O")
-        in_1k = sorted(set(classes) & set(IMAGENET_WNIDS))
-        if in_1k:
-            raise ClassMismatchError(
-                f"ImageNet-O: {len(in_1k)} class folders in {os.path.abspath(self.root)} are "
-                f"ImageNet-1k classes (in-distribution), e.g. {_preview(in_1k)}; is this ImageNet-O?")
+        _, pairs = scan_class_folders(self.root, None, what="OOD folder")
         super().__init__(_indexed(pairs, lambda c: -1),
                          transform if transform is not None else eval_transform(resize, crop, interpolation),
                          skip_unreadable, ())
@@ -308,16 +372,17 @@ class ImageNetO(ImageSampleFolder):
 
 # ------------------------------------------------------------------------------------ class masking
 
-_SUBSET_INDICES = {"imagenet-a": IMAGENET_A_INDICES, "imagenet-r": IMAGENET_R_INDICES}
-_FULL_1K = ("imagenet", "imagenet-val", "imagenet-1k", "imagenet-c", "imagenet-o")
+_SUBSET_INDICES = {"imagenet-a": IMAGENET_A_INDICES, "imagenet-r": IMAGENET_R_INDICES,
+                   "imagenet-o": IMAGENET_O_INDICES, "imagenet-o-in": IMAGENET_O_INDICES}
+_FULL_1K = ("imagenet", "imagenet-val", "imagenet-1k", "imagenet-c")
 
 
 def class_mask_for(dataset) -> torch.Tensor:
     """ImageNet-1k class indices a dataset is evaluated on (``LongTensor``, ascending).
 
-    ``dataset`` is a name (``"imagenet-a"``, ``"imagenet-r"``; ``"imagenet"``, ``"imagenet-val"``,
-    ``"imagenet-c"``, ``"imagenet-o"`` give all 1000) or a dataset with a ``class_indices`` attribute
-    or a ``name`` attribute.
+    ``dataset`` is a name (``"imagenet-a"``, ``"imagenet-r"``, ``"imagenet-o"`` and its in-distribution
+    set ``"imagenet-o-in"`` give their 200; ``"imagenet"``, ``"imagenet-val"``, ``"imagenet-c"`` give all
+    1000) or a dataset with a ``class_indices`` attribute or a ``name`` attribute.
     """
     if isinstance(dataset, str):
         key = dataset.lower().replace("_", "-")

@@ -11,7 +11,10 @@ from .embedded import digits32, digits32_ood
 
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
 #: datasets whose files live on disk under a root the user supplies (--data-root NAME=PATH)
-NEEDS_ROOT = {"imagenet", "imagenet-a", "imagenet-r", "imagenet-o", "imagenet-c", "cifar10-c", "cifar100-c"}
+NEEDS_ROOT = {"imagenet", "imagenet-a", "imagenet-r", "imagenet-o", "imagenet-o-in", "imagenet-c", "cifar10-c",
+              "cifar100-c", "ood-folder"}
+#: datasets read from another dataset's root: the ImageNet-O in-distribution set is ImageNet val's images
+ROOT_OF = {"imagenet-o-in": "imagenet"}
 
 
 class DataRootError(ValueError):
@@ -45,13 +48,15 @@ def _on_disk(cls_name: str, key: str):
     def make(roots: dict[str, str], cfg: dict[str, Any], skip_unreadable: bool = False) -> Dataset:
         folders = _folders()
         transform = folders.transform_from_data_config(cfg) if cfg else None
-        return getattr(folders, cls_name)(str(root_for(key, roots)), transform, skip_unreadable=skip_unreadable)
+        root = root_for(ROOT_OF.get(key, key), roots)
+        return getattr(folders, cls_name)(str(root), transform, skip_unreadable=skip_unreadable)
 
     return make
 
 
 for _cls, _key in (("ImageNetVal", "imagenet"), ("ImageNetA", "imagenet-a"), ("ImageNetR", "imagenet-r"),
-                   ("ImageNetO", "imagenet-o")):
+                   ("ImageNetO", "imagenet-o"), ("ImageNetOInDistribution", "imagenet-o-in"),
+                   ("OODImageFolder", "ood-folder")):
     DATASETS.add(_key, _on_disk(_cls, _key))
 
 

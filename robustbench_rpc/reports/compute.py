@@ -386,6 +386,11 @@ def ood_result(data: RunData, model_key: str, eval_key: str) -> tuple[dict | Non
         return None, "params.in_eval_key not set"
     if in_key not in set(data.evals["eval_key"]):
         return None, f"in_eval_key {in_key!r} is not a stored evaluation"
+    out_mask = info["params"].get("class_mask")
+    in_mask = data.info(in_key)["params"].get("class_mask")
+    if out_mask != in_mask:  # the two confidences must come from the same softmax
+        return None, (f"in- and out-of-distribution confidences use different class masks "
+                      f"({in_mask or 'none'} vs {out_mask or 'none'})")
     if not data.complete(model_key, eval_key) or not data.complete(model_key, in_key):
         return None, "incomplete"
     res = metrics.ood_metrics(data.outcomes(model_key, in_key)["confidence"].to_numpy(),

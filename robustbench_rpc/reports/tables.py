@@ -227,32 +227,41 @@ def ood_table(data: RunData) -> Table | None:
     ev = data.evals_of("ood")
     if ev.empty or not data.model_keys:
         return None
-    columns = ["Model", "OOD set", "In-distribution", "AUPR (%)", "AUROC (%)", "FPR95 (%)", "n in", "n out"]
-    rows, tidy, notes = [], [], []
+    from ..ood import describe as describe_protocol, protocol_of
+
+    columns = ["Model", "OOD set", "Protocol", "In-distribution", "AUPR (%)", "AUROC (%)", "FPR95 (%)", "n in",
+               "n out"]
+    rows, tidy, notes, protocols = [], [], [], {}
     for e in ev["eval_key"]:
         info = data.info(e)
+        protocol = protocol_of(info["params"])
+        name = info["name"] + ("" if "protocol" in info["params"] else ", protocol not recorded")
+        protocols.setdefault(protocol, []).append(name)
         in_key = info["params"].get("in_eval_key")
         in_label = eval_label(data.info(in_key)) if in_key in set(data.evals["eval_key"]) else "?"
         for m in data.model_keys:
             res, why = ood_result(data, m, e)
             if res is None and why != "incomplete":
                 notes.append(f"{data.name(m)} on {info['name']}: {why}")
-            rows.append([data.name(m), info["name"], in_label]
+            rows.append([data.name(m), info["name"], protocol, in_label]
                         + ([fmt_num(res[k]) for k in ("aupr", "auroc", "fpr95")] + [str(res["n_in"]), str(res["n_out"])]
                            if res else [None] * 5))
             tidy.append({"model": data.name(m), "model_key": m, "eval_key": e, "ood_set": info["name"],
-                         "dataset": info["dataset"], "in_eval_key": in_key,
+                         "dataset": info["dataset"], "protocol": protocol, "in_eval_key": in_key,
                          **{f"{k}_pct": pct(res[k]) if res else NAN for k in ("aupr", "auroc", "fpr95")},
                          "n_in": res["n_in"] if res else None, "n_out": res["n_out"] if res else None,
                          "complete": res is not None})
     pairs = [(m, k) for e in ev["eval_key"] for m in data.model_keys
              for k in (e, data.info(e)["params"].get("in_eval_key")) if k in set(data.evals["eval_key"])]
-    protocol = dataset_lines(data, ev) + [
+    used = data.evals[data.evals["eval_key"].isin({k for _, k in pairs})]  # OOD sets and their in-distribution
+    protocol = dataset_lines(data, used) + [
         "OOD detection with anomaly score = -confidence (max softmax probability); OOD is the positive class",
         "AUPR: average precision of detecting OOD samples (higher is better); AUROC (higher is better); "
         "FPR95: fraction of in-distribution samples flagged at 95% OOD recall (lower is better)",
-        "In-distribution confidences: the clean evaluation named by params.in_eval_key, same model",
-        data.seeds_text()]
+        "In-distribution confidences: the clean evaluation named by params.in_eval_key, same model"]
+    protocol += [f"Protocol {p} ({', '.join(dict.fromkeys(sets))}): {describe_protocol(p)}"
+                 for p, sets in protocols.items()]
+    protocol.append(data.seeds_text())
     return Table("ood", "Out-of-distribution detection", columns, rows, pd.DataFrame(tidy), protocol,
                  notes + incomplete_notes(data, list(dict.fromkeys(pairs))))
 
