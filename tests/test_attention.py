@@ -83,7 +83,7 @@ def test_scaled_forms(tiny_kwargs):
     v = timm.create_model("vit_micro_patch4_32", **tiny_kwargs).eval()
     patch_attention(v, "scaled", layers="all", form="scalar")  # the paper's alpha x Asym: s (1,), init 0
     assert v.blocks[0].attn.s.shape == (1,) and v.blocks[0].attn.qkv.out_features == 3 * 48
-    assert float(v.blocks[0].attn.s) == 0.0
+    assert v.blocks[0].attn.s.detach().item() == 0.0
     s = timm.create_model("symvit_micro_patch4_32", **tiny_kwargs).eval()
     patch_attention(s, "scaled_symmetric", layers="all", s_init=0.0)  # project variant: V - 0*A_kk V = V
     blk = s.blocks[0].attn

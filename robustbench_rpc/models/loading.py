@@ -179,8 +179,8 @@ def resolve_model(name: str, checkpoint: str | Path | None = None, kwargs: Mappi
         if key in from_file:
             fval, how = from_file[key]
             src_file = {"value": fval, "source": f"{FROM_FILE} ({how})"}
-            other = ((kwargs[key], f"argument {key}={kwargs[key]!r}", FROM_ARGUMENT) if given else
-                     (entry.defaults[key], f"{name}'s preset {key}={entry.defaults[key]!r}", f"{FROM_PRESET} {name}")
+            other = ((kwargs[key], f"argument {key}={kwargs[key]!r} was given", FROM_ARGUMENT) if given else
+                     (entry.defaults[key], f"{name} presets {key}={entry.defaults[key]!r}", f"{FROM_PRESET} {name}")
                      if preset else None)
             if other is None or _same(key, fval, other[0], depth):
                 settings[key], final[key] = src_file, fval
@@ -189,7 +189,7 @@ def resolve_model(name: str, checkpoint: str | Path | None = None, kwargs: Mappi
                 final[key] = other[0]
             else:
                 shown = fval if fval is not None else "unused"
-                conflicts.append(f"{key}: the file says {shown!r} ({how}), but {other[1]} was given")
+                conflicts.append(f"{key}: the file says {shown!r} ({how}), but {other[1]}")
         elif given:
             settings[key], final[key] = {"value": kwargs[key], "source": FROM_ARGUMENT}, kwargs[key]
         elif preset:
