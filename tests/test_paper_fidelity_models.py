@@ -340,3 +340,53 @@ def test_resolve_model_leaves_other_models_alone(tmp_path):
     r = resolve_model("rpc_symvit_tiny_5iter_layer1", None, {})
     assert r.settings["rpc_iters"] == {"value": 5, "source": "preset rpc_symvit_tiny_5iter_layer1"}
     assert r.settings["rpc_lambda"] == {"value": 4.0, "source": "model default"}
+
+
+CLEAN_SUITE = """
+name = "clean_only"
+version = 1
+[defaults]
+dataset = "digits32"
+batch_size = 4
+seed = 1
+limit = 4
+[[evaluation]]
+kind = "clean"
+"""
+
+
+def test_cli_run_records_where_settings_came_from(tmp_path, capsys):
+    """End to end: a paper checkpoint on the CLI; the model info and manifest say which setting came from where."""
+    import json
+    import sqlite3
+
+    from robustbench_rpc.cli import main
+
+    micro = dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4)
+    ref = RefViT(32, 4, 64, 4, 4, 10, lambda i, _: RefSymAttention(64, 4, True, i, 2, 3.0, 2))
+    for b in ref.blocks:  # the micro models' MLP ratio is 2
+        b.mlp.fc1, b.mlp.fc2 = nn.Linear(64, 128), nn.Linear(128, 64)
+    path = paper_file(tmp_path / "micro.pth", ref, model="deit_micro", input_size=32, nb_classes=10, robust=True,
+                      num_iter=2, lambd=3.0, layer=2)
+    suite = tmp_path / "clean.toml"
+    suite.write_text(CLEAN_SUITE)
+    spec = f"rpc_symvit_micro_patch4_32:{path}"
+    base = ["run", "--suite", str(suite), "--model", spec, "--no-progress", "--device", "cpu", "--no-report"]
+    assert main(base + ["--out", str(tmp_path / "a")]) == 0
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    s = next(iter(manifest["extra"]["model_settings"].values()))
+    assert s["rpc_iters"] == {"value": 2, "source": "checkpoint args (num_iter=2)"}
+    assert s["attention"]["blocks"] == [2]
+    with sqlite3.connect(tmp_path / "a" / "results.sqlite") as con:
+        (info,) = con.execute("SELECT info_json FROM models").fetchone()
+    info = json.loads(info)
+    assert info["settings"]["rpc_lambda"]["source"] == "checkpoint args (lambd=3.0)"
+    assert [g["layers"] for g in info["attention"]["groups"] if g["variant"] == "rpc"] == [[2]]
+
+    assert main(base + ["--out", str(tmp_path / "b"), "--model-arg", "rpc_iters=5"]) == 2
+    err = capsys.readouterr().err
+    assert "num_iter=2" in err and "rpc_iters=5" in err and str(path) in err
+    assert main(base + ["--out", str(tmp_path / "c"), "--model-arg", "rpc_iters=5", "--override-checkpoint-args"]) == 0
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    s = next(iter(manifest["extra"]["model_settings"].values()))
+    assert s["rpc_iters"]["value"] == 5 and "overrides checkpoint args" in s["rpc_iters"]["source"]
