@@ -92,6 +92,8 @@ def test_scaled_forms(tiny_kwargs):
     torch.testing.assert_close(blk(h), blk.proj(v))
     with pytest.raises(ValueError, match="Scaled S"):
         patch_attention(m, "scaled", form="diag")
+    with pytest.raises(TypeError, match="scaled_symmetric"):
+        patch_attention(m, "scaled", form="scalar", s_init=-1.0)
 
 
 def test_user_variant_plugs_in_with_one_decorator(tiny_kwargs):

@@ -40,9 +40,13 @@ class ScaledAttention(nn.Module):
         form: str = "matrix",
         num_tokens: Optional[int] = None,
         fused_attn: bool = True,
+        s_init: Optional[float] = None,
         **_: object,
     ) -> None:
         super().__init__()
+        if s_init is not None:
+            raise TypeError("the paper's scaled attention initialises s at 0 and takes no s_init; the per-head "
+                            "variant with s_init is 'scaled_symmetric' (not the paper's)")
         if form not in ("matrix", "scalar"):
             raise ValueError(f"scaled attention form must be 'matrix' (Scaled S) or 'scalar' (alpha x Asym), "
                              f"got {form!r}")
