@@ -101,7 +101,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         suite=args.suite, models=args.model or [], out=args.out, device=args.device, batch_size=args.batch_size,
         limit=args.limit, seed=args.seed, data_roots=_kv(args.data_root, "--data-root"),
         reference_model=args.reference, workers=args.workers, amp=args.amp, compile=args.compile,
-        eot_samples=args.eot_samples, report=not args.no_report, model_kwargs=_model_kwargs(args.model_arg),
+        eot_samples=args.eot_samples, report=not args.no_report,
+        model_kwargs=_model_kwargs(args.model_arg) | ({"override_checkpoint_args": True}
+                                                     if args.override_checkpoint_args else {}),
         progress=False if args.no_progress else None, attention=args.attention,
         attention_layers=args.attention_layers, attention_args=_model_kwargs(args.attention_arg),
         skip_unreadable=args.skip_unreadable,
@@ -197,7 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--suite", default="quick", help="packaged suite (quick, paper, robustbench) or a .toml file")
     r.add_argument("--model", action="append", metavar="NAME[:CKPT]",
                    help="model to evaluate (repeatable); CKPT 'packaged' uses the shipped checkpoint")
-    r.add_argument("--model-arg", action="append", metavar="KEY=JSON", help="model kwarg, e.g. rpc_iters=6")
+    r.add_argument("--model-arg", action="append", metavar="KEY=JSON",
+                   help="model kwarg, e.g. rpc_iters=6 (a paper checkpoint's args set these; a contradicting "
+                        "value is an error unless --override-checkpoint-args)")
+    r.add_argument("--override-checkpoint-args", action="store_true",
+                   help="let --model-arg values and preset defaults win over a paper checkpoint's args "
+                        "(robust/num_iter/lambd/layer/nb_classes); the manifest records which won")
     r.add_argument("--attention", metavar="VARIANT",
                    help="swap the models' attention for a registered variant (softmax, symmetric, rpc, scaled, "
                         "or one from --plugin), keeping weights where shapes match")

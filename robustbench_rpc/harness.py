@@ -41,6 +41,7 @@ class ModelSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     reference: bool = False
     attention: dict[str, Any] | None = None  # {"variant", "layers", **params}: patched in after loading
+    settings: dict[str, Any] = field(default_factory=dict)  # per model setting: value and source (file/arg/...)
 
     @classmethod
     def parse(cls, spec: str, kwargs: dict[str, Any] | None = None) -> "ModelSpec":
@@ -146,11 +147,16 @@ class Plan:
         ref_names = [m for m in self.models if ref in (m.spec, m.name)] if ref else []
         (ref_names[0] if ref_names else self.models[0]).reference = True
         from .models import create_model, data_config_of
+        from .models.loading import resolve_model
 
         num_classes, configs = {}, {}
         for m in self.models:  # fail on a bad name/kwarg/checkpoint now, not after an hour of attacks
+            kw = dict(m.kwargs)  # a paper checkpoint's args configure the model (classes, PAP) here too
+            resolved = resolve_model(m.name, m.checkpoint, kw, override_checkpoint_args=bool(
+                kw.pop("override_checkpoint_args", False)))
+            m.settings = resolved.settings
             with torch.device("meta"):  # no weights allocated
-                net = create_model(m.name, **m.kwargs)
+                net = create_model(resolved.name, **resolved.kwargs)
             num_classes[m.spec] = int(getattr(net, "num_classes", 0))
             configs[m.spec] = data_config_of(net)
         sizes = {spec: tuple(c["input_size"]) for spec, c in configs.items()}
@@ -304,6 +310,7 @@ class Runner:
             "mean": [float(v) for v in model.data_config.get("mean", ())],
             "std": [float(v) for v in model.data_config.get("std", ())],
             "init_seed": None if m.checkpoint else self.plan.seed,
+            "settings": getattr(model, "model_settings", None) or m.settings,
         }
         key = stable_key({k: info[k] for k in ("arch", "checkpoint_sha256", "attention", "kwargs", "precision",
                                                "init_seed")})
@@ -522,7 +529,8 @@ class Runner:
             sample_ids=sample_ids,
             extra={"suite": p.suite.name, "suite_version": p.suite.version, "settings": p.settings(),
                    "precision": p.amp, "world_size": dist.world(), "python": platform.python_version(),
-                   "command": " ".join(sys.argv)},
+                   "command": " ".join(sys.argv),
+                   "model_settings": {m.display: m.settings for m in p.models}},
         )
         self.store.set_meta("manifest", manifest)
         (p.out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))

@@ -14,7 +14,7 @@ torch.manual_seed(0)
 
 
 def test_registry_lists_paper_variants():
-    assert {"softmax", "symmetric", "rpc", "scaled"} <= set(list_attentions())
+    assert {"softmax", "symmetric", "rpc", "scaled", "scaled_symmetric"} <= set(list_attentions())
 
 
 @pytest.mark.parametrize("n_iter", [1, 2, 4])
@@ -77,15 +77,23 @@ def test_scaled_forms(tiny_kwargs):
     m = timm.create_model("vit_micro_patch4_32", **tiny_kwargs).eval()
     x = torch.randn(2, 3, 32, 32)
     ref = m(x)
-    patch_attention(m, "scaled", layers="all", form="matrix")  # S = 0 -> plain softmax attention
+    patch_attention(m, "scaled", layers="all", form="matrix")  # s = 0 -> plain softmax attention, weights kept
     torch.testing.assert_close(m(x), ref, atol=1e-5, rtol=1e-4)
-    assert m.blocks[0].attn.S.shape == (3, 17, 17)
+    assert m.blocks[0].attn.s.shape == (3, 17, 17)
+    v = timm.create_model("vit_micro_patch4_32", **tiny_kwargs).eval()
+    patch_attention(v, "scaled", layers="all", form="scalar")  # the paper's alpha x Asym: s (1,), init 0
+    assert v.blocks[0].attn.s.shape == (1,) and v.blocks[0].attn.qkv.out_features == 3 * 48
+    assert v.blocks[0].attn.s.detach().item() == 0.0
     s = timm.create_model("symvit_micro_patch4_32", **tiny_kwargs).eval()
-    patch_attention(s, "scaled", layers="all", form="scalar", s_init=0.0)  # (I - 0*A)V = V
+    patch_attention(s, "scaled_symmetric", layers="all", s_init=0.0)  # project variant: V - 0*A_kk V = V
     blk = s.blocks[0].attn
     h = torch.randn(2, 17, 48)
     v = blk.qkv(h).reshape(2, 17, 2, 3, 16)[:, :, 1].reshape(2, 17, 48)
     torch.testing.assert_close(blk(h), blk.proj(v))
+    with pytest.raises(ValueError, match="Scaled S"):
+        patch_attention(m, "scaled", form="diag")
+    with pytest.raises(TypeError, match="scaled_symmetric"):
+        patch_attention(m, "scaled", form="scalar", s_init=-1.0)
 
 
 def test_user_variant_plugs_in_with_one_decorator(tiny_kwargs):

@@ -15,9 +15,11 @@ def _rpc(tiny_kwargs, **kw):
     return timm.create_model("rpc_symvit_tiny_patch16_224", rpc_iters=2, rpc_lambda=1.0, **tiny_kwargs, **kw).eval()
 
 
-def _paper_layout(sd):
-    args = argparse.Namespace(model="rpc_symvit_tiny_patch16_224", lr=5e-4, batch_size=256, device="cuda",
-                              input_size=224, drop_path=0.1, iters=2, lambd=1.0, layers=[0])
+def _paper_layout(sd, layer=0):
+    """The paper's training checkpoint (Attack/main.py): args name the DeiT arch and the PAP settings."""
+    args = argparse.Namespace(model="deit_tiny_patch16_224", lr=5e-4, batch_size=256, device="cuda",
+                              input_size=224, drop_path=0.1, robust=True, num_iter=2, lambd=1.0, layer=layer,
+                              nb_classes=10)
     return {"model": sd, "args": args, "epoch": 299, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3}]},
             "lr_scheduler": {"last_epoch": 299}}
 
@@ -58,8 +60,10 @@ def test_round_trip_every_layout(layout, tiny_kwargs, tmp_path):
 def test_load_model_with_paper_checkpoint_on_unit_images(tiny_kwargs, tmp_path):
     src = _rpc(tiny_kwargs, rpc_layers="all")
     path = tmp_path / "best.pth"
-    torch.save(_paper_layout(src.state_dict()), path)
+    torch.save(_paper_layout(src.state_dict(), layer=-1), path)
     w = load_model(f"rpc_symvit_tiny_patch16_224:{path}", rpc_iters=2, rpc_lambda=1.0, rpc_layers="all", **tiny_kwargs)
+    assert w.model_settings["rpc_layers"]["source"] == "checkpoint args (robust=True, layer=-1)"
+    assert load_model(f"rpc_symvit_tiny_patch16_224:{path}", **tiny_kwargs).model_settings == w.model_settings
     x = torch.rand(2, 3, 32, 32)
     mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
     std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)

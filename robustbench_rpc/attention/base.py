@@ -76,9 +76,11 @@ def _constructor_args(attn: nn.Module) -> dict[str, Any]:
 
 
 def resolve_layers(layers: str | int | Sequence[int] | None, depth: int) -> list[int]:
-    """'all' | 'first' | 'last' | int | list of block indices (negative allowed) -> sorted indices."""
+    """'all' | 'first' | 'last' | 'none' | int | list of block indices (negative allowed) -> sorted indices."""
     if layers is None or layers == "all":
         return list(range(depth))
+    if layers == "none":
+        return []
     if layers == "first":
         return [0]
     if layers == "last":
@@ -88,7 +90,7 @@ def resolve_layers(layers: str | int | Sequence[int] | None, depth: int) -> list
             layers = [int(p) for p in layers.replace(" ", "").split(",") if p]
         except ValueError:
             raise ValueError(
-                f"layers must be 'all', 'first', 'last' or block indices like '0,3', got {layers!r}"
+                f"layers must be 'all', 'first', 'last', 'none' or block indices like '0,3', got {layers!r}"
             ) from None
     if isinstance(layers, int):
         layers = [layers]

@@ -13,6 +13,10 @@ NeurIPS 2024. Per head, with K the keys (B, H, N, d) and C the full embedding di
     output L  (then the usual output projection)
 
 Defaults: n_iter=4, lambda=4.0. The last Y update cannot change the output and is skipped.
+
+Checked against the paper's public code, ``Attack/softmax.py`` (``Attention`` with ``robust``, ``n``,
+``lambd``, ``layer``): its ``n - 1`` loop iterations plus the final one are our ``n_iter``; which blocks run
+PAP (its ``layer``: -1 all, else that block) is decided by the model, see ``models.loading.resolve_model``.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """``symmetric`` (SymViT): queries = keys, softmax(K K^T / sqrt(d)) V.
 
-The qkv linear emits only K and V (weight shape (2*dim, dim)), as in the RPC-Attention paper's public
-checkpoints, so those files load without renaming.
+The qkv linear emits only K and V (weight shape (2*dim, dim), K first), as in the RPC-Attention paper's
+public code (``Attack/softmax.py``, ``Attention`` with ``robust`` off) and checkpoints, so those files load
+without renaming.
 """
 from __future__ import annotations
 

@@ -33,8 +33,11 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def read_checkpoint_file(path: str | Path) -> Any:
-    """Deserialize a checkpoint without executing arbitrary pickled code."""
+def read_checkpoint_file(path: str | Path, *, mmap: bool = False) -> Any:
+    """Deserialize a checkpoint without executing arbitrary pickled code.
+
+    ``mmap=True`` maps a (zip-format) ``.pth`` instead of reading it, for a cheap look at its ``args`` and
+    shapes; legacy-format files are then read normally."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
@@ -47,6 +50,11 @@ def read_checkpoint_file(path: str | Path) -> Any:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
+            if mmap:
+                try:
+                    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError:  # legacy (non-zip) format cannot be mapped
+                    pass
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
@@ -95,8 +103,11 @@ def describe_state_dict(sd: Mapping[str, torch.Tensor]) -> str:
         rows = qkv.shape[0] / dim
         kind = {2: "a symmetric model (SymViT / RPC-SymViT)", 3: "an asymmetric softmax model (ViT / DeiT)"}
         parts.insert(0, f"qkv has {rows:g}*dim rows: {kind.get(rows, 'an unknown attention layout')}")
-    if any(k.endswith("attn.S") for k in sd):
-        parts.append("has Scaled-Attention S matrices")
+    s = sd.get("blocks.0.attn.s")
+    if s is not None:
+        parts.append("Scaled Attention " + ("'alpha x Asym' (one scalar s per block)" if tuple(s.shape) == (1,)
+                                            else f"'Scaled S' (s of shape {tuple(s.shape)})" if s.dim() == 3
+                                            else f"s of shape {tuple(s.shape)} (not the paper's layout)"))
     head = sd.get("head.weight")
     if head is not None:
         parts.append(f"{head.shape[0]} classes")
@@ -110,8 +121,10 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "model", model) if hasattr(model, "mean") and hasattr(model, "std") else model
 
 
-def match_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str | Path) -> None:
-    """Raise one clear error listing missing / unexpected / mis-shaped keys and what the file looks like."""
+def match_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str | Path,
+                     hint: str | None = None) -> None:
+    """Raise one clear error listing missing / unexpected / mis-shaped keys and what the file looks like
+    (``hint``, e.g. which registered model fits the file, goes on the first line)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
@@ -122,7 +135,7 @@ def match_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str
     def show(keys: list[str], fmt=lambda k: k) -> str:
         return ", ".join(fmt(k) for k in keys[:10]) + (f" ... (+{len(keys) - 10} more)" if len(keys) > 10 else "")
 
-    lines = [f"checkpoint {path} does not fit {type(model).__name__}:"]
+    lines = [f"checkpoint {path} does not fit {type(model).__name__}:" + (f" {hint}" if hint else "")]
     if missing:
         lines.append(f"  missing keys ({len(missing)}): {show(missing)}")
     if unexpected:
@@ -137,10 +150,16 @@ def match_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str
 
 def load_checkpoint(model: nn.Module, path: str | Path, *, prefer_ema: bool = False, strict: bool = True) -> nn.Module:
     """Load a checkpoint file into a timm-convention model (or our [0,1] wrapper around one)."""
-    target = _unwrap(model)
     sd = extract_state_dict(read_checkpoint_file(path), path, prefer_ema=prefer_ema)
+    return load_state_dict_checked(model, sd, path, strict=strict)
+
+
+def load_state_dict_checked(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str | Path, *,
+                            strict: bool = True, hint: str | None = None) -> nn.Module:
+    """Load an extracted state dict (from ``path``) strictly, with :func:`match_state_dict`'s explanation."""
+    target = _unwrap(model)
     if strict:
-        match_state_dict(target, sd, path)
+        match_state_dict(target, sd, path, hint)
     ref = next(target.parameters())
     target.load_state_dict({k: v.to(ref.device) for k, v in sd.items()}, strict=strict)
     return model

@@ -3,6 +3,18 @@
 After ``import robustbench_rpc``, ``timm.create_model('rpc_symvit_tiny_patch16_224', rpc_iters=6)`` works.
 Each entry carries its evaluation contract (input size, mean/std, crop, classes) as a timm pretrained
 config, so preprocessing is derived from the model, never retyped.
+
+Sizes follow the paper's code (``Robust/models.py``): tiny 192 dims / 3 heads, base 768 / 12, and the
+paper's *small* is 348 dims / 6 heads (head dim 58), not DeiT-S's 384. ``*_small_patch16_224`` is DeiT-S
+(384); ``*_small_paper_patch16_224`` and the small paper presets (``rpc_symvit_small_{4,5,6}iter_layer1``,
+``rpc_symvit_small_2iter_all``) are the paper's 348-dim small, so the paper's small checkpoints load into them.
+
+Scaled Attention (``Scaled_Attention/softmax.py``): ``scaled_vit_tiny_patch16_224`` is "Scaled S" (a learned
+(heads, N, N) matrix ``s`` per block), ``scaled_alpha_vit_tiny_patch16_224`` is "alpha x Asym" (one learned
+scalar ``s`` per block); both are DeiT-tiny with a 3*dim qkv, as the paper trained them.
+
+A checkpoint file carrying the paper's training ``args`` configures the model it is loaded into (PAP on/off,
+iterations, lambda, layer, classes): see :func:`robustbench_rpc.models.loading.resolve_model`.
 """
 from __future__ import annotations
 
@@ -26,6 +38,7 @@ DIGITS_STD = (0.3240, 0.3240, 0.3240)
 ARCHS: dict[str, dict[str, Any]] = {
     "tiny": dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3),
     "small": dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "small_paper": dict(img_size=224, patch_size=16, embed_dim=348, depth=12, num_heads=6),
     "base": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12),
     "micro": dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0),
 }
@@ -41,9 +54,13 @@ class ModelEntry:
     notes: str
     cfg: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
+    arch: str = ""  # key of ARCHS
 
 
 MODELS: Registry[ModelEntry] = Registry("model")
+
+#: What an rpc_symvit model runs when neither a preset, an argument nor a paper checkpoint's args say.
+RPC_DEFAULTS: dict[str, Any] = dict(rpc_iters=4, rpc_lambda=4.0, rpc_layers="first")
 
 
 def _cfg(arch: str, **overrides: Any) -> dict[str, Any]:
@@ -64,6 +81,8 @@ def _build(arch: str, attention: str, pretrained_cfg: dict[str, Any], kwargs: di
     given_cfg = kwargs.pop("pretrained_cfg", None)
     rpc = {k: kwargs.pop(k) for k in ("rpc_iters", "rpc_lambda", "rpc_layers") if k in kwargs}
     scaled_form = kwargs.pop("scaled_form", None)
+    if scaled_form is not None and attention != "scaled":
+        raise TypeError(f"scaled_form={scaled_form!r} only applies to scaled_* models")
     accepted = inspect.signature(VisionTransformer.__init__).parameters
     unknown = sorted(k for k, v in kwargs.items() if k not in accepted and v is not None)
     if unknown:
@@ -74,12 +93,12 @@ def _build(arch: str, attention: str, pretrained_cfg: dict[str, Any], kwargs: di
         vit_kwargs.setdefault("attn_layer", SymmetricAttention)
     model = VisionTransformer(**vit_kwargs)
     if attention == "rpc":
-        patch_attention(model, "rpc", layers=rpc.get("rpc_layers", "first"),
-                        n_iter=rpc.get("rpc_iters", 4), lam=rpc.get("rpc_lambda", 4.0))
+        rpc = RPC_DEFAULTS | rpc
+        patch_attention(model, "rpc", layers=rpc["rpc_layers"], n_iter=rpc["rpc_iters"], lam=rpc["rpc_lambda"])
     elif rpc:
         raise TypeError(f"rpc_* arguments {sorted(rpc)} only apply to rpc_symvit models")
     if attention == "scaled":
-        patch_attention(model, "scaled", layers="all", form=scaled_form or "matrix")
+        patch_attention(model, "scaled", layers="all", form=scaled_form)
     cfg = dict(pretrained_cfg)
     if isinstance(given_cfg, dict):
         cfg.update({k: v for k, v in given_cfg.items() if v is not None and k in cfg})
@@ -95,6 +114,8 @@ def _build(arch: str, attention: str, pretrained_cfg: dict[str, Any], kwargs: di
 
 def _register(name: str, arch: str, attention: str, notes: str, **defaults: Any) -> None:
     cfg = _cfg(arch)
+    if attention == "scaled":
+        defaults.setdefault("scaled_form", "matrix")
 
     def factory(pretrained: bool = False, **kwargs: Any):
         if pretrained:
@@ -110,26 +131,39 @@ def _register(name: str, arch: str, attention: str, notes: str, **defaults: Any)
     factory.__doc__ = notes
     setattr(sys.modules[__name__], name, factory)
     register_model(factory)
-    MODELS.add(name, ModelEntry(name, factory, attention, notes, cfg, defaults))
+    MODELS.add(name, ModelEntry(name, factory, attention, notes, cfg, defaults, arch))
 
 
-for _size in ("tiny", "small", "base"):
-    _register(f"symvit_{_size}_patch16_224", _size, "symmetric", "SymViT (DeiT arch, queries = keys)")
+_SIZE_NOTE = {"tiny": "", "small": " (DeiT-S: 384 dims; the paper's small is *_small_paper_*)", "base": "",
+              "small_paper": " (the paper's small: 348 dims, 6 heads, Robust/models.py)"}
+for _size in ("tiny", "small", "small_paper", "base"):
+    _register(f"symvit_{_size}_patch16_224", _size, "symmetric",
+              f"SymViT (DeiT arch, queries = keys){_SIZE_NOTE[_size]}")
     _register(f"rpc_symvit_{_size}_patch16_224", _size, "rpc",
-              "RPC-SymViT: PAP in the chosen layers (default 4 iters, lambda 4, first layer)")
-_register("scaled_vit_tiny_patch16_224", "tiny", "scaled", "Scaled Attention 'Scaled S' in every layer")
+              "RPC-SymViT: PAP in the chosen layers (default 4 iters, lambda 4, first layer; a paper "
+              f"checkpoint's args set them){_SIZE_NOTE[_size]}")
+_register("scaled_vit_tiny_patch16_224", "tiny", "scaled",
+          "Scaled Attention 'Scaled S' (paper): softmax(QK^T)(I - S)V, S (heads, N, N) in every layer",
+          scaled_form="matrix")
+_register("scaled_alpha_vit_tiny_patch16_224", "tiny", "scaled",
+          "Scaled Attention 'alpha x Asym' (paper): softmax(QK^T)(I - s softmax(KK^T))V, scalar s per layer",
+          scaled_form="scalar")
 _register("vit_micro_patch4_32", "micro", "softmax", "embedded default: softmax ViT, 32x32, 10 classes")
 _register("symvit_micro_patch4_32", "micro", "symmetric", "embedded default: SymViT, 32x32, 10 classes")
 _register("rpc_symvit_micro_patch4_32", "micro", "rpc",
           "embedded default: RPC-SymViT, 32x32, 10 classes (4 iters, first layer)")
 
-# The paper's configurations as named presets.
+# The paper's configurations as named presets ("layer 1" = the first block, the paper's layer=0). The small
+# presets use the paper's small (348 dims), so the paper's checkpoints load into them.
 for _size in ("tiny", "small", "base"):
+    _arch = "small_paper" if _size == "small" else _size
     for _it in (4, 5, 6):
-        _register(f"rpc_symvit_{_size}_{_it}iter_layer1", _size, "rpc",
-                  f"paper preset: RPC-SymViT ({_it} iters, layer 1)", rpc_iters=_it, rpc_layers="first")
-    _register(f"rpc_symvit_{_size}_2iter_all", _size, "rpc",
-              "paper preset: RPC-SymViT (2 iters, all layers)", rpc_iters=2, rpc_layers="all")
+        _register(f"rpc_symvit_{_size}_{_it}iter_layer1", _arch, "rpc",
+                  f"paper preset: RPC-SymViT ({_it} iters, layer 1){_SIZE_NOTE.get(_arch, '')}",
+                  rpc_iters=_it, rpc_layers="first")
+    _register(f"rpc_symvit_{_size}_2iter_all", _arch, "rpc",
+              f"paper preset: RPC-SymViT (2 iters, all layers){_SIZE_NOTE.get(_arch, '')}",
+              rpc_iters=2, rpc_layers="all")
 
 
 def list_models(pattern: str | None = None) -> list[str]:
