@@ -343,6 +343,11 @@ class ResultsStore:
                 con.execute(f"INSERT INTO {table} VALUES (?, ?)", (key, canonical_json(info)))
                 return
             old = json.loads(row[0])
+            if old != info and all(k in info and info[k] == v for k, v in old.items()):
+                # a newer version records more about the same key (e.g. a model's mean/std): keep the
+                # old fields as they are and add the new ones, so older runs stay resumable
+                con.execute(f"UPDATE {table} SET info_json = ? WHERE {key_col} = ?", (canonical_json(info), key))
+                return
             if old != info:
                 raise StoreConflictError(
                     f"{key_col} {key!r} is already registered in {self.path} with different info "

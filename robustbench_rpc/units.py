@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 from typing import Any
 
 import torch
@@ -64,8 +65,15 @@ def attack_params(spec: EvalSpec, amp: str | None) -> dict[str, Any]:
     """Suite parameters -> get_attack kwargs (``alpha_rel`` is a step size relative to eps).
 
     The run's ``amp`` reaches PGD/FGSM's own forward/backward unless the evaluation says
-    ``attack_amp = false`` (the paper runs its attacks in fp32 and only classifies under autocast)."""
+    ``attack_amp = false`` (the paper runs its attacks in fp32 and only classifies under autocast).
+    Robust accuracy needs no work on lost samples: attacks that can stop early (``early_stop``: skip the
+    clean-misclassified, keep the first misclassified iterate) do so unless the evaluation says
+    otherwise; plain accuracy (the paper's) keeps every sample's last iterate."""
+    from .attacks import attack_class
+
     params = {k: v for k, v in spec.params.items() if k not in EVAL_PARAMS}
+    if "early_stop" not in params and "early_stop" in inspect.signature(attack_class(spec.name)).parameters:
+        params["early_stop"] = spec.params.get("accuracy", "robust") == "robust"
     rel = params.pop("alpha_rel", None)
     if rel is not None:
         params["alpha"] = float(rel) * float(params["eps"])

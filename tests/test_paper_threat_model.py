@@ -309,3 +309,32 @@ def test_version_1_store_is_read_and_migrated(tmp_path):
     assert np.array_equal(s["plain_correct5"].to_numpy(dtype=float, na_value=np.nan), [np.nan, 1.0], equal_nan=True)
     assert rw.get_meta("schema_version") == 2
     rw.close()
+
+
+def test_early_stop_never_raises_robust_accuracy_and_skips_lost_samples():
+    torch.manual_seed(0)
+    inner = net(7)
+    model = Normalized(inner, MEAN, STD)
+    x, y = batch(64, seed=3)
+    y = torch.where(torch.arange(64) % 2 == 0, model(x).argmax(1), y)  # half the samples clean-correct
+    common = dict(eps=2 / 255, steps=10, alpha=0.5 / 255, random_start=False)
+    plain = attack_outcomes(model, get_attack("pgd", **common), x, y)
+    early_atk = get_attack("pgd", early_stop=True, **common)
+    early = attack_outcomes(model, early_atk, x, y)
+    assert early.robust_accuracy <= plain.robust_accuracy
+    assert torch.all(early.adv_correct1 <= plain.adv_correct1)  # per sample, never more robust
+    lost = ~early.clean_correct1
+    assert torch.equal(early_atk(model, x, y)[lost], x[lost])  # clean-misclassified: not attacked at all
+    # early-stopped samples keep a misclassified iterate; the plain loop may walk back out of it
+    assert 0 < plain.robust_accuracy and early.robust_accuracy < 1
+
+
+def test_robust_evaluations_stop_early_and_the_paper_protocol_does_not():
+    from robustbench_rpc.suite import EvalSpec
+    from robustbench_rpc.units import attack_params
+
+    robust = EvalSpec("attack", "pgd", "d", {"eps": 1 / 255})
+    paper = EvalSpec("attack", "pgd", "d", {"eps": 1 / 255, "accuracy": "plain"})
+    assert attack_params(robust, None)["early_stop"] is True
+    assert attack_params(paper, None)["early_stop"] is False
+    assert "early_stop" not in attack_params(EvalSpec("attack", "fgsm", "d", {"eps": 1 / 255}), None)

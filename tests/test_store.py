@@ -69,6 +69,11 @@ def test_registration_is_idempotent_and_conflicts_are_clear(store):
         store.register_evaluation("e", {**EVAL, "n_samples": 7})
     with pytest.raises(ValueError, match="kind"):
         store.register_evaluation("e2", {**EVAL, "kind": "adversarial"})
+    # a newer version that records more about the same model adds fields and keeps the old ones
+    store.register_model("m", {**MODEL, "std": [0.25, 0.25, 0.25]})
+    assert store.model_info("m")["std"] == [0.25, 0.25, 0.25]
+    with pytest.raises(StoreConflictError, match="checkpoint_sha256"):  # but never changes a recorded one
+        store.register_model("m", {**MODEL, "std": [0.25, 0.25, 0.25], "checkpoint_sha256": "1" * 64})
     models, evals = store.models(), store.evaluations()
     assert models.iloc[0]["attention"] == MODEL["attention"] and models.iloc[0]["attention_iters"] == 4
     assert evals.iloc[0]["params"]["norm"] == "Linf" and evals.iloc[0]["param_steps"] == 10

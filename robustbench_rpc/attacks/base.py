@@ -378,9 +378,9 @@ class GradientAttack(Attack):
         return torch.autocast(device_type=device.type, dtype=self.amp_dtype)
 
     def input_grad(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce",
-                   reduction: str = "mean") -> torch.Tensor:
+                   reduction: str = "mean", return_logits: bool = False):
         """Gradient of the (batch-mean by default) loss w.r.t. the input; the model's parameters
-        receive no gradient."""
+        receive no gradient. ``return_logits``: also the logits at ``x`` (no extra forward)."""
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             with self.autocast(x.device):
@@ -388,9 +388,11 @@ class GradientAttack(Attack):
             value = per_sample_loss(logits, y, loss)
             value = value.mean() if reduction == "mean" else value.sum()
             if not value.requires_grad:  # the model cut the graph (e.g. .detach()): no signal at all
-                return torch.zeros_like(x)
-            (grad,) = torch.autograd.grad(value, x, allow_unused=True)
-        return torch.zeros_like(x) if grad is None else grad.detach()
+                grad = None
+            else:
+                (grad,) = torch.autograd.grad(value, x, allow_unused=True)
+        grad = torch.zeros_like(x) if grad is None else grad.detach()
+        return (grad, logits.detach()) if return_logits else grad
 
 
 def _progress(total: int, desc: str, disable: bool):

@@ -9,6 +9,12 @@ loss="ce" (batch-mean cross-entropy, as torchattacks), amp_dtype=None.
 Random start: uniform in the Linf box / uniform radius along a Gaussian direction in the L2 ball.
 With restarts > 1 the per-sample best over restarts is kept: a misclassified iterate beats a correct
 one, ties are broken by the higher per-sample loss. The step loop has no host synchronization.
+
+``early_stop=True`` (what robust-accuracy evaluations use): samples misclassified on the clean image are
+not attacked, and a sample stops being attacked at the first iterate that is misclassified, which is kept
+(as AutoAttack's APGD does). Robust accuracy is then never higher than the plain loop's on the same
+images, and each step only costs the samples still standing (one host sync per step to know them).
+``early_stop=False`` (default; the paper protocol) returns every sample's last iterate.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ class PGD(GradientAttack):
 
     def __init__(self, eps: float | None = None, norm: str = "Linf", steps: int = 10,
                  alpha: float | None = None, random_start: bool = True, restarts: int = 1,
+                 early_stop: bool = False,
                  loss: str = "ce", amp_dtype=None, space: str = "pixel", clip: bool = True,
                  labels: str = "true", seed: int | None = None,
                  batch_size: int | None = None, progress: bool | None = None):
@@ -41,7 +48,8 @@ class PGD(GradientAttack):
             alpha = self._positive_float("alpha", alpha, allow_zero=True)
         if loss not in ("ce", "margin"):
             raise ValueError(f"loss of attack 'pgd' must be 'ce' or 'margin', got {loss!r}")
-        self._record(steps=steps, alpha=alpha, random_start=bool(random_start), restarts=restarts, loss=loss)
+        self._record(steps=steps, alpha=alpha, random_start=bool(random_start), restarts=restarts, loss=loss,
+                     early_stop=bool(early_stop))
         self.amp_dtype = amp_dtype_of(amp_dtype)
         self.params["amp_dtype"] = None if self.amp_dtype is None else str(self.amp_dtype).split(".")[-1]
 
@@ -69,8 +77,24 @@ class PGD(GradientAttack):
 
     def _run(self, model, x, y) -> torch.Tensor:
         adv = self._start(x)
+        if self.early_stop:
+            return self._run_early_stop(model, x, y, adv)
         for _ in range(self.steps):
             adv = self._step(x, adv, self.input_grad(model, adv, y, self.loss))
+        return adv
+
+    def _run_early_stop(self, model, x, y, adv) -> torch.Tensor:
+        with torch.no_grad(), self.autocast(x.device):
+            standing = model(x).argmax(dim=1) == y  # clean-misclassified samples are already lost
+        adv = torch.where(_bcast(standing, x), adv, x)
+        idx = standing.nonzero().squeeze(1)
+        for _ in range(self.steps):
+            if idx.numel() == 0:
+                break
+            grad, logits = self.input_grad(model, adv[idx], y[idx], self.loss, return_logits=True)
+            alive = logits.argmax(dim=1) == y[idx]  # a misclassified iterate is kept as it is
+            idx, grad = idx[alive], grad[alive]
+            adv[idx] = self._step(x[idx], adv[idx], grad)
         return adv
 
     @torch.no_grad()
