@@ -135,8 +135,8 @@ def resolve_model(name: str, checkpoint: str | Path | None = None, kwargs: Mappi
     """
     kwargs = dict(kwargs or {})
     entry: ModelEntry | None = MODELS.get(name) if name in MODELS else None
-    if entry is None or entry.attention not in ("symmetric", "rpc", "scaled"):
-        return ResolvedModel(name, kwargs, {})
+    if entry is None or entry.attention not in ("symmetric", "rpc", "scaled") or entry.arch not in ARCHS:
+        return ResolvedModel(name, kwargs, {})  # a user's own entry: no paper arguments to apply
     args = None
     head_rows = None
     if checkpoint is not None:
@@ -257,13 +257,14 @@ def size_hint(name: str, sd: Mapping[str, Any]) -> str | None:
     (e.g. the paper's 348-dim small for ``symvit_small_patch16_224``)."""
     entry = MODELS.get(name) if name in MODELS else None
     pe = sd.get("patch_embed.proj.weight")
-    if entry is None or pe is None:
+    if entry is None or pe is None or entry.arch not in ARCHS:
         return None
     dim = int(pe.shape[0])
     if dim == ARCHS[entry.arch]["embed_dim"]:
         return None
     fits = [n for n in MODELS if MODELS.get(n).attention == entry.attention
-            and MODELS.get(n).defaults == entry.defaults and ARCHS[MODELS.get(n).arch]["embed_dim"] == dim]
+            and MODELS.get(n).defaults == entry.defaults
+            and ARCHS.get(MODELS.get(n).arch, {}).get("embed_dim") == dim]
     if not fits:
         return (f"the file has embed_dim {dim}, {name} has {ARCHS[entry.arch]['embed_dim']}, and no registered "
                 f"{entry.attention} model has {dim}.")
