@@ -318,3 +318,36 @@ def test_second_run_into_an_occupied_out_is_refused_and_a_killed_holder_does_not
         holder.wait()
     assert _run(_suite(tmp_path), out) == 0
     assert _units(out) == 2
+
+
+
+def test_store_transactions_turn_a_full_disk_into_one_named_line(tmp_path):
+    """SQLite's 'database or disk is full' inside a transaction (not a patched write_unit): StoreWriteError
+    naming the store, the transaction rolled back, the committed rows kept."""
+    from robustbench_rpc.store import ResultsStore, StoreWriteError
+
+    store = ResultsStore(tmp_path / "results.sqlite")
+    store.register_model("m", {"name": "m"})
+    store.register_evaluation("e", {"kind": "clean", "name": "clean", "dataset": "d", "n_samples": 2})
+    row = {"sample_id": [0], "label": [1], "pred": [1], "correct1": [1], "correct5": [1], "confidence": [0.9]}
+    store.write_unit("m", "e", 0, row)
+    real = store._con
+
+    class Full:
+        def execute(self, sql, *a):
+            if sql.lstrip().upper().startswith("INSERT INTO SAMPLES"):
+                raise sqlite3.OperationalError("database or disk is full")
+            return real.execute(sql, *a)
+
+        def executemany(self, sql, *a):
+            if sql.lstrip().upper().startswith("INSERT INTO SAMPLES"):
+                raise sqlite3.OperationalError("database or disk is full")
+            return real.executemany(sql, *a)
+
+    store._con = Full()
+    with pytest.raises(StoreWriteError, match=r"cannot write the results store .*results.sqlite: database or disk "
+                                              r"is full; the units committed before are kept: free space"):
+        store.write_unit("m", "e", 1, {**row, "sample_id": [1]})
+    store._con = real
+    assert store.done_units("m", "e") == {0}  # the failed unit was rolled back whole
+    assert store.write_unit("m", "e", 1, {**row, "sample_id": [1]})
