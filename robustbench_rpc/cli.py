@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                      if args.override_checkpoint_args else {}),
         progress=False if args.no_progress else None, attention=args.attention,
         attention_layers=args.attention_layers, attention_args=_model_kwargs(args.attention_arg),
-        skip_unreadable=args.skip_unreadable,
+        skip_unreadable=args.skip_unreadable, rank_timeout=args.rank_timeout,
     )
     out = run(cfg)
     print(f"results: {Path(out) / 'results.sqlite'}")
@@ -127,8 +127,23 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .reports import compare_models
+    import difflib
 
+    from .reports import compare_models
+    from .store import ResultsStore
+
+    path = Path(args.run_dir) / "results.sqlite"
+    with ResultsStore(path, readonly=True) as store:
+        models = store.models()
+    known = {str(v) for col in ("model_key", "name", "spec", "arch") if col in models for v in models[col] if v}
+    names = [str(v) for v in models.get("name", [])]
+    for ident in (args.model_a, args.model_b):
+        if ident not in known:
+            close = difflib.get_close_matches(ident, sorted(known), n=3)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            print(f"error: no model {ident!r} in {path}.{hint} Models of this run: {', '.join(names) or 'none'}",
+                  file=sys.stderr)
+            return 2
     df = compare_models(Path(args.run_dir), args.model_a, args.model_b)
     with __import__("pandas").option_context("display.width", 200, "display.max_columns", 20):
         print(df.to_string(index=False))
@@ -227,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--eot-samples", type=int, default=8, help="EOT samples for stochastic models")
     r.add_argument("--no-report", action="store_true", help="skip writing the report")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from .dist import DEFAULT_TIMEOUT_S
+
+    r.add_argument("--rank-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help="torchrun: a rank silent this long ends the job with an error naming it "
+                        f"(default {DEFAULT_TIMEOUT_S:g}; must exceed the longest unit)")
 
     rp = add("report", cmd_report, "build tables, plots and index.html from a run's stored results")
     rp.add_argument("run_dir", help="folder holding results.sqlite")
@@ -257,8 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     from .data.folders import ClassMismatchError, UnreadableImageError
     from .data.resolve import DataRootError
     from .dist import RankFailure
+    from .attacks import ModelOutputError
     from .models import CheckpointError
     from .registry import UnknownNameError
+    from .store import StoreError
     from .suite import SuiteError
 
     try:
@@ -269,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             UnreadableImageError, ClassMismatchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except RankFailure as e:
+    except (RankFailure, StoreError, ModelOutputError) as e:  # faults during a run: NaN logits, a full disk, ...
         print(f"error: {e}", file=sys.stderr)
         return 1
 

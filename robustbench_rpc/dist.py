@@ -1,8 +1,12 @@
 """Distributed evaluation on torchrun: process group set-up, and collectives that never hang on a failure.
 
 Ranks exchange a status with every round, so a Python error on one rank ends the job on all ranks with an
-error naming that rank; collectives carry a timeout, so a rank that dies hard (killed, segfault) ends the
-others with a timeout error instead of a hang. Gloo on CPU, NCCL on GPU.
+error naming that rank; collectives carry a timeout (``--rank-timeout``, default ``DEFAULT_TIMEOUT_S``), so
+a rank that hangs or dies hard (killed, segfault) ends the others within it, with an error naming the rank
+that did not answer: before each collective every rank records, in the process group's key-value store,
+how far it got, and a timed-out collective reads who is behind. Errors are one line; the failing rank's
+traceback is kept on the exception (``remote_traceback``). Gloo on CPU, NCCL on GPU (NCCL's watchdog may
+abort the process on a timeout before Python sees it; the naming is tested on gloo).
 """
 from __future__ import annotations
 
@@ -15,18 +19,24 @@ import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
+#: seconds a collective waits for the other ranks (``--rank-timeout``); it must exceed the longest unit
+DEFAULT_TIMEOUT_S = 600.0
+_state: dict[str, Any] = {"seq": 0, "timeout": DEFAULT_TIMEOUT_S}
 
 
 class RankFailure(RuntimeError):
-    """Another rank (named in the message) failed; raised on every rank."""
+    """Another rank (named in the message) failed or did not answer; raised on every rank that can."""
 
 
 def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init(device: str, timeout_s: float = 600.0) -> tuple[int, int]:
-    """Join the torchrun process group if launched by torchrun; returns (rank, world_size)."""
+def init(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[int, int]:
+    """Join the torchrun process group if launched by torchrun; returns (rank, world_size).
+    ``timeout_s``: how long any collective waits for a rank before the job ends naming it."""
+    if not timeout_s > 0:
+        raise ValueError(f"--rank-timeout must be > 0 seconds, got {timeout_s!r}")
     if env_world_size() <= 1:
         return 0, 1
     if not dist.is_initialized():
@@ -34,6 +44,7 @@ def init(device: str, timeout_s: float = 600.0) -> tuple[int, int]:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend, timeout=dt.timedelta(seconds=timeout_s))
+    _state.update(seq=0, timeout=float(timeout_s))
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -49,12 +60,48 @@ def world() -> int:
     return dist.get_world_size() if active() else 1
 
 
-def broadcast(obj: T) -> T:
+def _kv_store():
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001 - naming is best effort; the timeout itself still ends the job
+        return None
+
+
+def _collective(op: Callable[[], T], what: str) -> T:
+    """Run a collective; on a timeout (or a vanished peer) raise ``RankFailure`` naming the ranks that had
+    not reached it."""
+    _state["seq"] += 1
+    seq, me, store = _state["seq"], dist.get_rank(), _kv_store()
+    if store is not None:
+        try:
+            store.set(f"rbr/arrived/{me}", str(seq))
+        except Exception:  # noqa: BLE001
+            store = None
+    try:
+        return op()
+    except Exception as e:  # noqa: BLE001 - a timeout or a broken connection: find out who is missing
+        behind = []
+        for r in range(dist.get_world_size()) if store is not None else ():
+            try:
+                key = f"rbr/arrived/{r}"
+                if not store.check([key]) or int(store.get(key)) < seq:
+                    behind.append(r)
+            except Exception:  # noqa: BLE001 - the store itself is gone (the rank hosting it died)
+                behind = []
+                break
+        who = ", ".join(f"rank {r}" for r in behind if r != me) or "another rank"
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise RankFailure(f"{who} of {dist.get_world_size()} did not answer within {_state['timeout']:g}s during "
+                          f"{what} (hung or died; --rank-timeout sets the limit): {type(e).__name__}: {first}"
+                          ) from None
+
+
+def broadcast(obj: T, what: str = "a broadcast from rank 0") -> T:
     """Rank 0's ``obj`` on every rank."""
     if not active():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    _collective(lambda: dist.broadcast_object_list(box, src=0), what)
     return box[0]
 
 
@@ -73,14 +120,15 @@ def run_everywhere(fn: Callable[[], T], what: str, gather: bool = False) -> Any:
         result = fn()
         payload: tuple[str, Any] = ("ok", result if gather else None)
     except Exception as e:  # noqa: BLE001 - reported to every rank below
-        payload = ("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}")
+        payload = ("error", (f"{type(e).__name__}: {' '.join(str(e).split())}", traceback.format_exc(limit=4)))
     gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, payload)
+    _collective(lambda: dist.all_gather_object(gathered, payload), what)
     errors = [(r, p[1]) for r, p in enumerate(gathered) if p[0] == "error"]
     if errors:
-        r, msg = errors[0]
+        r, (msg, tb) = errors[0]
         err = RankFailure(f"rank {r} of {len(gathered)} failed during {what}: {msg}")
         err.results = [p[1] if p[0] == "ok" else None for p in gathered]  # type: ignore[attr-defined]
+        err.remote_traceback = tb  # type: ignore[attr-defined]
         raise err
     return [p[1] for p in gathered] if gather else result
 

@@ -23,9 +23,9 @@ from . import dist
 from .data.resolve import get_dataset
 from .models import load_model, sha256_of
 from .models.loading import split_spec
-from .store import ResultsStore, stable_key
+from .store import ResultsStore, StoreWriteError, lock_folder, stable_key, write_error
 from .suite import EvalSpec, Suite, SuiteError, describe_eval, expand, load_suite
-from .units import attack_rows, prediction_rows, unit_seed
+from .units import attack_params, attack_rows, prediction_rows, unit_seed
 
 PACKAGED = Path(__file__).parent / "checkpoints"
 STORE_NAME = "results.sqlite"
@@ -88,6 +88,11 @@ class RunConfig:
     attention_layers: str = "all"
     attention_args: dict[str, Any] = field(default_factory=dict)
     skip_unreadable: bool = False  # on-disk sets: leave unreadable files out and count them (else: error)
+    rank_timeout: float = dist.DEFAULT_TIMEOUT_S  # torchrun: seconds a rank may stay silent before the job ends
+
+
+class RunFolderError(SuiteError):
+    """--out cannot hold this run: a file, not writable, or in use by another run."""
 
 
 def default_device() -> str:
@@ -109,14 +114,15 @@ def amp_for_device(amp: Any, device: str, where: str) -> str:
 class Plan:
     """A validated run: every name, file and root checked before any compute is spent."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, log: Callable[[str], None] = print):
         self.cfg = cfg
+        self.log = log if dist.rank() == 0 else (lambda *_: None)
         self.suite: Suite = load_suite(cfg.suite)
         d = self.suite.defaults
         self.dataset = d.get("dataset", "digits32")
         self.batch_size = int(cfg.batch_size or d.get("batch_size", 64))
         self.limit = cfg.limit if cfg.limit is not None else d.get("limit")
-        self.limit = int(self.limit) if self.limit else None
+        self.limit = int(self.limit) if self.limit is not None else None  # 0 is an error below, not "no limit"
         self.seed = int(cfg.seed if cfg.seed is not None else d.get("seed", 0))
         self.device = cfg.device or d.get("device") or default_device()
         self.amp = cfg.amp or amp_for_device(d.get("amp"), self.device, self.suite.path)
@@ -127,7 +133,12 @@ class Plan:
         if self.batch_size < 1:
             raise SuiteError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
-            raise SuiteError(f"--limit must be >= 1, got {self.limit}")
+            where = "--limit" if cfg.limit is not None else f"{self.suite.path} [defaults] limit"
+            raise SuiteError(f"{where} must be >= 1, got {self.limit}")
+        if isinstance(cfg.eot_samples, bool) or not isinstance(cfg.eot_samples, int) or cfg.eot_samples < 1:
+            raise SuiteError(f"--eot-samples must be >= 1, got {cfg.eot_samples!r}")
+        if self.workers < 0:
+            raise SuiteError(f"--workers must be >= 0, got {self.workers}")
         if self.amp not in ("fp32", "bf16", "fp16"):
             raise SuiteError(f"--amp must be fp32, bf16 or fp16, got {self.amp!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -139,13 +150,11 @@ class Plan:
         if cfg.attention:
             from .attention import get_attention, resolve_layers
 
-            get_attention(cfg.attention)  # unknown variant: did-you-mean error now
+            _check_attention_args(get_attention(cfg.attention), cfg.attention, cfg.attention_args)
             resolve_layers(cfg.attention_layers, 10 ** 6)  # malformed layer spec: error now
             for m in self.models:
                 m.attention = {"variant": cfg.attention, "layers": cfg.attention_layers, **cfg.attention_args}
-        ref = cfg.reference_model or d.get("reference_model")
-        ref_names = [m for m in self.models if ref in (m.spec, m.name)] if ref else []
-        (ref_names[0] if ref_names else self.models[0]).reference = True
+        self._choose_reference()
         from .models import create_model, data_config_of
         from .models.loading import resolve_model
 
@@ -157,6 +166,14 @@ class Plan:
             m.settings = resolved.settings
             with torch.device("meta"):  # no weights allocated
                 net = create_model(resolved.name, **resolved.kwargs)
+                if m.attention:  # bad variant parameter values fail now too
+                    from .attention import patch_attention
+
+                    params = {k: v for k, v in m.attention.items() if k not in ("variant", "layers")}
+                    try:
+                        patch_attention(net, m.attention["variant"], layers=m.attention["layers"], **params)
+                    except (ValueError, TypeError) as err:
+                        raise SuiteError(f"--attention {m.attention['variant']} on model {m.spec}: {err}") from None
             num_classes[m.spec] = int(getattr(net, "num_classes", 0))
             configs[m.spec] = data_config_of(net)
         sizes = {spec: tuple(c["input_size"]) for spec, c in configs.items()}
@@ -171,8 +188,14 @@ class Plan:
         if self.clean_key is None and any(e.kind == "ood" and ood.in_distribution_spec(e) is None for e in self.evals):
             raise SuiteError(f"{self.suite.path}: an ood evaluation with protocol '{ood.ALL_CLASSES}' needs a clean "
                              f"evaluation of '{self.dataset}' (its confidences are the in-distribution scores)")
+        self.resolved: dict[str, dict[str, Any]] = {}
+        for e in self.evals:  # with the run's --amp, and kept: every defaulted parameter is stored
+            if e.kind == "attack":
+                self.resolved[e.key] = self._resolve_attack(e)
         self.run_name = self.suite.name
         self.out = Path(cfg.out) if cfg.out else Path("reports") / self.run_name
+        if self.out.exists() and not self.out.is_dir():
+            raise RunFolderError(f"--out {self.out} is an existing file, not a folder")
         self._datasets: dict[str, Dataset] = {}
         for e in self.evals:  # resolve every dataset (checks roots and class folders) before compute
             ds = self.dataset_for(e)
@@ -184,11 +207,94 @@ class Plan:
                     raise SuiteError(f"model {spec} predicts {n} classes but dataset '{e.dataset}' "
                                      f"({e.kind}:{e.name}) has {len(classes)}; pass --model-arg num_classes=... "
                                      "or evaluate on a matching dataset")
+        self._check_roots()
+
+    def _choose_reference(self) -> None:
+        """The reference model (mCE normalization, comparisons). Rule: ``--reference NAME`` picks one of the
+        run's models; else the suite's ``reference_model``, which stays in the run even when ``--model``
+        replaces the suite's models (it is added, and the log says so); else the first model."""
+        def hits(ref: str) -> list[ModelSpec]:
+            return [m for m in self.models if ref in (m.spec, m.name, m.display, split_spec(m.spec)[0])]
+
+        cfg, d = self.cfg, self.suite.defaults
+        if cfg.reference_model:
+            found = hits(cfg.reference_model)
+            if not found:
+                raise SuiteError(f"--reference {cfg.reference_model}: not one of the run's models "
+                                 f"({', '.join(m.spec for m in self.models)})")
+            found[0].reference = True
+            return
+        ref = d.get("reference_model")
+        if not ref:
+            self.models[0].reference = True
+            return
+        found = hits(ref) or hits(split_spec(ref)[0])
+        if found:
+            found[0].reference = True
+            return
+        spec = next((s for s in d.get("models", []) if split_spec(s)[0] == split_spec(ref)[0]), ref)
+        m = ModelSpec.parse(spec, cfg.model_kwargs)
+        m.reference = True
+        self.models.append(m)
+        why = "--model replaced the suite's models" if cfg.models else "the suite does not list it under models"
+        self.log(f"note: {why}, but {self.suite.path} names reference model {ref} (mCE is relative to it): "
+                 f"it is kept in the run as {spec}; pass --reference NAME to make one of your models the "
+                 "reference instead")
+
+    def _resolve_attack(self, e: EvalSpec) -> dict[str, Any]:
+        """Every parameter of the attack as it will run (defaults included, the run's --amp applied)."""
+        from . import attacks
+
+        try:
+            attack = attacks.get_attack(e.name, **attack_params(e, self.amp))
+        except (ValueError, TypeError) as err:
+            raise SuiteError(f"{self.suite.path}: attack {describe_eval(e)} with --amp {self.amp}: {err}") from None
+        params = dict(getattr(attack, "params", None) or {})
+        params.pop("seed", None)  # per unit: info["seed"] and the unit index determine it
+
+        def plain(v: Any) -> Any:
+            if isinstance(v, float) and not math.isfinite(v):
+                return str(v)
+            if v is None or isinstance(v, (bool, int, float, str)):
+                return v
+            if isinstance(v, (list, tuple)):
+                return [plain(x) for x in v]
+            if isinstance(v, dict):
+                return {str(k): plain(x) for k, x in v.items()}
+            return str(v)
+
+        return {k: plain(v) for k, v in params.items()}
+
+    def _check_roots(self) -> None:
+        """Every --data-root must name a dataset this run reads, from a path that exists."""
+        import difflib
+
+        from .data.resolve import NEEDS_ROOT, ROOT_OF
+
+        reads = {self.dataset}
+        for e in self.evals:
+            if e.kind == "corruption" and e.params["source"] != "on-the-fly":
+                reads.add(e.params["source"])
+            else:
+                reads.add(e.dataset)
+        used = {ROOT_OF.get(r, r) for r in reads}
+        for name, path in self.cfg.data_roots.items():
+            flag = f"--data-root {name}={path}"
+            if name not in NEEDS_ROOT:
+                close = difflib.get_close_matches(name, sorted(NEEDS_ROOT), n=2)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise SuiteError(f"{flag}: unknown dataset '{name}'{hint}; datasets read from disk: "
+                                 f"{', '.join(sorted(NEEDS_ROOT))}")
+            if not Path(path).expanduser().exists():
+                raise SuiteError(f"{flag}: {path} does not exist")
+            if name not in used:
+                raise SuiteError(f"{flag}: no evaluation of this run reads dataset '{name}' (it reads "
+                                 f"{', '.join(sorted(reads))}); drop the flag or add an evaluation that uses it")
 
     def settings(self) -> dict[str, Any]:
         """What must match for a rerun into the same folder to resume rather than mix two protocols."""
         return {"suite": self.suite.name, "suite_version": self.suite.version, "dataset": self.dataset,
-                "batch_size": self.batch_size, "limit": self.limit, "seed": self.seed}
+                "batch_size": self.batch_size, "limit": self.limit, "seed": self.seed, "amp": self.amp}
 
     def base_dataset(self, name: str) -> Dataset:
         if name not in self._datasets:
@@ -247,8 +353,37 @@ class Plan:
         skipped = getattr(_innermost(ds), "skipped_paths", None)
         if skipped:  # recorded with the results, so a table built on fewer files says so
             params["skipped_unreadable"] = len(skipped)
-        return {"kind": e.kind, "name": e.name, "dataset": e.dataset, "params": params,
+        info = {"kind": e.kind, "name": e.name, "dataset": e.dataset, "params": params,
                 "n_samples": len(ds), "dataset_size": len(_innermost(ds)), "seed": self.seed}
+        if e.key in self.resolved:  # params as declared; resolved: every parameter the attack ran with
+            info["resolved"] = self.resolved[e.key]
+        return info
+
+
+def _check_attention_args(cls: type, variant: str, args: dict[str, Any]) -> None:
+    """``--attention-arg`` names against the variant's constructor (and the bases it forwards **kwargs to):
+    the variants swallow unknown keywords, so a misspelt one would otherwise be silently ignored."""
+    import difflib
+    import inspect
+
+    names: set[str] = set()
+    for c in cls.__mro__:
+        if c in (torch.nn.Module, object):
+            break
+        if "__init__" not in vars(c):
+            continue
+        params = inspect.signature(c.__init__).parameters
+        names |= {n for n, p in params.items() if n != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        var = [p for p in params.values() if p.kind is p.VAR_KEYWORD]
+        if not var or var[0].name == "_":  # no **kwargs, or **_ (swallowed): the chain ends here
+            break
+    names -= {"dim"}
+    for key in args:
+        if key not in names:
+            close = difflib.get_close_matches(key, sorted(names), n=3, cutoff=0.5)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise SuiteError(f"--attention-arg {key}: attention variant '{variant}' has no parameter '{key}'.{hint} "
+                             f"Parameters: {', '.join(sorted(names))}")
 
 
 def _innermost(ds: Dataset) -> Dataset:
@@ -278,21 +413,65 @@ class Runner:
         self.plan = plan
         self.log = log if dist.rank() == 0 else (lambda *_: None)
         self.store: ResultsStore | None = None
+        self._lock = None
 
     # -- set-up -------------------------------------------------------------------------------------------
     def open_store(self) -> ResultsStore:
+        """Rank 0: lock --out for the run's duration (a second run into it is refused), open the store and
+        refuse settings or evaluations that would mix two protocols in one folder."""
+        import sqlite3
+
+        from .store import FolderBusyError
+
         p = self.plan
-        p.out.mkdir(parents=True, exist_ok=True)
-        store = ResultsStore(p.out / STORE_NAME)
+        try:
+            p.out.mkdir(parents=True, exist_ok=True)
+            self._lock = lock_folder(p.out)
+            store = ResultsStore(p.out / STORE_NAME)
+        except FolderBusyError as err:
+            raise RunFolderError(f"--out {err}") from None
+        except (OSError, sqlite3.Error, StoreWriteError) as err:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            raise RunFolderError(f"--out {p.out}: cannot write the results store there ({reason})") from None
+        self.store = store
         old = store.get_meta("settings")
+        if old is not None and "amp" not in old:  # written before the precision was a setting
+            stored = (store.get_meta("manifest") or {}).get("extra", {}).get("precision") or next(
+                iter(store.models().get("precision", [])), None)
+            old = {**old, "amp": stored or p.amp}
         if old is not None and old != p.settings():
             diff = {k: (old.get(k), v) for k, v in p.settings().items() if old.get(k) != v}
             raise SuiteError(f"{p.out} already holds a run with other settings "
                              + ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
                              + "; rerun with the same settings to resume, or choose another --out")
+        planned = {e.key: describe_eval(e) for e in p.evals}
+        before = store.get_meta("planned_evaluations")
+        if before is None:  # a store from before this record: what it registered so far
+            evals = store.evaluations()
+            before = {k: f"{kind} {name}" for k, kind, name in
+                      zip(evals.get("eval_key", []), evals.get("kind", []), evals.get("name", []))}
+        gone = [label for k, label in before.items() if k not in planned]
+        if gone:
+            raise SuiteError(f"{p.out} already holds a run whose evaluations differ from {p.suite.path}: "
+                             f"{len(gone)} stored evaluation(s) are not planned now ({'; '.join(gone[:5])}"
+                             f"{'; ...' if len(gone) > 5 else ''}); rerun the suite as it was to resume, or choose "
+                             "another --out")
+        added = [label for k, label in planned.items() if k not in before]
+        if added and before:
+            self.log(f"{p.out}: adding {len(added)} evaluation(s) to the stored run: {'; '.join(added)}")
         store.set_meta("settings", p.settings())
+        store.set_meta("planned_evaluations", {**before, **planned})
         store.set_meta("suite", {**p.suite.to_dict(), "reference_model": next(m.name for m in p.models if m.reference)})
         return store
+
+    def close(self) -> None:
+        """Close the store and release --out's lock (also after an error)."""
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def model_info(self, m: ModelSpec, model: torch.nn.Module) -> tuple[str, dict[str, Any]]:
         from .attention import summarize_attention
@@ -335,7 +514,7 @@ class Runner:
         for m in p.models:
             model = dist.run_everywhere(lambda: self.build_model(m), f"loading model {m.spec}")
             key, info = self.model_info(m, model)
-            eval_model = self.prepare(model, key)
+            eval_model = self.prepare(model, key, m)
             if self.store is not None:
                 self.store.register_model(key, info)
             self.log(f"[{m.display}] {info['num_params'] / 1e6:.2f}M params, attention "
@@ -350,14 +529,20 @@ class Runner:
             self.log(f"evaluation finished in {time.time() - t_start:.0f}s; store: {p.out / STORE_NAME}")
         return p.out
 
-    def prepare(self, model: torch.nn.Module, key: str) -> torch.nn.Module:
-        """Stochastic models are detected here and evaluated with EOT; compile if asked."""
+    def prepare(self, model: torch.nn.Module, key: str, m: ModelSpec | None = None) -> torch.nn.Module:
+        """Stochastic models are detected here and evaluated with EOT; compile if asked. NaN/inf logits
+        end the run here, named, rather than being mistaken for randomness."""
         p = self.plan
         from . import attacks
+        from .attacks.evaluate import NonFiniteLogitsError
 
         ds = p.base_dataset(p.dataset)
         x = torch.stack([ds[i][0] for i in range(min(8, len(ds)))])
-        stochastic = attacks.detect_stochastic(model, x.to(p.device))
+        try:
+            stochastic = attacks.detect_stochastic(model, x.to(p.device))
+        except NonFiniteLogitsError as err:
+            raise NonFiniteLogitsError(err.count, err.total, f"of {p.dataset} {err.where} (first images, before "
+                                       "any evaluation)", f"model {m.display if m else key}") from None
         if self.store is not None:
             self.store.write_check(key, None, "stochastic_model", "warn" if stochastic else "pass",
                                    f"logits differ between identical passes: evaluated with EOT over "
@@ -374,14 +559,17 @@ class Runner:
         return math.ceil(len(self.plan.dataset_for(e)) / self.plan.batch_size)
 
     def run_eval(self, model: torch.nn.Module, model_key: str, m: ModelSpec, e: EvalSpec) -> None:
+        from .attacks.evaluate import NonFiniteLogitsError
+
         p = self.plan
         ds = p.dataset_for(e)
         n_units = self.units_of(e)
-        if self.store is not None:
+        if self.store is not None:  # stores from before info["resolved"] gain it instead of a conflict
             self.store.register_evaluation(e.key, p.eval_info(e))
-        todo = dist.broadcast(sorted(set(range(n_units)) - (self.store.done_units(model_key, e.key)
-                                                           if self.store is not None else set())))
         label = describe_eval(e)
+        todo = dist.broadcast(sorted(set(range(n_units)) - (self.store.done_units(model_key, e.key)
+                                                           if self.store is not None else set())),
+                              f"planning {label} on {m.display}")
         if not todo:
             return
         world, rank = dist.world(), dist.rank()
@@ -401,14 +589,21 @@ class Runner:
                 if unit is None:
                     return None
                 x, y, ids = next(it)
-                return unit, self.unit_rows(model, e, unit, x, y, ids)
+                try:
+                    return unit, self.unit_rows(model, e, unit, x, y, ids)
+                except NonFiniteLogitsError as err:  # name the model, the evaluation and the unit
+                    raise NonFiniteLogitsError(err.count, err.total, f"{err.where + ' ' if err.where else ''}"
+                                               f"in unit {unit} of {label} (units finished before are kept)",
+                                               f"model {m.display}") from None
 
             try:
                 results = dist.run_everywhere(compute, f"{label} on {m.display}", gather=True)
             except dist.RankFailure as err:  # keep the units the healthy ranks finished
                 self._write_units(model_key, e.key, getattr(err, "results", None) or [])
                 raise
-            self._write_units(model_key, e.key, results)
+            # every rank waits for rank 0's write: a full disk ends all ranks now, named, not at the timeout
+            dist.run_everywhere(lambda: self._write_units(model_key, e.key, results),
+                                f"writing {label} on {m.display} to {p.out / STORE_NAME}")
             progress.update(1)
         progress.close()
         if self.store is not None:
@@ -419,11 +614,16 @@ class Runner:
 
     def _write_units(self, model_key: str, eval_key: str, results: list) -> None:
         """Rank 0 writes each gathered (unit, rows), one transaction per unit."""
+        import sqlite3
+
         if self.store is None:
             return
         for res in results:
             if res is not None:
-                self.store.write_unit(model_key, eval_key, res[0], res[1])
+                try:
+                    self.store.write_unit(model_key, eval_key, res[0], res[1])
+                except (OSError, sqlite3.OperationalError) as err:  # disk full, I/O error: one line, resumable
+                    raise write_error(self.store.path, err) from None
 
     def unit_rows(self, model, e: EvalSpec, unit: int, x, y, ids) -> dict[str, list]:
         p = self.plan
@@ -539,14 +739,20 @@ class Runner:
 def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Path:
     """Validate, evaluate (resuming whatever is already in the store), then write the report."""
     device = cfg.device or default_device()
-    dist.init(device)
+    if isinstance(cfg.rank_timeout, bool) or not isinstance(cfg.rank_timeout, (int, float)) or not cfg.rank_timeout > 0:
+        raise SuiteError(f"--rank-timeout must be > 0 seconds, got {cfg.rank_timeout!r}")
+    dist.init(device, float(cfg.rank_timeout))
+    runner = None
     try:
-        plan = Plan(cfg)
-        out = Runner(plan, log).run()
+        plan = Plan(cfg, log)
+        runner = Runner(plan, log)
+        out = runner.run()
         if cfg.report and dist.rank() == 0:
             from .reports import build_report
 
             build_report(out)
         return out
     finally:
+        if runner is not None:
+            runner.close()  # releases --out's lock, also after an error
         dist.shutdown()

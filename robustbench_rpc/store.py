@@ -24,18 +24,24 @@ process (``NORMAL`` would already guarantee that) and also an OS crash or power 
 fsync of the WAL at every commit, a negligible cost next to a unit of model evaluation). A transaction
 in flight when the process dies is rolled back on the next open, so a unit is either complete or absent.
 
-Concurrency: one writer process (rank 0). Any number of readers may open the same file, in the same or
+Concurrency: one writer process (rank 0), which holds ``<folder>/.lock`` (``lock_folder``: an OS-level
+``flock``, released by the OS when the process ends, so a killed run never blocks its resume) for the
+run's duration; a second run into the same folder is refused with the holder's PID. Any number of readers may open the same file, in the same or
 other processes, while it writes (WAL readers see the last committed state and never block the writer).
 
 Numbers in :meth:`ResultsStore.aggregates` are always computed from the stored samples, never stored.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
+import fcntl
 import hashlib
 import json
 import math
 import operator
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -116,6 +122,60 @@ class StoreError(RuntimeError):
 
 class StoreConflictError(StoreError):
     """A key is already registered with different info, or a unit is rewritten with other rows."""
+
+
+class StoreWriteError(StoreError):
+    """The store could not be written (disk full, read-only, I/O error); committed units are kept."""
+
+
+class FolderBusyError(StoreError):
+    """Another process holds the folder's lock: two runs must not write into one folder at once."""
+
+
+def write_error(path: Path, exc: BaseException) -> StoreWriteError:
+    """One line naming the store, the OS/SQLite reason and how to go on."""
+    reason = f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+    full = "full" in reason.lower() or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
+    hint = ("free space and rerun the same command to resume" if full
+            else "fix the folder and rerun the same command to resume")
+    return StoreWriteError(f"cannot write the results store {path}: {reason}; the units committed before are "
+                           f"kept: {hint}")
+
+
+class FolderLock:
+    """An exclusive ``flock`` on ``<folder>/.lock`` holding the owner's PID (``lock_folder``)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.path = self.folder / ".lock"
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise FolderBusyError(f"{self.folder} is in use by another run (PID {pid} holds {self.path}); wait for "
+                                  "it to finish, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock_folder(folder: str | Path) -> FolderLock:
+    """Take ``folder``'s run lock or raise ``FolderBusyError`` naming the PID that holds it."""
+    return FolderLock(folder)
 
 
 # ----------------------------------------------------------------------------------------------- keys
@@ -217,6 +277,14 @@ def _same_value(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _is_write_fault(e: BaseException) -> bool:
+    """Disk full, read-only file or folder, I/O error: faults of the medium, not of the data."""
+    if isinstance(e, OSError):
+        return True
+    text = str(e).lower()
+    return any(w in text for w in ("full", "readonly", "read-only", "disk i/o", "unable to open"))
+
+
 # ---------------------------------------------------------------------------------------------- store
 class ResultsStore:
     """Per-sample results of one run, in one SQLite file (see module docstring).
@@ -289,19 +357,32 @@ class ResultsStore:
             self.store._lock.acquire()
             try:
                 self.store._con.execute("BEGIN IMMEDIATE")
-            except BaseException:
+            except BaseException as e:
                 self.store._lock.release()
+                if isinstance(e, (sqlite3.OperationalError, OSError)) and _is_write_fault(e):
+                    raise write_error(self.store.path, e) from e
                 raise
             return self.store._con
 
         def __exit__(self, exc_type, exc, tb):
             try:
                 if exc_type is None:
-                    self.store._con.execute("COMMIT")
+                    try:
+                        self.store._con.execute("COMMIT")
+                    except (sqlite3.OperationalError, OSError) as e:
+                        with contextlib.suppress(sqlite3.Error):
+                            self.store._con.execute("ROLLBACK")
+                        if _is_write_fault(e):
+                            raise write_error(self.store.path, e) from e
+                        raise
                 else:
-                    self.store._con.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):  # a full disk may refuse even this
+                        self.store._con.execute("ROLLBACK")
             finally:
                 self.store._lock.release()
+            if exc_type is not None and issubclass(exc_type, (sqlite3.OperationalError, OSError)) \
+                    and _is_write_fault(exc):
+                raise write_error(self.store.path, exc) from exc
             return False
 
     def _transaction(self) -> "ResultsStore._Tx":
@@ -371,7 +452,8 @@ class ResultsStore:
         """Register an evaluation (idempotent, as :meth:`register_model`).
 
         info: kind (clean|attack|corruption|ood|shift), name, dataset, params (dict), n_samples (int),
-        optionally group (for plotting) and any other JSON value.
+        optionally group (for plotting) and any other JSON value. An entry stored by an older version
+        that lacks fields this one records (e.g. ``resolved``) is completed with them, never changed.
         """
         info = _normalize_info(info)
         if info.get("kind") not in EVAL_KINDS:

@@ -182,9 +182,14 @@ def _check_attack(e: EvalSpec, where: str) -> None:
     if not isinstance(e.params.get("attack_amp", True), bool):
         raise SuiteError(f"{where}: attack_amp must be true or false, got {e.params['attack_amp']!r}")
     try:
-        attacks.get_attack(e.name, **attack_params(e, None))
+        attack = attacks.get_attack(e.name, **attack_params(e, None))
     except (ValueError, TypeError) as err:
         raise SuiteError(f"{where}: attack {describe_eval(e)}: {err}") from None
+    eps = getattr(attack, "eps", None)
+    if eps is not None and eps > 1 and attack.norm == "Linf" and attack.space == "pixel":
+        hint = f" (did you mean '{eps:g}/255'?)" if float(eps).is_integer() and eps <= 255 else ""
+        raise SuiteError(f"{where}: attack {e.name}: eps={eps:g} is beyond the Linf range of pixel-space images "
+                         f"(values in [0, 1], so eps <= 1){hint}")
 
 
 def expand(suite: Suite, dataset: str) -> list[EvalSpec]:
@@ -218,6 +223,8 @@ def expand(suite: Suite, dataset: str) -> list[EvalSpec]:
                     raise SuiteError(f"{where}: attack spec without a name: {spec}")
                 _known(attacks.ATTACKS, name, where)
                 eps_list = spec.pop("eps", None)
+                if isinstance(eps_list, list) and not eps_list:
+                    raise SuiteError(f"{where}: attack {name}: eps is an empty list; give at least one budget")
                 eps_values = eps_list if isinstance(eps_list, list) else [eps_list]
                 for eps in eps_values:
                     params = dict(spec)

@@ -36,8 +36,11 @@ def autocast(device: str, amp: str | None):
 def prediction_rows(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                     device: str, amp: str | None, class_mask: torch.Tensor | None = None) -> dict[str, list]:
     """Top-1/top-5 correctness and max-softmax confidence of ``model`` on a batch."""
+    from .attacks.evaluate import check_finite
+
     with autocast(device, amp):
         logits = model(x).float()
+    check_finite(logits)  # before the class mask, whose excluded classes are -inf on purpose
     if class_mask is not None:  # ImageNet-A/R: argmax over the 200 classes of the subset only
         from .data.folders import mask_logits
 

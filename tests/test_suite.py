@@ -52,3 +52,22 @@ def test_unknown_suite_and_bad_toml(tmp_path):
     bad.write_text("name = [")
     with pytest.raises(SuiteError, match="bad.toml: invalid TOML"):
         load_suite(bad)
+
+
+@pytest.mark.parametrize("ev,match", [
+    (dict(kind="attack", attack="pgd", eps=[]), r"my.toml \[\[evaluation\]\] #1: attack pgd: eps is an empty list"),
+    (dict(kind="attack", attack="pgd", eps=["-1/255"]), r"my.toml .*eps of attack 'pgd' must be finite and >= 0"),
+    (dict(kind="attack", attack="fgsm", eps=[8]), r"my.toml .*eps=8 is beyond the Linf range.*did you mean '8/255'"),
+    (dict(kind="attack", preset="pixel", eps=[]), r"my.toml .*eps is an empty list"),
+])
+def test_bad_eps_lists_are_refused(ev, match):
+    with pytest.raises(SuiteError, match=match):
+        expand(suite_from_dict(_raw(**ev), "my.toml"), "digits32")
+
+
+def test_large_eps_is_fine_where_the_range_allows_it():
+    # normalized-space Linf budgets exceed 1 legitimately (1/std ~ 4.4); L2 budgets are not bounded by 1
+    evs = expand(suite_from_dict({"name": "t", "evaluation": [
+        dict(kind="attack", attack="fgsm", eps=[2.0], space="normalized", clip=False),
+        dict(kind="attack", attack="pgd", eps=[3.0], norm="L2")]}, "my.toml"), "digits32")
+    assert [e.params["eps"] for e in evs] == [2.0, 3.0]

@@ -19,12 +19,28 @@ import torch.nn as nn
 
 import contextlib
 
-from .base import check_logits, eval_mode, model_device, normalization_of
+from .base import ModelOutputError, check_logits, eval_mode, model_device, normalization_of
 from .budget import BUDGET_TOL, budget_violations, perturbation_norms
 
 
 class BudgetError(RuntimeError):
     """An attack returned images outside [0, 1] or beyond its eps budget."""
+
+
+class NonFiniteLogitsError(ModelOutputError):
+    """The model returned NaN or inf logits: accuracy on them would be meaningless, never a silent 0."""
+
+    def __init__(self, count: int, total: int, where: str = "", model: str = "the model"):
+        self.count, self.total, self.where, self.model = int(count), int(total), where, model
+        super().__init__(f"{model} returned non-finite logits (NaN or inf) for {self.count} of {self.total} "
+                         f"samples{' ' + where if where else ''}")
+
+
+def check_finite(logits: torch.Tensor, where: str = "") -> None:
+    """``NonFiniteLogitsError`` (with the count of samples) if any row of ``logits`` is not finite."""
+    bad = int((~torch.isfinite(logits)).any(dim=1).sum()) if logits.numel() else 0
+    if bad:
+        raise NonFiniteLogitsError(bad, logits.shape[0], where)
 
 
 @dataclass
@@ -78,8 +94,8 @@ def _in_topk(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, x: torch.Tensor, batch_size: int | None, amp: torch.dtype | None = None
-            ) -> torch.Tensor:
+def _logits(model: nn.Module, x: torch.Tensor, batch_size: int | None, amp: torch.dtype | None = None,
+            what: str = "") -> torch.Tensor:
     size = batch_size or max(len(x), 1)
     outs = []
     cast = torch.autocast(device_type=x.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
@@ -88,7 +104,9 @@ def _logits(model: nn.Module, x: torch.Tensor, batch_size: int | None, amp: torc
             out = model(x[s:s + size])
         check_logits(out, len(x[s:s + size]))
         outs.append(out.float())
-    return torch.cat(outs)
+    logits = torch.cat(outs)
+    check_finite(logits, what)
+    return logits
 
 
 def attack_outcomes(model: nn.Module, attack, images: torch.Tensor, labels: torch.Tensor, *, topk: int = 5,
@@ -99,7 +117,8 @@ def attack_outcomes(model: nn.Module, attack, images: torch.Tensor, labels: torc
     The budget checked is ``eps`` / ``norm`` when given, else the attack's own ``eps`` / ``norm``
     attributes (an attack with ``eps=None``, e.g. unbounded CW, is only checked for [0, 1]), in the
     attack's ``space`` (normalized units divide by the model's std); [0, 1] is checked when the attack
-    clips. Per-sample norms are in the same units. ``amp``: autocast dtype of the two classification
+    clips. Per-sample norms are in the same units. NaN/inf logits raise ``NonFiniteLogitsError`` with the
+    number of samples affected. ``amp``: autocast dtype of the two classification
     passes (the paper classifies under fp16 autocast; attacks choose their own precision).
     """
     eps = getattr(attack, "eps", None) if eps is None else float(eps)
@@ -120,8 +139,9 @@ def attack_outcomes(model: nn.Module, attack, images: torch.Tensor, labels: torc
     device = model_device(model, x.device)
     batch_size = getattr(attack, "batch_size", None)
     with eval_mode(model):
-        clean = _logits(model, x.to(device), batch_size, amp)
-        adv = _logits(model, x_adv.detach().to(device), batch_size, amp)
+        clean = _logits(model, x.to(device), batch_size, amp, "on the clean images")
+        adv = _logits(model, x_adv.detach().to(device), batch_size, amp,
+                      f"on the adversarial images of {getattr(attack, 'name', 'the attack')}")
     y = labels.to(device).long()
     clean_c1 = clean.argmax(1) == y
     clean_c5 = _in_topk(clean, y, topk)

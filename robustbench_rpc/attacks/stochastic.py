@@ -10,21 +10,27 @@ import torch
 import torch.nn as nn
 
 from .base import eval_mode
+from .evaluate import check_finite
 
 
 @torch.no_grad()
 def detect_stochastic(model: nn.Module, images: torch.Tensor, *, passes: int = 2, rtol: float = 1e-5,
                       atol: float = 1e-6) -> bool:
     """True if the logits of ``passes`` identical forward passes (eval mode) are not all equal (up to
-    float tolerance, so nondeterministic GPU kernels are not mistaken for randomness)."""
+    float tolerance, so nondeterministic GPU kernels are not mistaken for randomness). NaN/inf logits raise
+    ``NonFiniteLogitsError`` (they differ from themselves, and are not randomness)."""
     if passes < 2:
         raise ValueError(f"passes must be >= 2, got {passes}")
     device = next((p.device for p in model.parameters()), images.device)
     x = images.to(device)
     with eval_mode(model):
+        where = "while checking whether it is stochastic (identical forward passes)"
         first = model(x).float()
+        check_finite(first, where)
         for _ in range(passes - 1):
-            if not torch.allclose(first, model(x).float(), rtol=rtol, atol=atol):
+            again = model(x).float()
+            check_finite(again, where)
+            if not torch.allclose(first, again, rtol=rtol, atol=atol):
                 return True
     return False
 
