@@ -113,7 +113,7 @@ def _samples(run_dir):
 
 def test_report_writes_every_format(run):
     run_dir, _, paths = run
-    assert isinstance(paths["report"], str) and "Clean accuracy" in paths["report"]
+    assert isinstance(paths["report"], str) and "Headline results" in paths["report"]
     for name in ("clean", "attacks", "corruptions_cifar10_c", "shift", "ood", "comparison", "checks"):
         for ext in ("csv", "md", "tex"):
             assert paths[f"tables/{name}.{ext}"].is_file(), (name, ext)
