@@ -65,7 +65,8 @@ th.num,td.num{text-align:right;font-variant-numeric:tabular-nums}
 th:first-child,td:first-child{position:sticky;left:0;z-index:1;box-shadow:2px 0 2px -1px #bbb}
 td.missing{color:#999;text-align:center}
 td.unstable{background:#fff4d6}
-#headline table{font-size:14px} #headline td:first-child{font-weight:600} #headline thead th{min-width:8.5em}
+#headline table{font-size:13.5px} #headline td{padding:4px 6px} #headline td:first-child{font-weight:600}
+#headline thead th{min-width:7em;padding:4px 6px}
 ul.under{font-size:12.5px;color:#333;margin:.3em 0;padding-left:1.3em} ul.under.notes{color:#8a5a00}
 .card{background:#f8f8fb;border:1px solid #e2e2ea;border-radius:6px;padding:.4em 1em;font-size:12.5px;
 max-width:1100px} .card h4{margin:.4em 0} .card li{overflow-wrap:anywhere}

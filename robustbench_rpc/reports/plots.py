@@ -170,6 +170,8 @@ def _worst_title(data: RunData, groups: list) -> str:
               if all(a in names for names in sets.values())]
     extra = {eps: [a for a in names if a not in common] for eps, names in sets.items()}
     lines = ["worst case of " + " + ".join(common)] if common else ["worst case"]
+    if len(groups) == 1:
+        lines[0] += f" at {format_eps(groups[0].eps)}"
     for eps, names in extra.items():
         if names:
             lines.append(f"+ {' + '.join(names)} at {format_eps(eps)}")

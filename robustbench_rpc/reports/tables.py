@@ -450,7 +450,7 @@ def headline_table(data: RunData) -> Table | None:
                     a = acc_stats(wc["correct1"])
                     return fmt_ci(*a), *a
                 combined = ", ".join(attack_display(n) for n in dict.fromkeys(names))
-                robust_cols.append((f"Robust {where(dataset, norm, eps, p)}, worst of {combined}", "attacks", get,
+                robust_cols.append((f"Robust {where(dataset, norm, eps, p)} (worst of {combined})", "attacks", get,
                                     None))
             for k, n in zip(keys, names):
                 if str(n).lower() == "autoattack":
@@ -462,7 +462,7 @@ def headline_table(data: RunData) -> Table | None:
         for sentence, where_list in threats.items():
             protocol.append(f"Threat model of {', '.join(where_list)}: {sentence}")
         if groups:
-            protocol.append("Robust ..., worst of A, B: per sample, correct only if correct under every listed attack "
+            protocol.append("Robust ... (worst of A, B): per sample, correct only if correct under every listed attack "
                             "at that budget (the worst-case rows of the attack table)")
     for res in corruption_results(data):
         multi = len(corruption_results(data)) > 1
@@ -498,18 +498,18 @@ def headline_table(data: RunData) -> Table | None:
                         f"{protocol_of(info['params'])}; higher is better")
     if len(cols) == 0:
         return None
-    columns = ["Model"] + [f"{h} (%)" for h, *_ in cols]
+    columns = ["Model"] + [h for h, *_ in cols]
     rows, tidy = [], []
     for m in data.model_keys:
         row = [data.name(m)]
         for (h, src, get, e) in cols:
             text, v, lo, hi = get(m)
             row.append(text)
-            tidy.append({"model": data.name(m), "model_key": m, "column": f"{h} (%)", "source": src,
+            tidy.append({"model": data.name(m), "model_key": m, "column": h, "source": src,
                          "eval_key": e, "value_pct": pct(v), "lo_pct": pct(lo), "hi_pct": pct(hi)})
         rows.append(row)
-    protocol = ["One row per model; accuracies are top-1 in %, value [lo, hi] with the 95% Wilson interval; "
-                "mCE and AUPR with 95% bootstrap intervals; every number is the one in the detailed table below"] \
+    protocol = ["All numbers in %, as value [lo, hi]: top-1 accuracies with the 95% Wilson interval, mCE and AUPR "
+                "with 95% bootstrap intervals; each number is the one in the detailed table below"] \
         + protocol + [data.reference_note, data.seeds_text()]
     notes = []
     if any(v is None for r in rows for v in r):
