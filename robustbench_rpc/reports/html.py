@@ -71,9 +71,10 @@ ul.under{font-size:12.5px;color:#333;margin:.3em 0;padding-left:1.3em} ul.under.
 .card{background:#f8f8fb;border:1px solid #e2e2ea;border-radius:6px;padding:.4em 1em;font-size:12.5px;
 max-width:1100px} .card h4{margin:.4em 0} .card li{overflow-wrap:anywhere}
 .status-pass{background:#e6f4e6} .status-warn{background:#fff4d6} .status-fail,.status-error{background:#fde2e2}
-.plot{margin:1em 0} .plot img{max-width:100%;border:1px solid #eee} .plot p{font-size:12.5px;color:#444}
+.plot{margin:1em 0} .plot img{max-width:100%;box-sizing:border-box;border:1px solid #eee} .plot p{font-size:12.5px;color:#444}
 dl.kv{display:grid;grid-template-columns:max-content auto;gap:2px 12px;font-size:13px}
 dl.kv dt{font-weight:600} dl.kv dd{margin:0;font-family:ui-monospace,monospace;overflow-wrap:anywhere}
+#checks td:last-child{white-space:normal;min-width:28em}
 p.summary{font-size:14px} p.summary .bad{color:#a00;font-weight:600}
 """
 
