@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -110,6 +111,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     out = run(cfg)
     print(f"results: {Path(out) / 'results.sqlite'}")
+    if os.environ.get("RANK", "0") == "0":  # the run's last words (rank 0): trust checks as stored, report path
+        from .reports.build import checks_text
+
+        print(checks_text(out))
     if not args.no_report:
         print(f"report:  {Path(out) / 'index.html'}")
     return 0
@@ -122,6 +127,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     summary = paths.get("summary")
     if summary:
         print(summary)
+    print(paths["checks"])
     print(f"report: {paths.get('html')}")
     return 0
 

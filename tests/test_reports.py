@@ -113,7 +113,7 @@ def _samples(run_dir):
 
 def test_report_writes_every_format(run):
     run_dir, _, paths = run
-    assert isinstance(paths["report"], str) and "Clean accuracy" in paths["report"]
+    assert isinstance(paths["report"], str) and "Headline results" in paths["report"]
     for name in ("clean", "attacks", "corruptions_cifar10_c", "shift", "ood", "comparison", "checks"):
         for ext in ("csv", "md", "tex"):
             assert paths[f"tables/{name}.{ext}"].is_file(), (name, ext)
@@ -326,3 +326,235 @@ def test_reference_from_suite_meta_or_none(tmp_path):
     assert df[df.model_key == keys["models"]["rpc_vit"]].mce_normalized_pct.iloc[0] == pytest.approx(100.0)
     assert paths["tables/comparison.csv"].is_file()
     assert paths["html"] == paths["index.html"] and paths["summary"] == paths["report"]
+
+
+# ------------------------------------------------------------------------- the report leads with the answer
+def _section_ids(html_text):
+    return re.findall(r'<section[^>]*\bid="([^"]+)"', html_text)
+
+
+def test_headline_is_first_one_row_per_model_and_equals_the_detailed_tables(run):
+    run_dir, keys, paths = run
+    html_text = paths["index.html"].read_text()
+    assert _section_ids(html_text)[0] == "headline"
+    md = paths["report.md"].read_text()
+    assert md.index("## Headline results") < md.index("## Clean accuracy") < md.index("## Trust checks") \
+        < md.index("## Run manifest")
+    head = pd.read_csv(paths["tables/headline.csv"])
+    want_cols = ["Clean", "Robust 1/255 (worst of PGD, FGSM)", "Robust 4/255 (worst of PGD, FGSM)",
+                 "Robust 8/255 (worst of PGD, FGSM)", "mCE", "cifar10.1", "cifar10-r", "AUPR svhn"]
+    assert list(dict.fromkeys(head.column)) == want_cols
+    headline_md = paths["tables/headline.md"].read_text().splitlines()
+    assert headline_md[2] == "| Model | " + " | ".join(want_cols) + " |"
+    assert sum(line.startswith("| vit_baseline") or line.startswith("| rpc_vit") for line in headline_md) == 2
+    clean = pd.read_csv(paths["tables/clean.csv"])
+    attacks = pd.read_csv(paths["tables/attacks.csv"])
+    corr = pd.read_csv(paths["tables/corruptions_cifar10_c.csv"])
+    ood = pd.read_csv(paths["tables/ood.csv"])
+    shift = pd.read_csv(paths["tables/shift.csv"])
+    for m in keys["models"].values():
+        h = head[head.model_key == m].set_index("column")
+        assert len(h) == len(want_cols)  # one row per model: one value per column
+        assert h.loc["Clean", "value_pct"] == pytest.approx(clean[clean.model_key == m].top1_pct.iloc[0])
+        for eps in EPS:
+            row = attacks[(attacks.model_key == m) & attacks.worst_case & np.isclose(attacks.eps, eps)].iloc[0]
+            col = h.loc[f"Robust {round(eps * 255)}/255 (worst of PGD, FGSM)"]
+            assert (col.value_pct, col.lo_pct, col.hi_pct) == pytest.approx((row.top1_pct, row.top1_lo_pct,
+                                                                             row.top1_hi_pct))
+        c = corr[corr.model_key == m].iloc[0]
+        assert (h.loc["mCE", "value_pct"], h.loc["mCE", "lo_pct"], h.loc["mCE", "hi_pct"]) == pytest.approx(
+            (c.mce_normalized_pct, c.mce_normalized_lo_pct, c.mce_normalized_hi_pct))
+        o = ood[ood.model_key == m].iloc[0]
+        assert (h.loc["AUPR svhn", "value_pct"], h.loc["AUPR svhn", "lo_pct"]) == pytest.approx((o.aupr_pct,
+                                                                                                o.aupr_lo_pct))
+        for name, e in (("cifar10.1", keys["shift"]), ("cifar10-r", keys["partial"])):
+            s = shift[(shift.model_key == m) & (shift.eval_key == e)].iloc[0]
+            v = h.loc[name, "value_pct"]
+            assert (math.isnan(v) and math.isnan(s.top1_pct)) or v == pytest.approx(s.top1_pct)
+    # the same cell text as the detailed Markdown tables (clean top-1 of each model)
+    clean_md = paths["tables/clean.md"].read_text()
+    for line in headline_md:
+        if line.startswith("| vit_baseline"):
+            assert line.split(" | ")[1] in clean_md
+    # partial pair: missing in the headline as well, never 0
+    rpc_line = next(line for line in headline_md if line.startswith("| rpc_vit"))
+    assert "—" in rpc_line
+
+
+def test_contents_list_is_in_page_order(run):
+    _, _, paths = run
+    html_text = paths["index.html"].read_text()
+    nav = re.search(r'<nav class="toc">(.*?)</nav>', html_text, re.S).group(1)
+    toc = re.findall(r'href="#([^"]+)"', nav)
+    sections = _section_ids(html_text)
+    assert toc == sections
+    assert sections[0] == "headline" and sections[-2:] == ["checks", "manifest"]
+    assert sections.index("attack_acc_vs_eps_cifar10_linf") == sections.index("attacks") + 1
+    assert html_text.index('<nav class="toc">') < html_text.index('<section')
+    md = paths["report.md"].read_text()
+    md_toc = re.findall(r"^\s*- \[[^\]]+\]\(#([^)]+)\)", md, re.M)
+    assert md_toc == re.findall(r'^<a id="([^"]+)"></a>', md, re.M) == sections
+
+
+def test_headline_states_the_threat_model_and_never_merges_two(tmp_path):
+    """An eps in normalized units and a plain-accuracy evaluation get their own, labelled columns."""
+    rng = np.random.default_rng(3)
+    store = ResultsStore(tmp_path / "results.sqlite")
+    store.register_model("m1", {"name": "model_a", "reference": True})
+    store.register_evaluation("c", {"kind": "clean", "name": "clean", "dataset": "d", "params": {}, "n_samples": N})
+    store.write_unit("m1", "c", 0, _outcomes(rng, N, 0.9))
+    for key, params in (("pix", {"eps": 4 / 255, "norm": "Linf", "steps": 10}),
+                        ("nrm", {"eps": 4 / 255, "norm": "Linf", "steps": 10, "space": "normalized"}),
+                        ("pln", {"eps": 4 / 255, "norm": "Linf", "steps": 10, "accuracy": "plain"})):
+        store.register_evaluation(key, {"kind": "attack", "name": "pgd", "dataset": "d", "params": params,
+                                        "n_samples": N})
+        store.write_unit("m1", key, 0, _outcomes(rng, N, 0.4))
+    store.close()
+    paths = build_report(tmp_path)
+    head = pd.read_csv(paths["tables/headline.csv"])
+    assert set(head.column) == {"Clean", "PGD-10 4/255", "PGD-10 4/255 (norm.)", "PGD-10 4/255 (plain acc.)"}
+    md = paths["tables/headline.md"].read_text()
+    assert "Threat model of 4/255 (norm.): eps in normalized input units" in md
+    assert "Threat model of 4/255 (plain acc.):" in md and "plain accuracy" in md
+    assert "Threat model of 4/255: eps in pixel units" in md
+    assert "worst of" not in md  # three threat models: no worst case across them
+
+
+def _plots_of(run_dir, tmp_path):
+    from robustbench_rpc.reports.data import RunData
+    from robustbench_rpc.reports.plots import all_plots
+
+    data = RunData.load(run_dir)
+    try:
+        return all_plots(data, tmp_path / "plots", keep=True)
+    finally:
+        data.close()
+
+
+def _single_budget_run(tmp_path):
+    rng = np.random.default_rng(5)
+    store = ResultsStore(tmp_path / "results.sqlite")
+    for m, acc in (("m1", 0.9), ("m2", 0.8)):
+        store.register_model(m, {"name": f"model_{m}"})
+    store.register_evaluation("c", {"kind": "clean", "name": "clean", "dataset": "d", "params": {}, "n_samples": N})
+    evals = [("c", None)]
+    for eps in (1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255):
+        key = f"pgd{eps:.5f}"
+        store.register_evaluation(key, {"kind": "attack", "name": "pgd", "dataset": "d", "n_samples": N,
+                                        "params": {"eps": eps, "norm": "Linf", "steps": 10}})
+        evals.append((key, eps))
+    store.register_evaluation("sq", {"kind": "attack", "name": "square", "dataset": "d", "n_samples": N,
+                                     "params": {"eps": 8 / 255, "norm": "Linf"}})
+    evals.append(("sq", 8 / 255))
+    for m, acc in (("m1", 0.9), ("m2", 0.8)):
+        for key, eps in evals:
+            store.write_unit(m, key, 0, _outcomes(rng, N, acc * (1 - 20 * (eps or 0))))
+    store.close()
+    return tmp_path
+
+
+def test_single_budget_attack_is_drawn_as_points(tmp_path):
+    run_dir = _single_budget_run(tmp_path)
+    plot = next(p for p in _plots_of(run_dir, tmp_path) if p.name == "attack_acc_vs_eps_d_linf")
+    axes = {ax.get_title(): ax for ax in plot.fig.axes}
+    assert set(axes) == {"pgd", "square", "worst case of pgd + square at 8/255"}
+    sq = [ln for ln in axes["square"].get_lines() if len(ln.get_xdata())]
+    assert sq and all(ln.get_linestyle() == "None" for ln in sq)  # no line anywhere (error-bar caps included)
+    points = [ln for ln in sq if ln.get_marker() == "o"]
+    assert len(points) == 4 and all(len(ln.get_xdata()) == 1 for ln in points)  # 2 models x (8/255, clean)
+    assert any(ln.get_linestyle() == "-" and len(ln.get_xdata()) == 6 for ln in axes["pgd"].get_lines())
+    # the worst case exists at one budget only: points too
+    wc = [ln for ln in axes["worst case of pgd + square at 8/255"].get_lines() if len(ln.get_xdata())]
+    assert all(ln.get_linestyle() == "None" for ln in wc)
+    # panels wrap into a grid of at most 3 columns; eps labelled k/255
+    assert max(ax.get_subplotspec().colspan.stop for ax in plot.fig.axes) <= 3
+    assert [t.get_text() for t in axes["pgd"].get_xticklabels()] == ["0", "1/255", "2/255", "4/255", "8/255",
+                                                                     "16/255"]
+    svg = plot.svg.read_text()
+    assert "16/255" in svg
+    import matplotlib.pyplot as plt
+    plt.close("all")
+
+
+def test_plot_tick_labels_do_not_overlap(run, tmp_path):
+    import matplotlib.pyplot as plt
+    from robustbench_rpc.reports.plots import declutter_ticks, tick_label_overlaps
+
+    run_dir, _, _ = run
+    plots = _plots_of(run_dir, tmp_path) + [p for p in _plots_of(_single_budget_run(tmp_path / "s"), tmp_path / "s")]
+    assert len(plots) >= 5
+    for p in plots:
+        assert tick_label_overlaps(p.fig) == [], p.name
+    # the check sees a real collision, and declutter_ticks resolves it
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.set_xticks(range(12))
+    ax.set_xticklabels([f"label_{i}" for i in range(12)])
+    assert tick_label_overlaps(fig)
+    declutter_ticks(fig)
+    assert tick_label_overlaps(fig) == []
+    plt.close("all")
+
+
+def test_ce_warning_when_reference_error_is_tiny(tmp_path):
+    """Reference error 1% on fog (1 error in 120 images): CE = err/err_ref is flagged everywhere."""
+    rng = np.random.default_rng(7)
+    store = ResultsStore(tmp_path / "results.sqlite")
+    store.register_model("ref", {"name": "ref_model", "reference": True})
+    store.register_model("m2", {"name": "other_model"})
+    store.register_evaluation("c", {"kind": "clean", "name": "clean", "dataset": "d", "params": {}, "n_samples": N})
+    for c in ("fog", "snow"):
+        store.register_evaluation(c, {"kind": "corruption", "name": c, "dataset": "d-c", "n_samples": N,
+                                      "params": {"corruption": c, "severity": 3}})
+    ids = np.arange(N)
+    for m in ("ref", "m2"):
+        store.write_unit(m, "c", 0, _outcomes(rng, N, 0.95))
+        for c in ("fog", "snow"):
+            rows = _outcomes(rng, N, 0.5)
+            if m == "ref" and c == "fog":
+                rows["correct1"] = ids != 0  # one error
+            if m == "m2" and c == "fog":
+                rows["correct1"] = ids >= 6  # six errors
+            store.write_unit(m, c, 0, rows)
+    store.close()
+    paths = build_report(tmp_path)
+    df = pd.read_csv(paths["tables/corruptions_d_c.csv"]).set_index("model_key")
+    assert bool(df.loc["m2", "ce_unstable_fog"]) and not bool(df.loc["m2", "ce_unstable_snow"])
+    assert df.loc["m2", "ce_norm_pct_fog"] == pytest.approx(600.0)
+    assert df.loc["m2", "ce_norm_lo_pct_fog"] <= 600.0 <= df.loc["m2", "ce_norm_hi_pct_fog"]
+    assert df.loc["ref", "ce_norm_lo_pct_fog"] == df.loc["ref", "ce_norm_hi_pct_fog"] == 100.0
+    md = paths["tables/corruptions_d_c.md"].read_text()
+    assert "WARNING: CE of fog is unstable" in md and "reference error 0.8% (1 errors in 120" in md
+    other = next(line for line in md.splitlines() if line.startswith("| other_model"))
+    ref = next(line for line in md.splitlines() if line.startswith("| ref_model"))
+    assert " !" in other and " !" not in ref  # the reference's own CE is 100 by definition
+    assert "CE ratios unstable" in paths["tables/headline.md"].read_text()
+    plot = next(p for p in _plots_of(tmp_path, tmp_path / "p") if p.name == "corruption_ce_d_c")
+    warned = [ax.get_xlabel() for ax in plot.fig.axes if "unstable" in ax.get_xlabel()]
+    assert warned and "fog" in warned[0] and "snow" not in warned[0]
+    assert "fog (!)" in [t.get_text() for t in plot.fig.axes[-1].get_xticklabels()]
+    import matplotlib.pyplot as plt
+    plt.close("all")
+
+
+def test_console_ends_with_trust_checks_and_report_path(run, capsys):
+    from robustbench_rpc.cli import main
+
+    run_dir, _, _ = run
+    assert main(["report", str(run_dir)]) == 0
+    lines = capsys.readouterr().out.rstrip("\n").splitlines()
+    assert lines[-1] == f"report: {run_dir / 'index.html'}"
+    assert lines[-3] == "trust checks: 2 checks: 1 pass, 1 warn"
+    assert lines[-2] == "  WARN coverage (rpc_vit): partial evaluation"
+    page = (run_dir / "index.html").read_text()
+    assert 'Trust checks: <span class="bad">2 checks: 1 pass, 1 warn; not passed: warn coverage</span>' in page
+
+
+def test_tables_left_align_text_and_keep_the_first_column_in_view(run):
+    _, _, paths = run
+    html_text = paths["index.html"].read_text()
+    assert "position:sticky;left:0" in html_text and ".tbl{overflow-x:auto" in html_text
+    attacks = re.search(r'<section id="attacks">.*?</section>', html_text, re.S).group(0)
+    head = re.findall(r"<th([^>]*)>([^<]*)</th>", attacks)
+    assert head[0] == ("", "Attack") and head[1] == ("", "Norm")          # text: left (default)
+    assert head[-1][0] == ' class="num"'                                  # numbers: right
+    assert '<div class="tbl"><table>' in attacks

@@ -8,12 +8,11 @@ import pandas as pd
 
 from .compute import pairwise
 from .data import RunData
-from .html import write_index
+from .html import page_plan, write_index, write_markdown
 from .plots import all_plots
-from .tables import all_tables
+from .tables import all_tables, checks_summary
 
 _OWNED = "report_files.json"  # files written by the previous build, removed before a rebuild
-_HEADLINE = ("clean", "attacks", "corruptions_", "shift", "ood", "comparison", "checks")
 
 
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict:
@@ -24,9 +23,14 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     ``plots/<name>.{png,svg}``, ``report.md``, ``index.html``. Files left by an earlier build that this
     build does not write again (e.g. a plot whose data is now absent) are removed.
 
+    Page order (index.html and report.md alike, with a contents list at the top): the headline table
+    (one row per model, the paper's columns), the detailed tables each followed by its plots, the trust
+    checks, the run manifest.
+
     Returns a dict: ``"tables/<file>"``, ``"plots/<file>"``, ``"report.md"``, ``"index.html"`` (alias
-    ``"html"``) -> Path, and ``"report"`` (alias ``"summary"``) -> str, the Markdown of the headline
-    tables for a terminal.
+    ``"html"``) -> Path, ``"report"`` (alias ``"summary"``) -> str, the Markdown of the headline table
+    for a terminal, and ``"checks"`` -> str, the trust-check summary (counts, then one line per check
+    that did not pass).
     """
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir
@@ -44,20 +48,34 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
             paths[f"plots/{p.svg.name}"] = p.svg
         header = [f"# robustbench-rpc report: {run_dir.name}", "",
                   f"Built from `{run_dir / 'results.sqlite'}`. {data.reference_note}.", ""]
-        full = "\n".join(header + [t.to_markdown("##") for t in tables])
-        paths["report.md"] = out / "report.md"
-        paths["report.md"].write_text(full, encoding="utf-8")
-        paths["index.html"] = write_index(out / "index.html", run_dir, data.meta, tables, plots,
-                                          data.reference_note)
+        checks_line, not_passed = checks_summary(data)
+        sections = page_plan(tables, plots)
+        paths["report.md"] = write_markdown(out / "report.md", header, sections, data.meta, checks_line)
+        paths["index.html"] = write_index(out / "index.html", run_dir, data.meta, sections, data.reference_note,
+                                          checks_line)
         (out / _OWNED).write_text(json.dumps(sorted({str(p.relative_to(out)) for p in paths.values()}), indent=1))
-        headline = [t for t in tables if t.name.startswith(_HEADLINE)]
+        headline = [t for t in tables if t.name == "headline"]
         summary = "\n".join(header + [t.to_markdown("##") for t in headline])
+        checks_text = "\n".join([f"trust checks: {checks_line.split('; not passed')[0]}"]
+                                + [f"  {b}" for b in not_passed])
     finally:
         data.close()
     result: dict = dict(paths)
     result["html"] = paths["index.html"]  # alias
     result["report"] = result["summary"] = summary
+    result["checks"] = checks_text
     return result
+
+
+def checks_text(run_dir: str | Path) -> str:
+    """The trust-check summary of a stored run, read from ``results.sqlite``: a line of counts, then
+    one line per check that did not pass (status, check, model, message)."""
+    data = RunData.load(run_dir)
+    try:
+        line, bad = checks_summary(data)
+    finally:
+        data.close()
+    return "\n".join([f"trust checks: {line.split('; not passed')[0]}"] + [f"  {b}" for b in bad])
 
 
 def _remove_previous(out: Path) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -239,6 +239,10 @@ class CorruptionResult:
     clean_note: str
     rows: list[dict]               # per model headline numbers (fractions)
     notes: list[str]
+    # corruption -> [(severity, eval_key)] sorted by severity
+    eval_keys: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    # corruption -> why its normalized CE is an unstable ratio (reference error too small)
+    unstable: dict[str, str] = field(default_factory=dict)
 
 
 def _corruption_of(info: dict) -> str:
@@ -282,6 +286,14 @@ def _errors_by_corruption(data: RunData, m: str, by_c: dict[str, list[tuple[int,
 
 
 def corruption_results(data: RunData) -> list[CorruptionResult]:
+    """Per corruption dataset: errors, CE, mCE (with bootstrap CIs in ``row['ce_ci']`` and
+    ``row['mce_ci']``) and the corruptions whose CE is unstable. Cached on ``data``."""
+    if "corruption_results" not in data._cache:
+        data._cache["corruption_results"] = _corruption_results(data)
+    return data._cache["corruption_results"]
+
+
+def _corruption_results(data: RunData) -> list[CorruptionResult]:
     ev = data.evals_of("corruption")
     results = []
     for dataset in dict.fromkeys(ev["dataset"]):
@@ -334,7 +346,8 @@ def corruption_results(data: RunData) -> list[CorruptionResult]:
         for m in data.model_keys:
             err = errors[m]
             full = all(err[c] is not None for c in in_mce) and bool(in_mce)
-            row = {"model_key": m, "mce": NAN, "unnormalized_mce": NAN, "relative_mce": NAN, "ce": {}}
+            row = {"model_key": m, "mce": NAN, "unnormalized_mce": NAN, "relative_mce": NAN, "ce": {},
+                   "ce_ci": {}, "mce_ci": (NAN, NAN)}
             for c in by_c:
                 if err[c] is not None and baseline is not None and c in baseline:
                     row["ce"][c] = metrics.corruption_errors({c: err[c]}, {c: baseline[c]})[c]
@@ -351,9 +364,96 @@ def corruption_results(data: RunData) -> list[CorruptionResult]:
                         except ValueError as exc:
                             notes.append(f"relative mCE of {data.name(m)} undefined: {exc}")
             rows.append(row)
-        results.append(CorruptionResult(dataset, list(by_c), severities, errors, in_mce, label, baseline,
-                                        baseline_clean, clean_eval, clean_note, rows, notes))
+        res = CorruptionResult(dataset, list(by_c), severities, errors, in_mce, label, baseline,
+                               baseline_clean, clean_eval, clean_note, rows, notes, by_c)
+        if baseline is not None:
+            _ce_intervals(data, res)
+        results.append(res)
     return results
+
+
+# ------------------------------------------------------------------------------ CE confidence intervals
+#: a CE ratio err / err_ref is flagged unstable when the reference's error is below this fraction ...
+CE_MIN_REF_ERROR = 0.05
+#: ... or when the reference made fewer errors than this (summed over the severities)
+CE_MIN_REF_ERRORS = 10
+N_BOOT = 1000
+BOOT_SEED = 0
+
+
+def _boot_counts(rng: np.random.Generator, n: int, draws: int) -> np.ndarray:
+    """(draws, n) resampling counts of a nonparametric bootstrap over n items."""
+    idx = rng.integers(0, n, size=(draws, n)) + (np.arange(draws) * n)[:, None]
+    return np.bincount(idx.ravel(), minlength=draws * n).reshape(draws, n).astype(np.float64)
+
+
+def _pct_interval(draws: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile interval without interpolation (so an infinite draw gives an infinite bound)."""
+    draws = draws[~np.isnan(draws)]
+    if draws.size == 0:
+        return NAN, NAN
+    a = (1.0 - confidence) / 2
+    return float(np.quantile(draws, a, method="lower")), float(np.quantile(draws, 1 - a, method="higher"))
+
+
+def _per_sample_errors(data: RunData, m: str, keys: list[tuple[int, str]]) -> pd.Series:
+    """Per sample id: top-1 error averaged over the given severities (ids present in all of them)."""
+    frames = [1.0 - data.outcomes(m, e)["correct1"].astype(float) for _, e in keys]
+    return pd.concat(frames, axis=1, join="inner").mean(axis=1)
+
+
+def _ce_intervals(data: RunData, res: CorruptionResult, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> None:
+    """95% percentile-bootstrap CIs of CE_c and mCE, resampling images (the same draw for every
+    corruption, severity and for the reference model, which saw the same images), and the
+    corruptions whose reference error is too small for a stable ratio."""
+    ref = None if is_imagenet(res.dataset) else data.reference_key
+    cs = [c for c in res.in_mce if c in res.baseline]
+    if ref is not None:
+        for c in cs:
+            keys = res.eval_keys[c]
+            n_err = sum(int(round((1.0 - float(data.agg_row(ref, e)["top1"])) * int(data.agg_row(ref, e)["n"])))
+                        for _, e in keys)
+            n_img = sum(int(data.agg_row(ref, e)["n"]) for _, e in keys)
+            err = float(np.mean(res.baseline[c]))
+            if err < CE_MIN_REF_ERROR or n_err < CE_MIN_REF_ERRORS:
+                res.unstable[c] = (f"reference error {100 * err:.1f}% ({n_err} errors in {n_img} corrupted "
+                                   f"images) is below {100 * CE_MIN_REF_ERROR:.0f}% or {CE_MIN_REF_ERRORS} errors: "
+                                   "CE = err / err_ref is an unstable ratio")
+    for m, row in zip(data.model_keys, res.rows):
+        have = [c for c in cs if c in row["ce"]]
+        if not have:
+            continue
+        a = pd.concat({c: _per_sample_errors(data, m, res.eval_keys[c]) for c in have}, axis=1, join="inner")
+        if ref is not None:
+            b = pd.concat({c: _per_sample_errors(data, ref, res.eval_keys[c]) for c in have}, axis=1, join="inner")
+            ids = a.index.intersection(b.index)
+            a, b = a.loc[ids], b.loc[ids]
+        n = len(a)
+        if n == 0:
+            continue
+        rng = np.random.default_rng(seed)
+        av = a.to_numpy()
+        bv = b.to_numpy() if ref is not None else None
+        ce_draws = []
+        chunk = max(1, min(n_boot, 2_000_000 // n))
+        for start in range(0, n_boot, chunk):
+            w = _boot_counts(rng, n, min(chunk, n_boot - start))
+            a_star = w @ av / n
+            if bv is not None:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ce_draws.append(a_star / (w @ bv / n))
+            else:  # a fixed published baseline: CE scales with the model's own mean error
+                point = np.array([row["ce"][c] for c in have])
+                mean_a = av.mean(axis=0)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ce_draws.append(np.where(mean_a > 0, a_star / mean_a, 1.0) * point)
+        draws = np.vstack(ce_draws)  # (n_boot, len(have))
+        if ref is not None and m == ref:
+            draws = np.where(np.isnan(draws), 1.0, draws)  # 0/0: the reference against itself
+        for j, c in enumerate(have):
+            row["ce_ci"][c] = _pct_interval(draws[:, j])
+        if finite(row["mce"]) and set(have) == set(res.in_mce):
+            row["mce_ci"] = _pct_interval(draws.mean(axis=1))
 
 
 def severity_curve(data: RunData, res: CorruptionResult, model_key: str) -> pd.DataFrame:
@@ -380,6 +480,15 @@ def severity_curve(data: RunData, res: CorruptionResult, model_key: str) -> pd.D
 
 # ------------------------------------------------------------------------------------------------ ood
 def ood_result(data: RunData, model_key: str, eval_key: str) -> tuple[dict | None, str]:
+    """AUPR / AUROC / FPR95 (+ ``aupr_lo``, ``aupr_hi``: 95% bootstrap CI) of one model on one OOD
+    evaluation, or (None, why). Cached on ``data``."""
+    key = ("ood_result", model_key, eval_key)
+    if key not in data._cache:
+        data._cache[key] = _ood_result(data, model_key, eval_key)
+    return data._cache[key]
+
+
+def _ood_result(data: RunData, model_key: str, eval_key: str) -> tuple[dict | None, str]:
     info = data.info(eval_key)
     in_key = info["params"].get("in_eval_key")
     if not in_key:
@@ -393,9 +502,27 @@ def ood_result(data: RunData, model_key: str, eval_key: str) -> tuple[dict | Non
                       f"({in_mask or 'none'} vs {out_mask or 'none'})")
     if not data.complete(model_key, eval_key) or not data.complete(model_key, in_key):
         return None, "incomplete"
-    res = metrics.ood_metrics(data.outcomes(model_key, in_key)["confidence"].to_numpy(),
-                              data.outcomes(model_key, eval_key)["confidence"].to_numpy())
+    conf_in = data.outcomes(model_key, in_key)["confidence"].to_numpy()
+    conf_out = data.outcomes(model_key, eval_key)["confidence"].to_numpy()
+    res = metrics.ood_metrics(conf_in, conf_out)
+    res["aupr_lo"], res["aupr_hi"] = _aupr_interval(conf_in, conf_out)
     return res, ""
+
+
+def _aupr_interval(conf_in: np.ndarray, conf_out: np.ndarray, n_boot: int = N_BOOT,
+                   seed: int = BOOT_SEED) -> tuple[float, float]:
+    """95% percentile-bootstrap CI of the AUPR, resampling in- and out-of-distribution samples
+    separately (the OOD base rate stays fixed)."""
+    conf_in = np.asarray(conf_in, dtype=np.float64)
+    conf_out = np.asarray(conf_out, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.ones(conf_out.size), np.zeros(conf_in.size)]
+    draws = np.empty(n_boot)
+    for i in range(n_boot):
+        s_out = conf_out[rng.integers(0, conf_out.size, conf_out.size)]
+        s_in = conf_in[rng.integers(0, conf_in.size, conf_in.size)]
+        draws[i] = metrics._average_precision(y, -np.concatenate([s_out, s_in]))
+    return _pct_interval(draws)
 
 
 def finite(x) -> bool:

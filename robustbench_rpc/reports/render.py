@@ -56,6 +56,7 @@ class Table:
     tidy: pd.DataFrame                        # written as CSV: numbers, NaN for missing
     protocol: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    lead: bool = False                        # the headline: protocol lines printed right under the table
 
     @property
     def empty(self) -> bool:
@@ -107,26 +108,34 @@ class Table:
 
     # ----------------------------------------------------------------------------------- html
     def to_html(self) -> str:
+        """A section: the table in a horizontally scrolling wrapper (first column sticky), text columns
+        left-aligned and numeric columns right-aligned, then its protocol card and notes."""
         e = html.escape
-        head = "".join(f"<th>{e(c)}</th>" for c in self.columns)
+        num = [self._numeric(i) for i in range(len(self.columns))]
+        cls_num = ' class="num"'
+        head = "".join(f'<th{cls_num if n else ""}>{e(c)}</th>' for c, n in zip(self.columns, num))
         body = []
         for row in self.rows:
             tds = []
-            for v in row:
+            for v, n in zip(row, num):
                 if v is None:
                     tds.append('<td class="missing">—</td>')
                 else:
-                    cls = f' class="status-{e(str(v).lower())}"' if str(v).lower() in STATUSES else ""
+                    classes = (["num"] if n else []) + ([f"status-{str(v).lower()}"] if str(v).lower() in STATUSES else [])
+                    classes += ["unstable"] if str(v).endswith(" !") else []
+                    cls = f' class="{" ".join(classes)}"' if classes else ""
                     tds.append(f"<td{cls}>{e(str(v))}</td>")
             body.append("<tr>" + "".join(tds) + "</tr>")
-        table = (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        table = (f'<div class="tbl"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
                  if self.rows else "<p><em>No results.</em></p>")
         card = "".join(f"<li>{e(p)}</li>" for p in self.protocol)
         notes = "".join(f"<li>{e(n)}</li>" for n in self.notes)
-        side = f'<div class="card"><h4>Protocol</h4><ul>{card}</ul>'
-        side += f"<h4>Notes</h4><ul>{notes}</ul></div>" if notes else "</div>"
-        return (f'<section id="{e(self.name)}"><h2>{e(self.title)}</h2>'
-                f'<div class="pair"><div class="tbl">{table}</div>{side}</div></section>')
+        if self.lead:
+            side = f'<ul class="under">{card}</ul>' + (f'<ul class="under notes">{notes}</ul>' if notes else "")
+        else:
+            side = f'<div class="card"><h4>Protocol</h4><ul>{card}</ul>'
+            side += f"<h4>Notes</h4><ul>{notes}</ul></div>" if notes else "</div>"
+        return f'<section id="{e(self.name)}"><h2>{e(self.title)}</h2>{table}{side}</section>'
 
     # ---------------------------------------------------------------------------------- files
     def write(self, folder: Path) -> dict[str, Path]:
