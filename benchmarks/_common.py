@@ -258,6 +258,29 @@ def _quick_train(model: torch.nn.Module, epochs: int, seed: int) -> None:
     model.eval()
 
 
+def jpeg_folder(n: int, classes: int = 4, seed: int = 0) -> Path:
+    """An ImageNet-layout folder (``<wnid>/<file>.JPEG``) of ``n`` real photographs: random 300-420 px crops
+    of scikit-learn's two bundled photos saved as quality-90 JPEGs (cached in the temp folder)."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    root = Path(tempfile.gettempdir()) / f"robustbench_rpc_bench_jpeg_{n}_{classes}_{seed}"
+    if (root / ".complete").is_file():
+        return root
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        p = photos[i % len(photos)]
+        h, w = int(rng.integers(300, 421)), int(rng.integers(300, 421))
+        r, c = int(rng.integers(0, p.shape[0] - h + 1)), int(rng.integers(0, p.shape[1] - w + 1))
+        d = root / f"n{i % classes:08d}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(p[r:r + h, c:c + w]).save(d / f"img_{i:06d}.JPEG", quality=90)
+    (root / ".complete").write_text("ok")
+    return root
+
+
 def digits_batch(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` test images of digits32 (repeated if n exceeds the 540 test images)."""
     from robustbench_rpc.data import digits32

@@ -22,7 +22,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _common as C  # noqa: E402
 
-BENCHES = ["bench_pgd", "bench_rpc_attention", "bench_corruptions", "bench_autoattack"]
+BENCHES = ["bench_pgd", "bench_robust_accuracy", "bench_rpc_attention", "bench_corruptions", "bench_decode",
+           "bench_autoattack"]
 
 
 def main(argv=None) -> int:

@@ -100,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = RunConfig(
         suite=args.suite, models=args.model or [], out=args.out, device=args.device, batch_size=args.batch_size,
-        limit=args.limit, seed=args.seed, data_roots=_kv(args.data_root, "--data-root"),
+        limit=args.limit, subset=args.subset, seed=args.seed, data_roots=_kv(args.data_root, "--data-root"),
         reference_model=args.reference, workers=args.workers, amp=args.amp, compile=args.compile,
         eot_samples=args.eot_samples, report=not args.no_report,
         model_kwargs=_model_kwargs(args.model_arg) | ({"override_checkpoint_args": True}
@@ -236,7 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default reports/<suite>); rerun the same folder to resume")
     r.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     r.add_argument("--batch-size", type=int, help="images per unit (default from the suite)")
-    r.add_argument("--limit", type=int, help="evaluate only the first N images of each dataset")
+    r.add_argument("--limit", type=int, help="evaluate N images of each dataset, spread evenly over its classes "
+                   "(deterministic: the same ids on any machine, rank count or resume)")
+    r.add_argument("--subset", metavar="FILE", help="evaluate exactly the images listed in FILE (one sample id or "
+                   "relative path such as n01440764/ILSVRC2012_val_00000293.JPEG per line)")
     r.add_argument("--seed", type=int, help="run seed (default from the suite)")
     r.add_argument("--data-root", action="append", metavar="NAME=PATH",
                    help="on-disk dataset root, e.g. imagenet=/data/val, imagenet-c=/data/imagenet-c")

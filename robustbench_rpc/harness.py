@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from . import dist
 from .data.resolve import get_dataset
@@ -74,6 +74,7 @@ class RunConfig:
     device: str | None = None
     batch_size: int | None = None
     limit: int | None = None
+    subset: str | None = None  # a file listing the sample ids / relative paths to evaluate
     seed: int | None = None
     data_roots: dict[str, str] = field(default_factory=dict)
     reference_model: str | None = None
@@ -121,7 +122,8 @@ class Plan:
         d = self.suite.defaults
         self.dataset = d.get("dataset", "digits32")
         self.batch_size = int(cfg.batch_size or d.get("batch_size", 64))
-        self.limit = cfg.limit if cfg.limit is not None else d.get("limit")
+        # CLI flags override the suite: --subset replaces the suite's limit as the way images are chosen
+        self.limit = cfg.limit if cfg.limit is not None else (None if cfg.subset else d.get("limit"))
         self.limit = int(self.limit) if self.limit is not None else None  # 0 is an error below, not "no limit"
         self.seed = int(cfg.seed if cfg.seed is not None else d.get("seed", 0))
         self.device = cfg.device or d.get("device") or default_device()
@@ -132,6 +134,17 @@ class Plan:
         self.roots = {**d.get("data_roots", {}), **cfg.data_roots}
         if self.batch_size < 1:
             raise SuiteError(f"--batch-size must be >= 1, got {self.batch_size}")
+        self.subset_file = cfg.subset or d.get("subset")
+        self.subset_entries = None
+        if self.subset_file:
+            from .data.subsets import SubsetError, read_subset_file
+
+            if self.limit is not None:
+                raise SuiteError("--subset and --limit both choose the images: pass one of them")
+            try:
+                self.subset_entries = read_subset_file(self.subset_file)
+            except SubsetError as err:
+                raise SuiteError(str(err)) from None
         if self.limit is not None and self.limit < 1:
             where = "--limit" if cfg.limit is not None else f"{self.suite.path} [defaults] limit"
             raise SuiteError(f"{where} must be >= 1, got {self.limit}")
@@ -294,14 +307,41 @@ class Plan:
     def settings(self) -> dict[str, Any]:
         """What must match for a rerun into the same folder to resume rather than mix two protocols."""
         return {"suite": self.suite.name, "suite_version": self.suite.version, "dataset": self.dataset,
-                "batch_size": self.batch_size, "limit": self.limit, "seed": self.seed, "amp": self.amp}
+                "batch_size": self.batch_size, "limit": self.limit, "seed": self.seed, "amp": self.amp,
+                "subset": self.subset_info()}
+
+    def subset_info(self) -> dict[str, Any]:
+        """How the evaluated images were chosen (stored with the run, shown on the protocol card)."""
+        if self.subset_entries is not None:
+            from .data.subsets import subset_fingerprint
+
+            return {"method": "file", "file": str(self.subset_file), "entries": len(self.subset_entries),
+                    "sha256": subset_fingerprint(self.subset_entries)}
+        if self.limit is not None:
+            return {"method": "stratified", "limit": self.limit}
+        return {"method": "all"}
+
+    def _choose(self, ds: Dataset, what: str) -> Dataset:
+        """The run's images of ``ds``: all, N spread evenly over its classes, or (for the run's dataset)
+        the listed ones; other sets (OOD, shifts) are used whole under ``--subset``."""
+        from .data import subsets
+
+        try:
+            if self.subset_entries is not None:
+                if what != self.dataset:
+                    return ds
+                return subsets.take(ds, subsets.subset_from_entries(ds, self.subset_entries,
+                                                                    f"--subset {self.subset_file} on {what}"))
+            if self.limit is not None and len(ds) > self.limit:
+                return subsets.take(ds, subsets.stratified_indices(subsets._listing(ds)[0], self.limit))
+        except subsets.SubsetError as err:
+            raise SuiteError(str(err)) from None
+        return ds
 
     def base_dataset(self, name: str) -> Dataset:
         if name not in self._datasets:
             ds = get_dataset(name, self.roots, self.data_config, skip_unreadable=self.cfg.skip_unreadable)
-            if self.limit is not None and len(ds) > self.limit:
-                ds = Subset(ds, range(self.limit))
-            self._datasets[name] = ds
+            self._datasets[name] = self._choose(ds, name)
         return self._datasets[name]
 
     def dataset_for(self, e: EvalSpec) -> Dataset:
@@ -331,8 +371,15 @@ class Plan:
                                                  skip_unreadable=self.cfg.skip_unreadable)
             else:
                 ds = corruptions.CIFARCNpy(root, p["corruption"], p["severity"])
-            if self.limit is not None and len(ds) > self.limit:
-                ds = Subset(ds, range(self.limit))
+            if self.subset_entries is not None or self.limit is not None:  # the clean subset's images
+                from .data import subsets
+
+                clean = self.base_dataset(self.dataset)
+                try:
+                    ds = subsets.take(ds, subsets.positions_of_ids(ds, subsets.sample_ids(clean),
+                                                                   f"{p['source']} {p['corruption']} s{p['severity']}"))
+                except subsets.SubsetError as err:
+                    raise SuiteError(str(err)) from None
             self._datasets[key] = ds
         return self._datasets[key]
 
@@ -354,7 +401,8 @@ class Plan:
         if skipped:  # recorded with the results, so a table built on fewer files says so
             params["skipped_unreadable"] = len(skipped)
         info = {"kind": e.kind, "name": e.name, "dataset": e.dataset, "params": params,
-                "n_samples": len(ds), "dataset_size": len(_innermost(ds)), "seed": self.seed}
+                "n_samples": len(ds), "dataset_size": len(_innermost(ds)),
+                "subset": self.subset_info(), "seed": self.seed}
         if e.key in self.resolved:  # params as declared; resolved: every parameter the attack ran with
             info["resolved"] = self.resolved[e.key]
         return info
@@ -398,14 +446,11 @@ def _innermost(ds: Dataset) -> Dataset:
 
 
 def _sample_ids(ds: Dataset) -> list[int]:
-    base, idx = ds, None
-    if isinstance(ds, Subset):
-        base, idx = ds.dataset, list(ds.indices)
-    ids = getattr(base, "sample_ids", None)
-    if ids is not None:
-        ids = [int(i) for i in ids]
-        return [ids[i] for i in idx] if idx is not None else ids
-    return [int(ds[i][2]) for i in range(len(ds))]
+    from .data.subsets import sample_ids
+
+    if hasattr(ds, "base") and isinstance(ds.base, Dataset) and not isinstance(ds, Subset):
+        return _sample_ids(ds.base)  # on-the-fly corruptions keep their base's ids
+    return sample_ids(ds)
 
 
 class Runner:
@@ -414,6 +459,7 @@ class Runner:
         self.log = log if dist.rank() == 0 else (lambda *_: None)
         self.store: ResultsStore | None = None
         self._lock = None
+        self._loader = None
 
     # -- set-up -------------------------------------------------------------------------------------------
     def open_store(self) -> ResultsStore:
@@ -439,6 +485,9 @@ class Runner:
             stored = (store.get_meta("manifest") or {}).get("extra", {}).get("precision") or next(
                 iter(store.models().get("precision", [])), None)
             old = {**old, "amp": stored or p.amp}
+        if old is not None and "subset" not in old:  # written when --limit took the first N files
+            old = {**old, "subset": {"method": "first-n (before 0.2)", "limit": old.get("limit")}
+                   if old.get("limit") is not None else {"method": "all"}}
         if old is not None and old != p.settings():
             diff = {k: (old.get(k), v) for k, v in p.settings().items() if old.get(k) != v}
             raise SuiteError(f"{p.out} already holds a run with other settings "
@@ -555,6 +604,16 @@ class Runner:
             model = torch.compile(model)
         return model
 
+    def loader(self) -> "RunLoader":
+        """The run's data workers: started once and shared by every evaluation (see data/pool.py)."""
+        if self._loader is None:
+            from .data.pool import RunLoader
+
+            p = self.plan
+            self._loader = RunLoader({e.key: p.dataset_for(e) for e in p.evals}, p.workers,
+                                     pin_memory=p.device.startswith("cuda"))
+        return self._loader
+
     def units_of(self, e: EvalSpec) -> int:
         return math.ceil(len(self.plan.dataset_for(e)) / self.plan.batch_size)
 
@@ -576,9 +635,7 @@ class Runner:
         mine = todo[rank::world]
         bs = p.batch_size
         batches = [list(range(u * bs, min((u + 1) * bs, len(ds)))) for u in mine]
-        loader = DataLoader(ds, batch_sampler=batches, num_workers=p.workers,
-                            pin_memory=p.device.startswith("cuda"), persistent_workers=False)
-        it = iter(loader)
+        it = self.loader().batches(e.key, batches)
         rounds = math.ceil(len(todo) / world)
         progress = self._progress(rounds, f"{m.display} {label}")
         t0 = time.time()

@@ -22,7 +22,7 @@ from .store import stable_key
 
 SUITES_DIR = Path(__file__).parent / "suites"
 KINDS = ("clean", "attack", "corruption", "ood", "shift")
-_DEFAULT_KEYS = {"dataset", "models", "reference_model", "batch_size", "seed", "limit", "data_roots",
+_DEFAULT_KEYS = {"dataset", "models", "reference_model", "batch_size", "seed", "limit", "subset", "data_roots",
                  "workers", "amp", "device"}
 _EVAL_KEYS = {
     "clean": {"kind", "dataset"},

@@ -186,7 +186,11 @@ def _nan_model(name: str, sample: int) -> None:
 
 
 def test_nan_logits_name_model_evaluation_and_count_and_keep_finished_units(tmp_path, capsys):
-    _nan_model("test_nan_at_10", 10)
+    from robustbench_rpc.data.resolve import get_dataset
+    from robustbench_rpc.data.subsets import stratified_indices
+
+    chosen = stratified_indices(get_dataset("digits32").labels.tolist(), 12)  # what --limit 12 evaluates
+    _nan_model("test_nan_at_10", chosen[10])  # the 11th image: in unit 2 of batch 4
     s = _suite(tmp_path, CLEAN.replace("limit = 8", "limit = 12"))
     out = tmp_path / "o"
     assert _run(s, out, "--model", "test_nan_at_10") == 1

@@ -173,8 +173,8 @@ def _corrupt_uint8(x: np.ndarray, name: str, severity: int, seed: int | None, ta
     if out.shape != x.shape:
         raise RuntimeError(f"corruption '{name}' ({resolved}) returned shape {out.shape} for an input "
                            f"of shape {x.shape}")
-    # ImageNet-C / CIFAR-10-C store np.uint8(corrupted): clip then truncate.
-    return np.clip(out, 0, 255).astype(np.uint8)
+    # ImageNet-C / CIFAR-10-C store np.uint8(corrupted): clip then truncate (already 8-bit: as it is)
+    return out if out.dtype == np.uint8 else np.clip(out, 0, 255).astype(np.uint8)
 
 
 def corrupt(image, name: str, severity: int, seed: int | None = None,

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from .core import CORRUPTIONS, _check_severity, corrupt, derive_seed, resolve_severity_table
 
@@ -84,9 +84,21 @@ class CorruptedDataset(Dataset):
         return {"corruption": self.corruption, "severity": self.severity, "source": "on-the-fly",
                 "severity_table": self.severity_table, "seed": self.seed}
 
-    def __getitem__(self, i: int):
+    def _uint8(self, i: int):
+        """The base's 8-bit image: straight from the decoder where the base offers it (``uint8_item``,
+        through ``Subset`` wrappers), else its float image quantized (rounded); the same pixels."""
+        ds, j = self.base, i
+        while isinstance(ds, Subset):
+            ds, j = ds.dataset, ds.indices[j]
+        direct = getattr(ds, "uint8_item", None)
+        item = direct(j) if direct is not None else None
+        if item is not None:
+            return item
         image, label, sample_id = self.base[i]
-        x = to_uint8_hwc(image)
+        return to_uint8_hwc(image), label, sample_id
+
+    def __getitem__(self, i: int):
+        x, label, sample_id = self._uint8(i)
         table = self._resolve(x.shape[0], x.shape[1])
         seed = derive_seed(self.seed, self.corruption, self.severity, int(sample_id))
         out = corrupt(x, self.corruption, self.severity, seed=seed, severity_table=table)

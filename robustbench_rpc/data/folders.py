@@ -26,6 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 from PIL import Image, ImageFile
 from torch import nn
@@ -77,12 +78,16 @@ class EvalTransform:
             raise ValueError(f"unknown interpolation '{self.interpolation}'; use one of "
                              f"{', '.join(_INTERPOLATIONS)}")
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
+    def pil(self, img: Image.Image) -> Image.Image:
+        """Resize and crop only: the 8-bit image (what ImageNet-C corruptions take)."""
         if self.resize is not None:
             img = TF.resize(img, self.resize, interpolation=_INTERPOLATIONS[self.interpolation])
         if self.crop is not None:
             img = TF.center_crop(img, self.crop)
-        return TF.to_tensor(img)
+        return img
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        return TF.to_tensor(self.pil(img))
 
 
 def eval_transform(resize: int | None = 256, crop: int | None = 224,
@@ -213,6 +218,15 @@ class ImageSampleFolder(Dataset):
         path, label, sample_id = self.samples[i]
         img = self.transform(load_rgb(path))
         return img, label, sample_id
+
+    def uint8_item(self, i: int):
+        """``(uint8 HWC array, label, sample_id)``: the decoded, resized, cropped 8-bit image without the
+        float round trip (on-the-fly corruptions start from it; equal to quantizing ``self[i]``), or
+        None when the transform is not an :class:`EvalTransform`."""
+        if not isinstance(self.transform, EvalTransform):
+            return None
+        path, label, sample_id = self.samples[i]
+        return np.asarray(self.transform.pil(load_rgb(path))), label, sample_id
 
 
 def _indexed(pairs: list[tuple[str, str]], label_of: Callable[[str], int]) -> list[tuple[str, int, int]]:

@@ -35,6 +35,12 @@ def subset_text(info: dict) -> str:
     p = info.get("params") or {}
     size = info.get("dataset_size", p.get("dataset_size"))
     n = info.get("n_samples")
+    how = info.get("subset")
+    if isinstance(how, dict) and size and n != size:
+        if how.get("method") == "stratified":
+            return f"{n} of {size}, spread evenly over the classes (--limit {how.get('limit')})"
+        if how.get("method") == "file":
+            return f"{n} of {size}, listed in {how.get('file')} (sha256 {str(how.get('sha256'))[:12]})"
     if size:
         return "full set" if n == size else f"subset of {size}"
     if info.get("subset") is not None:

@@ -1,0 +1,85 @@
+"""One set of data workers for a whole run: ``RunLoader`` feeds every evaluation through the same
+DataLoader worker processes.
+
+Why: the harness used a fresh ``DataLoader`` per evaluation, so each of a sweep's 75 corruption x
+severity evaluations forked its workers anew and each worker inherited the parent's intra-op thread
+count. On a 2-core machine that made two workers *slower* than one process (benchmarks/RESULTS.md: 0.35x
+of a plain ``imagecorruptions`` loop): the fork and import cost landed on every evaluation, and 2 workers
+x 2 torch/BLAS threads fought over 2 cores. Here the workers start once (``persistent_workers``), each
+runs single-threaded (``torch.set_num_threads(1)`` and a threadpoolctl limit for numpy's BLAS), and an
+evaluation only hands them its batches. Items are addressed as ``(dataset key, position)``; every
+dataset the run will read is registered before the workers start, so the forked workers hold them all.
+
+Images are identical for any number of workers: every on-the-fly corruption is seeded per sample
+(``corruptions.core.derive_seed``), never per worker.
+"""
+from __future__ import annotations
+
+from typing import Any, Hashable, Iterator, Mapping, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class _Router(Dataset):
+    """``router[(key, i)] == datasets[key][i]``."""
+
+    def __init__(self, datasets: Mapping[Hashable, Dataset]):
+        self.datasets = dict(datasets)
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.datasets.values())
+
+    def __getitem__(self, item: tuple[Hashable, int]):
+        key, i = item
+        return self.datasets[key][i]
+
+
+class _Feed:
+    """A batch sampler whose batches are set per evaluation (the DataLoader re-iterates it each time)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[Hashable, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[Hashable, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _single_threaded_worker(_: int) -> None:
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # pragma: no cover - scikit-learn brings it
+        pass
+
+
+class RunLoader:
+    """Batches of several datasets through one pool of ``num_workers`` persistent worker processes.
+
+    ``loader.batches(key, [[0, 1, 2], [3, 4]])`` yields the collated batches of ``datasets[key]`` in order;
+    with ``num_workers=0`` everything runs in-process.
+    """
+
+    def __init__(self, datasets: Mapping[Hashable, Dataset], num_workers: int = 0, pin_memory: bool = False,
+                 prefetch_factor: int | None = None):
+        self._router = _Router(datasets)
+        self._feed = _Feed()
+        kwargs: dict[str, Any] = {}
+        if num_workers > 0:
+            kwargs.update(persistent_workers=True, worker_init_fn=_single_threaded_worker)
+            if prefetch_factor is not None:
+                kwargs["prefetch_factor"] = prefetch_factor
+        self.num_workers = num_workers
+        self._loader = DataLoader(self._router, batch_sampler=self._feed, num_workers=num_workers,
+                                  pin_memory=pin_memory, **kwargs)
+
+    def batches(self, key: Hashable, positions: Sequence[Sequence[int]]) -> Iterator[Any]:
+        if key not in self._router.datasets:
+            raise KeyError(f"dataset {key!r} was not registered with the run's loader")
+        self._feed.batches = [[(key, int(i)) for i in b] for b in positions]
+        return iter(self._loader)

@@ -1,0 +1,139 @@
+"""Subsets that represent the dataset: class-stratified ``--limit`` and explicit ``--subset`` lists.
+
+``--limit N`` used to take the first N files in sorted order, which on ImageNet val is the first N/50
+classes (``--limit 5000`` = 100 of 1000 classes). :func:`stratified_indices` instead spreads N images
+evenly over the classes (each class gets ``N // C`` or one more, the extra ones going to the classes
+that come first in label order; within a class the picks are evenly spaced in file order), so the
+subset depends only on the dataset's listing and N: the same ids on any machine, number of ranks or
+resume. :func:`subset_from_file` reads an explicit list (one sample id or relative path per line, ``#``
+comments), e.g. RobustBench's 5,000 ImageNet images, so a published subset is used as is.
+
+Datasets yield ``(image, label, sample_id)``; labels and ids are read from the dataset's own listing
+(``targets`` / ``labels`` / ``samples`` / ``sample_ids``) without decoding images where it has one.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+from torch.utils.data import Dataset, Subset
+
+
+class SubsetError(ValueError):
+    """A subset that cannot be taken; the message names the file or the option."""
+
+
+def _listing(ds: Dataset) -> tuple[list[int], list[int], list[str] | None]:
+    """(labels, sample_ids, relative paths or None) of every item, in dataset order."""
+    samples = getattr(ds, "samples", None)
+    if isinstance(samples, list) and samples and isinstance(samples[0], tuple) and len(samples[0]) == 3:
+        root = getattr(ds, "root", None)
+        paths = [os.path.relpath(p, root) if root else p for p, _, _ in samples]
+        return [int(s[1]) for s in samples], [int(s[2]) for s in samples], paths
+    labels = getattr(ds, "targets", None)
+    if labels is None:
+        labels = getattr(ds, "labels", None)
+    ids = getattr(ds, "sample_ids", None)
+    if labels is not None and ids is not None:
+        return [int(v) for v in labels], [int(v) for v in ids], None
+    items = [ds[i] for i in range(len(ds))]  # no listing: read the items once (small in-memory sets)
+    return [int(it[1]) for it in items], [int(it[2]) for it in items], None
+
+
+def stratified_indices(labels: Sequence[int], n: int) -> list[int]:
+    """``n`` positions spread evenly over the classes of ``labels`` (ascending positions)."""
+    if n < 1:
+        raise SubsetError(f"a subset needs at least 1 image, got {n}")
+    by_class: dict[int, list[int]] = {}
+    for pos, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(pos)
+    if n >= len(labels):
+        return list(range(len(labels)))
+    classes = sorted(by_class)
+    quota = dict.fromkeys(classes, 0)
+    left = n
+    while left:  # water-filling: equal shares, classes that run out leave their share to the others
+        open_classes = [c for c in classes if quota[c] < len(by_class[c])]
+        share, extra = divmod(left, len(open_classes))
+        for i, c in enumerate(open_classes):
+            take = min(share + (1 if i < extra else 0), len(by_class[c]) - quota[c])
+            quota[c] += take
+            left -= take
+    picked = []
+    for c in classes:
+        pos, k = by_class[c], quota[c]
+        picked += [pos[(j * len(pos)) // k] for j in range(k)]  # evenly spaced within the class
+    return sorted(picked)
+
+
+def read_subset_file(path: str | Path) -> list[str]:
+    """The entries of a subset file: one sample id or relative path per line; blank lines and ``#``
+    comments ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise SubsetError(f"--subset {path}: file not found")
+    entries = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    entries = [e for e in entries if e]
+    if not entries:
+        raise SubsetError(f"--subset {path}: the file lists no sample ids or paths")
+    return entries
+
+
+def subset_from_entries(ds: Dataset, entries: Sequence[str], where: str) -> list[int]:
+    """Positions in ``ds`` of the listed sample ids or relative paths (``class/file`` or a path ending
+    in it), in dataset order; entries that match nothing raise naming the first few."""
+    _, ids, paths = _listing(ds)
+    by_id = {sid: pos for pos, sid in enumerate(ids)}
+    by_path: dict[str, int] = {}
+    if paths is not None:
+        for pos, rel in enumerate(paths):
+            parts = Path(rel).parts
+            by_path[Path(rel).as_posix()] = pos
+            by_path.setdefault("/".join(parts[-2:]), pos)
+    picked, missing = set(), []
+    for entry in entries:
+        if entry.lstrip("-").isdigit() and int(entry) in by_id:
+            picked.add(by_id[int(entry)])
+            continue
+        key = Path(entry).as_posix()
+        pos = by_path.get(key, by_path.get("/".join(Path(entry).parts[-2:])))
+        if pos is None:
+            missing.append(entry)
+        else:
+            picked.add(pos)
+    if missing:
+        raise SubsetError(f"{where}: {len(missing)} of {len(entries)} entries match no sample of the dataset "
+                          f"(by sample id or relative path), e.g. {', '.join(missing[:5])}")
+    return sorted(picked)
+
+
+def subset_fingerprint(entries: Sequence[str]) -> str:
+    """sha256 of the subset file's entries (recorded so a run says exactly which list it used)."""
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
+def positions_of_ids(ds: Dataset, wanted: Sequence[int], what: str) -> list[int]:
+    """Positions in ``ds`` of the given sample ids (e.g. ImageNet-C files of the clean subset's images)."""
+    _, ids, _ = _listing(ds)
+    by_id = {sid: pos for pos, sid in enumerate(ids)}
+    missing = [i for i in wanted if i not in by_id]
+    if missing:
+        raise SubsetError(f"{what}: {len(missing)} sample ids of the clean subset have no file here, "
+                          f"e.g. {missing[:5]}")
+    return sorted(by_id[i] for i in wanted)
+
+
+def sample_ids(ds: Dataset) -> list[int]:
+    """Sample ids of every item of ``ds`` (a Subset keeps its positions' ids), in order."""
+    if isinstance(ds, Subset):
+        base_ids = sample_ids(ds.dataset)
+        return [base_ids[i] for i in ds.indices]
+    return _listing(ds)[1]
+
+
+def take(ds: Dataset, positions: Sequence[int]) -> Dataset:
+    """``ds`` restricted to ``positions`` (the whole dataset when they are all of it, in order)."""
+    positions = list(positions)
+    return ds if positions == list(range(len(ds))) else Subset(ds, positions)
