@@ -13,6 +13,11 @@ NeurIPS 2024. Per head, with K the keys (B, H, N, d) and C the full embedding di
     output L  (then the usual output projection)
 
 Defaults: n_iter=4, lambda=4.0. The last Y update cannot change the output and is skipped.
+
+Diagnostics: the module exposes its iterates (``exposes_iterates = True``). When ``iterate_recorder`` is set
+(``robustbench_rpc.diagnostics.record_iterates`` does it, and switches to the explicit path), it is called
+once per iteration with ``(iteration, k=K, S=S, L=L, Z=Y/mu, mu=mu, tau=lambda*mu)``; unset (the default),
+the forward pays one attribute test per iteration.
 """
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ def soft_threshold(x: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:
 
 @register_attention("rpc")
 class RPCAttention(SymmetricAttention):
+    exposes_iterates = True  # diagnostics may set ``iterate_recorder`` (see the module docstring)
+
     def __init__(self, dim: int, num_heads: int = 8, n_iter: int = 4, lam: float = 4.0, **kwargs) -> None:
         super().__init__(dim, num_heads=num_heads, **kwargs)
         if int(n_iter) < 1:
@@ -39,6 +46,7 @@ class RPCAttention(SymmetricAttention):
         self.n_iter = int(n_iter)
         self.lam = float(lam)
         self.embed_dim = dim
+        self.iterate_recorder = None
 
     def mix(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         B, H, N, d = k.shape
@@ -50,14 +58,19 @@ class RPCAttention(SymmetricAttention):
         S = soft_threshold(k, tau)
         k2 = k - S
         L = _sdpa_or_explicit(k2, k2, v, self.scale, self.fused_attn, p)
+        rec = self.iterate_recorder
+        if rec is not None:
+            rec(1, k=k, S=S, L=L, Z=None, mu=mu, tau=tau)
         Z = None
-        for _ in range(1, self.n_iter):
+        for it in range(2, self.n_iter + 1):
             d = k - L
             Z = d - S if Z is None else Z + d - S
             r = d + Z
             S = soft_threshold(r, tau)  # r = K - L + Y/mu
             k2 = k - S - Z
             L = _sdpa_or_explicit(k2, k2, v, self.scale, self.fused_attn, p)
+            if rec is not None:
+                rec(it, k=k, S=S, L=L, Z=Z, mu=mu, tau=tau)
         return L
 
     def variant_params(self) -> dict:
