@@ -179,3 +179,22 @@ def test_cli_diagnose_smoke(tmp_path, capsys):
     assert list((out / "plots").glob("diagnostics_pap_*.png")) and list((out / "plots").glob("*.svg"))
     assert main(["diagnose", "--model", "rpc_symvit_micro_patch4_32:packaged", "--diagnostic", "papp"]) == 2
     assert "Did you mean: pap" in capsys.readouterr().err
+
+
+def test_keyscale_threshold_is_scale_invariant_and_rpc_unchanged():
+    from robustbench_rpc.attention import RPCAttention, RPCKeyScaleAttention
+
+    torch.manual_seed(0)
+    k, v = torch.randn(2, 4, 17, 16).abs() ** 1.5 * torch.randn(2, 4, 17, 16).sign(), torch.randn(2, 4, 17, 16)
+    k = k / k.abs().mean(dim=(-2, -1), keepdim=True)  # mean |K| = 1 per sample and head
+    fractions = {}
+    for cls in (RPCAttention, RPCKeyScaleAttention):
+        for c in (0.2, 1.0, 5.0):
+            a = cls(64, num_heads=4, n_iter=1, lam=4.0, fused_attn=False).eval()
+            seen = {}
+            a.iterate_recorder = lambda it, **kw: seen.update(kw)
+            a.mix(k * c, v)
+            fractions[cls.variant_name, c] = float((seen["S"] != 0).float().mean())
+    assert fractions["rpc_keyscale", 0.2] == fractions["rpc_keyscale", 1.0] == fractions["rpc_keyscale", 5.0]
+    assert fractions["rpc", 0.2] == 0.0 and fractions["rpc", 5.0] > 0.5  # the paper's threshold is not
+    assert fractions["rpc", 1.0] == pytest.approx(fractions["rpc_keyscale", 1.0])  # equal at mean|K| ~ 1

@@ -51,8 +51,7 @@ class RPCAttention(SymmetricAttention):
     def mix(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         B, H, N, d = k.shape
         p = self.attn_drop.p if self.training else 0.0
-        mu = (N * self.embed_dim) / (4 * k.abs().sum(dim=(-2, -1), keepdim=True))
-        tau = self.lam * mu
+        mu, tau = self.mu_and_threshold(k)
         # Track Z = Y / mu instead of Y (mu is fixed across iterations): Y/mu + (K - L - S) is the whole
         # dual update, and no multiply by mu or 1/mu is left in the loop. First iteration has L = Z = 0.
         S = soft_threshold(k, tau)
@@ -73,5 +72,36 @@ class RPCAttention(SymmetricAttention):
                 rec(it, k=k, S=S, L=L, Z=Z, mu=mu, tau=tau)
         return L
 
+    def mu_and_threshold(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The paper's mu = N*C / (4 ||K||_1) per sample and head, and the soft threshold lambda*mu."""
+        N = k.shape[-2]
+        mu = (N * self.embed_dim) / (4 * k.abs().sum(dim=(-2, -1), keepdim=True))
+        return mu, self.lam * mu
+
     def variant_params(self) -> dict:
         return {"n_iter": self.n_iter, "lambda": self.lam}
+
+
+@register_attention("rpc_keyscale")
+class RPCKeyScaleAttention(RPCAttention):
+    """PAP with a scale-aware soft threshold (ours, not the paper's; issue 10).
+
+    The paper's threshold lambda*mu = lambda*H / (4 mean|K|) (H heads) shrinks as the keys grow, so the
+    fraction of key entries it flags depends on the key scale a model happens to learn: on the shipped
+    micro RPC model (mean|K| ~ 1.25) S ends up dense, on SymViT's weights (mean|K| ~ 0.17) S stays empty.
+    Here the threshold is measured in units of the keys' own magnitude,
+
+        threshold = lambda * H/4 * mean|K|      (per sample and head; equal to the paper's at mean|K| = 1)
+
+    so scaling K scales the threshold with it and the flagged fraction is scale-invariant. Everything else
+    (the loop tracks Y/mu, so mu enters only through the threshold) is the paper's PAP.
+    """
+
+    def mu_and_threshold(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, _ = super().mu_and_threshold(k)
+        B, H, N, d = k.shape
+        mean_abs = k.abs().mean(dim=(-2, -1), keepdim=True)
+        return mu, self.lam * (self.embed_dim / (4 * d)) * mean_abs
+
+    def variant_params(self) -> dict:
+        return {"n_iter": self.n_iter, "lambda": self.lam, "threshold": "keyscale"}
