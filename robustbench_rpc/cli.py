@@ -179,6 +179,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       model_kwargs=_model_kwargs(args.model_arg))
+    if args.init:
+        cfg.init = args.init
+    if args.warmup_epochs is not None:
+        cfg.warmup_epochs = args.warmup_epochs
     res = train(cfg, out=args.out)
     print(f"checkpoint: {res['path']}  test acc {res['test_acc']:.4f}")
     return 0
@@ -337,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="checkpoint path (default: the package's checkpoints/<model>.safetensors)")
+    t.add_argument("--init", metavar="CKPT",
+                   help="fine-tune: start from this checkpoint (a packaged file name or a path; recorded in the recipe)")
+    t.add_argument("--warmup-epochs", type=int, help="learning-rate warm-up epochs (default 2)")
 
     dg = add("diagnose", cmd_diagnose, "PAP iterates (S, L, mu, threshold) and KPCA checks per layer, head and "
              "iteration, on clean, attacked and corrupted inputs of the same images")

@@ -70,11 +70,11 @@ def _build(arch: str, attention: str, pretrained_cfg: dict[str, Any], kwargs: di
         raise TypeError(f"unknown model argument(s) {unknown}; VisionTransformer accepts {sorted(accepted)[1:]}")
     vit_kwargs = dict(ARCHS[arch], num_classes=pretrained_cfg["num_classes"], qkv_bias=True)
     vit_kwargs.update({k: v for k, v in kwargs.items() if k in accepted})
-    if attention in ("symmetric", "rpc"):
+    if attention in ("symmetric", "rpc", "rpc_keyscale"):
         vit_kwargs.setdefault("attn_layer", SymmetricAttention)
     model = VisionTransformer(**vit_kwargs)
-    if attention == "rpc":
-        patch_attention(model, "rpc", layers=rpc.get("rpc_layers", "first"),
+    if attention in ("rpc", "rpc_keyscale"):
+        patch_attention(model, attention, layers=rpc.get("rpc_layers", "first"),
                         n_iter=rpc.get("rpc_iters", 4), lam=rpc.get("rpc_lambda", 4.0))
     elif rpc:
         raise TypeError(f"rpc_* arguments {sorted(rpc)} only apply to rpc_symvit models")
@@ -122,6 +122,10 @@ _register("vit_micro_patch4_32", "micro", "softmax", "embedded default: softmax 
 _register("symvit_micro_patch4_32", "micro", "symmetric", "embedded default: SymViT, 32x32, 10 classes")
 _register("rpc_symvit_micro_patch4_32", "micro", "rpc",
           "embedded default: RPC-SymViT, 32x32, 10 classes (4 iters, first layer)")
+
+_register("rpc_keyscale_symvit_micro_patch4_32", "micro", "rpc_keyscale",
+          "embedded: RPC-SymViT with the scale-aware PAP threshold (rpc_keyscale; issue 10), fine-tuned from SymViT",
+          rpc_iters=2, rpc_lambda=8.0, rpc_layers="first")
 
 # The paper's configurations as named presets.
 for _size in ("tiny", "small", "base"):
