@@ -133,7 +133,8 @@ def sweep_table(sf: pd.DataFrame) -> Table | None:
                          "lam": first["lam"], "n_iter": first["n_iter"], "kind": kind,
                          "top1_pct": 100 * p["top1"].mean(), "lo_pct": 100 * p["lo"].mean(),
                          "hi_pct": 100 * p["hi"].mean(), "n": int(p["n"].iloc[0]), "evaluations": len(p)})
-        rows.append([str(first["base"]), str(first["layers"] or "unpatched"), _f(first["lam"], 2) if first["patched"]
+        rows.append([str(first["base"]), str(first["layers"]) if first["patched"] else "unpatched",
+                     _f(first["lam"], 2) if first["patched"]
                      else None, str(int(first["n_iter"])) if first["patched"] else None,
                      cells["clean"], cells["attack"], cells["corruption"]])
     columns = ["Base model", "PAP layers", "lambda", "n_iter", "Clean top-1 (%)", "Attack top-1 (%)",
@@ -177,7 +178,8 @@ def sweep_plots(sf: pd.DataFrame, df: pd.DataFrame, folder: Path) -> list[Plot]:
                 part = acc[(acc["base"] == base) & (acc["layers"] == layers) & (acc["kind"] == kind)]
                 for val, p in part.groupby(line):
                     p = p.sort_values(x)
-                    ax.errorbar(p[x], 100 * p["top1"], yerr=[100 * (p["top1"] - p["lo"]), 100 * (p["hi"] - p["top1"])],
+                    yerr = [100 * (p["top1"] - p["lo"]).clip(lower=0), 100 * (p["hi"] - p["top1"]).clip(lower=0)]
+                    ax.errorbar(p[x], 100 * p["top1"], yerr=yerr,
                                 marker="o", ms=3, capsize=2, label=f"{line}={val:g}")
                 if (base, kind) in unpatched.index:
                     ax.axhline(100 * unpatched[(base, kind)], color="grey", ls=":", lw=1, label="unpatched")
