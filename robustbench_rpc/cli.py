@@ -1,4 +1,4 @@
-"""``robustbench-rpc``: models | run | report | compare | verify | train.  Each subcommand is a small function."""
+"""``robustbench-rpc``: models | run | report | compare | verify | train | diagnose.  Each subcommand is a small function."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +24,13 @@ A run killed at any moment resumes when rerun with the same --out: finished unit
     "train": """examples:
   robustbench-rpc train --model rpc_symvit_micro_patch4_32          # rewrites the shipped checkpoint
   robustbench-rpc train --model symvit_micro_patch4_32 --epochs 5 --out /tmp/s.safetensors""",
+    "diagnose": """examples:
+  robustbench-rpc diagnose --model rpc_symvit_micro_patch4_32:packaged --limit 64 --out runs/diag
+  robustbench-rpc diagnose --model rpc_symvit_micro_patch4_32:packaged --model symvit_micro_patch4_32:packaged \
+      --attack pgd --attack-arg eps=4/255 --attack-arg steps=10 --corruption gaussian_noise --severity 3
+  robustbench-rpc diagnose --model symvit_micro_patch4_32:packaged --attention rpc --attention-layers all \
+      --attention-arg lam=1 --attention-arg n_iter=2             # PAP patched into SymViT weights
+Writes diagnostics.csv (one row per model, input, layer, head, iteration), diagnostics_axes.csv, plots/.""",
     "models": """examples:
   robustbench-rpc models
   robustbench-rpc models 'rpc_*'""",
@@ -195,9 +202,101 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       model_kwargs=_model_kwargs(args.model_arg))
+    if args.init:
+        cfg.init = args.init
+    if args.warmup_epochs is not None:
+        cfg.warmup_epochs = args.warmup_epochs
     res = train(cfg, out=args.out)
     print(f"checkpoint: {res['path']}  test acc {res['test_acc']:.4f}")
     return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """PAP iterates and KPCA checks of each model, clean and (optionally) attacked / corrupted."""
+    import torch
+    from torch.utils.data import Subset
+
+    from .data.resolve import get_dataset
+    from .diagnostics import diagnose_inputs, list_diagnostics, write_outputs
+    from .harness import ModelSpec, default_device
+    from .models import data_config_of, load_model
+    from .suite import SuiteError, parse_eps
+
+    names = args.diagnostic or list_diagnostics()
+    for n in names:
+        from .diagnostics import get_diagnostic
+
+        get_diagnostic(n)  # did-you-mean error before any compute
+    attack = None
+    if args.attack:
+        params = _model_kwargs(args.attack_arg)
+        if "eps" in params:
+            params["eps"] = parse_eps(params["eps"], "--attack-arg eps")
+        from .attacks import get_attack
+        from .suite import EvalSpec
+        from .units import attack_params
+
+        try:
+            get_attack(args.attack, **attack_params(EvalSpec("attack", args.attack, "", params), None))
+        except (ValueError, TypeError) as e:
+            raise SuiteError(f"--attack {args.attack}: {e}") from None
+        attack = (args.attack, params)
+    corruption = None
+    if args.corruption:
+        from .corruptions import get_corruption
+
+        get_corruption(args.corruption)
+        if args.severity not in (1, 2, 3, 4, 5):
+            raise SuiteError(f"--severity must be within 1..5, got {args.severity}")
+        corruption = (args.corruption, args.severity)
+    if not args.model:
+        raise SuiteError("diagnose needs --model NAME[:CKPT] (repeatable)")
+    specs = [ModelSpec.parse(s, _model_kwargs(args.model_arg)) for s in args.model]
+    att_args = _model_kwargs(args.attention_arg)
+    if args.attention:
+        from .attention import get_attention, resolve_layers
+
+        get_attention(args.attention)
+        resolve_layers(args.attention_layers, 10 ** 6)
+    device = args.device or default_device()
+    out = Path(args.out or "reports/diagnostics")
+    rows, axes = [], []
+    for m in specs:
+        torch.manual_seed(args.seed)
+        model = load_model(m.name, m.checkpoint, device=device, **m.kwargs)
+        if args.attention:
+            from .attention import patch_attention
+
+            patch_attention(model, args.attention, layers=args.attention_layers, **att_args)
+            m.attention = {"variant": args.attention, "layers": args.attention_layers, **att_args}
+            model.eval()
+        ds = get_dataset(args.dataset, _kv(args.data_root, "--data-root"), data_config_of(model.model))
+        if args.limit is not None and len(ds) > args.limit:
+            ds = Subset(ds, range(args.limit))
+        label = m.display + ("" if not att_args else " (" + ",".join(f"{k}={v}" for k, v in att_args.items()) + ")")
+        r, a = diagnose_inputs(model, ds, names=names, attack=attack, corruption=corruption,
+                               batch_size=args.batch_size, seed=args.seed)
+        rows += [{"model": label, **x} for x in r]
+        axes += [{"model": label, **x} for x in a]
+        accs = {x["input"]: x["accuracy"] for x in r}
+        print(f"[{label}] " + ", ".join(f"{k} acc {100 * v:.1f}%" for k, v in accs.items()))
+    paths = write_outputs(rows, axes, out, plots=not args.no_plots)
+    _print_pap_summary(paths["csv"])
+    print(f"diagnostics: {paths['csv']}")
+    return 0
+
+
+def _print_pap_summary(csv: Path) -> None:
+    import pandas as pd
+
+    df = pd.read_csv(csv)
+    pap = df.dropna(subset=["s_fraction"])
+    if pap.empty:
+        return
+    g = pap.groupby(["model", "input", "layer", "iteration"], sort=False)[
+        ["s_fraction", "s_to_k_l1", "residual", "threshold", "mean_abs_k"]].mean().reset_index()
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 200):
+        print(g.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,6 +377,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="checkpoint path (default: the package's checkpoints/<model>.safetensors)")
+    t.add_argument("--init", metavar="CKPT",
+                   help="fine-tune: start from this checkpoint (a packaged file name or a path; recorded in the recipe)")
+    t.add_argument("--warmup-epochs", type=int, help="learning-rate warm-up epochs (default 2)")
+
+    dg = add("diagnose", cmd_diagnose, "PAP iterates (S, L, mu, threshold) and KPCA checks per layer, head and "
+             "iteration, on clean, attacked and corrupted inputs of the same images")
+    dg.add_argument("--model", action="append", metavar="NAME[:CKPT]",
+                    help="model to diagnose (repeatable); CKPT 'packaged' uses the shipped checkpoint")
+    dg.add_argument("--model-arg", action="append", metavar="KEY=JSON", help="model kwarg, e.g. rpc_iters=6")
+    dg.add_argument("--attention", metavar="VARIANT", help="patch this attention variant in (as in run)")
+    dg.add_argument("--attention-layers", default="all", metavar="LAYERS", help="blocks to patch (default all)")
+    dg.add_argument("--attention-arg", action="append", metavar="KEY=JSON", help="variant parameter, e.g. lam=1")
+    dg.add_argument("--diagnostic", action="append", metavar="NAME",
+                    help="diagnostic to run (repeatable; default all: pap, projection_loss, eq11)")
+    dg.add_argument("--dataset", default="digits32", help="dataset name (default digits32)")
+    dg.add_argument("--data-root", action="append", metavar="NAME=PATH", help="on-disk dataset root")
+    dg.add_argument("--limit", type=int, default=256, help="first N images of the dataset (default 256)")
+    dg.add_argument("--attack", metavar="NAME", help="also diagnose the same images attacked with this attack")
+    dg.add_argument("--attack-arg", action="append", metavar="KEY=JSON",
+                    help="attack parameter, e.g. eps=4/255, steps=10, alpha_rel=0.25")
+    dg.add_argument("--corruption", metavar="NAME", help="also diagnose the same images corrupted")
+    dg.add_argument("--severity", type=int, default=3, help="corruption severity 1..5 (default 3)")
+    dg.add_argument("--out", help="output folder (default reports/diagnostics)")
+    dg.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    dg.add_argument("--batch-size", type=int, default=128)
+    dg.add_argument("--seed", type=int, default=0)
+    dg.add_argument("--no-plots", action="store_true", help="CSV only")
     return p
 
 

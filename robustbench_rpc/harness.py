@@ -42,6 +42,8 @@ class ModelSpec:
     reference: bool = False
     attention: dict[str, Any] | None = None  # {"variant", "layers", **params}: patched in after loading
     settings: dict[str, Any] = field(default_factory=dict)  # per model setting: value and source (file/arg/...)
+    sweep: dict[str, Any] | None = None  # a [sweep] grid point: {"base", "variant", "layers", **params}
+    label: str | None = None  # display name of a grid point
 
     @classmethod
     def parse(cls, spec: str, kwargs: dict[str, Any] | None = None) -> "ModelSpec":
@@ -58,6 +60,8 @@ class ModelSpec:
 
     @property
     def display(self) -> str:
+        if self.label:
+            return self.label
         name = self.name
         if self.attention:
             name += f"+{self.attention['variant']}@{self.attention.get('layers', 'all')}"
@@ -167,6 +171,10 @@ class Plan:
             resolve_layers(cfg.attention_layers, 10 ** 6)  # malformed layer spec: error now
             for m in self.models:
                 m.attention = {"variant": cfg.attention, "layers": cfg.attention_layers, **cfg.attention_args}
+        if self.suite.sweep:
+            if cfg.attention:
+                raise SuiteError(f"{self.suite.path}: a suite with [sweep] patches attention itself; drop --attention")
+            self.models = sweep_models(self.models, self.suite.sweep, self.suite.path)
         self._choose_reference()
         from .models import create_model, data_config_of
         from .models.loading import resolve_model
@@ -453,6 +461,74 @@ def _sample_ids(ds: Dataset) -> list[int]:
     return sample_ids(ds)
 
 
+def _constructor_names(cls: type) -> set[str]:
+    """Named constructor parameters of an attention class and its bases (not ``*args`` / ``**kwargs``)."""
+    import inspect
+
+    names: set[str] = set()
+    for c in cls.__mro__:
+        init = c.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        names |= {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"}
+    return names
+
+
+def sweep_models(models: list[ModelSpec], sweep: dict[str, Any], where: str) -> list[ModelSpec]:
+    """[sweep] -> one ModelSpec per (model, layers, args combination), the variant patched in at evaluation
+    time; with ``include_base`` (default true) each model unpatched first. Every variant argument is tried
+    on a small module now, so a bad value fails before any compute."""
+    import itertools
+
+    from .attention import get_attention, resolve_layers
+
+    variant = sweep["attention"]
+    try:
+        cls = get_attention(variant)
+    except Exception as e:  # UnknownNameError: did-you-mean message with the file
+        raise SuiteError(f"{where} [sweep]: {e}") from None
+    layers = sweep.get("layers", ["all"])
+    layers = [layers] if isinstance(layers, (str, int)) else list(layers)
+    for lay in layers:
+        try:
+            resolve_layers(lay, 10 ** 6)
+        except ValueError as e:
+            raise SuiteError(f"{where} [sweep] layers: {e}") from None
+    args = {k: (v if isinstance(v, list) else [v]) for k, v in sweep.get("args", {}).items()}
+    named = _constructor_names(cls)
+    for k in args:
+        if k not in named:  # variants swallow unknown kwargs (timm's contract): catch the typo here
+            import difflib
+
+            close = difflib.get_close_matches(k, sorted(named), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise SuiteError(f"{where} [sweep]: attention '{variant}' has no argument '{k}'{hint}")
+    combos = [dict(zip(args, vals)) for vals in itertools.product(*args.values())] or [{}]
+    for c in combos:
+        try:
+            extra = {"num_tokens": 4} if getattr(cls, "needs_num_tokens", False) else {}
+            with torch.device("meta"):
+                cls(8, num_heads=2, **extra, **c)
+        except (TypeError, ValueError) as e:
+            raise SuiteError(f"{where} [sweep]: attention '{variant}' with {c}: {e}") from None
+    out = []
+    for m in models:
+        if sweep.get("include_base", True):
+            out.append(m)
+        for lay in layers:
+            for c in combos:
+                g = ModelSpec(m.spec, m.name, m.checkpoint, dict(m.kwargs), attention={"variant": variant,
+                              "layers": lay, **c}, sweep={"base": m.spec, "variant": variant, "layers": lay, **c})
+                args_text = ",".join(f"{k}={v}" for k, v in c.items())
+                g.label = f"{m.display}+{variant}@{lay}" + (f"({args_text})" if args_text else "")
+                out.append(g)
+    return out
+
+
 class Runner:
     def __init__(self, plan: Plan, log: Callable[[str], None] = print):
         self.plan = plan
@@ -540,8 +616,10 @@ class Runner:
             "init_seed": None if m.checkpoint else self.plan.seed,
             "settings": getattr(model, "model_settings", None) or m.settings,
         }
+        if m.sweep:
+            info["sweep"] = m.sweep
         key = stable_key({k: info[k] for k in ("arch", "checkpoint_sha256", "attention", "kwargs", "precision",
-                                               "init_seed")})
+                                               "init_seed", "sweep") if k in info})
         return key, info
 
     def build_model(self, m: ModelSpec) -> torch.nn.Module:
@@ -569,6 +647,9 @@ class Runner:
             self.log(f"[{m.display}] {info['num_params'] / 1e6:.2f}M params, attention "
                      + "; ".join(f"{g['variant']}@{g['layers']}" for g in info["attention"]["groups"]))
             for e in p.evals:
+                if e.kind == "diagnostics":  # the model's own forward (not the EOT wrapper), rank 0
+                    self.run_diagnostics(model, key, m, e)
+                    continue
                 self.run_eval(eval_model, key, m, e)
             if dist.rank() == 0 and any(e.kind == "attack" for e in p.evals):
                 self.trust_checks(eval_model, key)
@@ -668,6 +749,30 @@ class Runner:
             what = (f"mean confidence {s['confidence'].mean():.3f}" if e.kind == "ood"
                     else f"top-1 {100 * s['correct1'].mean():6.2f}%")
             self.log(f"  {label:<60s} {what}  n={len(s)}  ({time.time() - t0:.1f}s)")
+
+    def run_diagnostics(self, model: torch.nn.Module, model_key: str, m: ModelSpec, e: EvalSpec) -> None:
+        """A ``diagnostics`` evaluation: computed once on rank 0, stored whole in the meta table under
+        ``diagnostics/<model_key>/<eval_key>`` (skipped when present: resumable per model)."""
+        if dist.rank() != 0 or self.store is None:
+            return
+        from .diagnostics import diagnose_inputs
+
+        meta_key = f"diagnostics/{model_key}/{e.key}"
+        if self.store.get_meta(meta_key) is not None:
+            return
+        p = self.plan
+        t0 = time.time()
+        prm = e.params
+        rows, axes = diagnose_inputs(
+            model, p.base_dataset(e.dataset), names=prm["diagnostics"],
+            attack=(prm["attack"], prm["attack_args"]) if prm.get("attack") else None,
+            corruption=(prm["corruption"], prm["severity"]) if prm.get("corruption") else None,
+            batch_size=p.batch_size, seed=p.seed)
+        clean = lambda r: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}  # noqa: E731
+        self.store.set_meta(meta_key, {"model": m.display, "model_key": model_key, "eval_key": e.key,
+                                       "dataset": e.dataset, "params": prm, "rows": [clean(r) for r in rows],
+                                       "axis_rows": [clean(r) for r in axes]})
+        self.log(f"  {describe_eval(e)[:60]:<60s} {len(rows)} rows  ({time.time() - t0:.1f}s)")
 
     def _write_units(self, model_key: str, eval_key: str, results: list) -> None:
         """Rank 0 writes each gathered (unit, rows), one transaction per unit."""

@@ -21,7 +21,7 @@ else:  # pragma: no cover
 from .store import stable_key
 
 SUITES_DIR = Path(__file__).parent / "suites"
-KINDS = ("clean", "attack", "corruption", "ood", "shift")
+KINDS = ("clean", "attack", "corruption", "ood", "shift", "diagnostics")
 _DEFAULT_KEYS = {"dataset", "models", "reference_model", "batch_size", "seed", "limit", "subset", "data_roots",
                  "workers", "amp", "device"}
 _EVAL_KEYS = {
@@ -30,7 +30,13 @@ _EVAL_KEYS = {
     "corruption": {"kind", "corruptions", "severities", "source", "severity_table", "root"},
     "ood": {"kind", "dataset", "protocol"},  # protocol: see robustbench_rpc.ood
     "shift": {"kind", "dataset"},
+    # robustbench_rpc.diagnostics on clean images and, optionally, the same images attacked / corrupted;
+    # stored in the run's meta table (not per-sample rows), shown by reports/diagnostics.py
+    "diagnostics": {"kind", "diagnostics", "attack", "attack_args", "corruption", "severity"},
 }
+#: [sweep]: a model grid -- every model x every layers x every combination of args, with the attention
+#: variant patched in at evaluation time (see harness.sweep_models)
+_SWEEP_KEYS = {"attention", "layers", "args", "include_base"}
 
 
 class SuiteError(ValueError):
@@ -72,10 +78,14 @@ class Suite:
     defaults: dict[str, Any]
     evaluations: list[dict[str, Any]]
     path: str = ""
+    sweep: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "description": self.description,
-                "defaults": self.defaults, "evaluations": self.evaluations, "path": self.path}
+        out = {"name": self.name, "version": self.version, "description": self.description,
+               "defaults": self.defaults, "evaluations": self.evaluations, "path": self.path}
+        if self.sweep:
+            out["sweep"] = self.sweep
+        return out
 
 
 @dataclass(frozen=True)
@@ -123,7 +133,7 @@ def _check_keys(given: set[str], allowed: set[str], where: str) -> None:
 
 
 def suite_from_dict(raw: dict[str, Any], path: str = "<suite>") -> Suite:
-    _check_keys(set(raw), {"name", "version", "description", "defaults", "evaluation"}, path)
+    _check_keys(set(raw), {"name", "version", "description", "defaults", "evaluation", "sweep"}, path)
     for req in ("name", "evaluation"):
         if req not in raw:
             raise SuiteError(f"{path}: missing required key '{req}'")
@@ -144,7 +154,15 @@ def suite_from_dict(raw: dict[str, Any], path: str = "<suite>") -> Suite:
             _check_keys(set(ev), allowed, where)
         elif "attack" not in ev and "preset" not in ev:
             raise SuiteError(f"{where}: an attack evaluation needs 'attack' (a name) or 'preset'")
-    return Suite(raw["name"], int(raw.get("version", 1)), raw.get("description", ""), defaults, evals, path)
+    sweep = dict(raw.get("sweep", {}))
+    if sweep:
+        _check_keys(set(sweep), _SWEEP_KEYS, f"{path} [sweep]")
+        if "attention" not in sweep:
+            raise SuiteError(f"{path} [sweep]: needs 'attention' (a registered attention variant)")
+        if not isinstance(sweep.get("args", {}), dict):
+            raise SuiteError(f"{path} [sweep]: 'args' must be a table of lists, e.g. lam = [1, 4]")
+    return Suite(raw["name"], int(raw.get("version", 1)), raw.get("description", ""), defaults, evals, path,
+                 sweep)
 
 
 def _attack_specs(ev: dict[str, Any], where: str) -> list[dict[str, Any]]:
@@ -192,6 +210,34 @@ def _check_attack(e: EvalSpec, where: str) -> None:
                          f"(values in [0, 1], so eps <= 1){hint}")
 
 
+def _diagnostics_spec(ev: dict[str, Any], dataset: str, where: str) -> EvalSpec:
+    """A ``kind = "diagnostics"`` evaluation, every name and parameter checked now."""
+    from . import attacks, corruptions
+    from .diagnostics import DIAGNOSTICS
+
+    names = ev.get("diagnostics", DIAGNOSTICS.names())
+    names = [names] if isinstance(names, str) else list(names)
+    for n in names:
+        _known(DIAGNOSTICS, n, where)
+    params: dict[str, Any] = {"diagnostics": names}
+    if ev.get("attack"):
+        _known(attacks.ATTACKS, ev["attack"], where)
+        args = dict(ev.get("attack_args", {}))
+        if "eps" in args:
+            args["eps"] = parse_eps(args["eps"], where)
+        _check_attack(EvalSpec("attack", ev["attack"], dataset, args), where)
+        params.update(attack=ev["attack"], attack_args=args)
+    elif "attack_args" in ev:
+        raise SuiteError(f"{where}: attack_args without attack")
+    if ev.get("corruption"):
+        _known(corruptions.CORRUPTIONS, ev["corruption"], where)
+        severity = ev.get("severity", 3)
+        if severity not in (1, 2, 3, 4, 5):
+            raise SuiteError(f"{where}: severity must be within 1..5, got {severity!r}")
+        params.update(corruption=ev["corruption"], severity=int(severity))
+    return EvalSpec("diagnostics", "diagnostics", dataset, params)
+
+
 def expand(suite: Suite, dataset: str) -> list[EvalSpec]:
     """Concrete evaluations in declaration order, with names validated against the registries."""
     from . import attacks, corruptions
@@ -233,6 +279,8 @@ def expand(suite: Suite, dataset: str) -> list[EvalSpec]:
                     e = EvalSpec("attack", name, dataset, params)
                     _check_attack(e, where)
                     out.append(e)
+        elif kind == "diagnostics":
+            out.append(_diagnostics_spec(ev, dataset, where))
         elif kind == "corruption":
             source = ev.get("source", "on-the-fly")
             if source not in ("on-the-fly", "imagenet-c", "cifar10-c", "cifar100-c"):

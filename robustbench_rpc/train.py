@@ -34,6 +34,7 @@ class TrainConfig:
     max_shift: int = 2
     seed: int = 0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None  # fine-tune: start from this checkpoint (packaged file name or path; sha256 recorded)
 
 
 def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -61,6 +62,16 @@ def train(cfg: TrainConfig, out: str | Path | None = None, log: Callable[[str], 
     gen = torch.Generator().manual_seed(cfg.seed)
     train_set, test_set = digits32("train"), digits32("test")
     model = load_model(cfg.model, **cfg.model_kwargs)
+    init_sha = None
+    if cfg.init:
+        from .models import load_checkpoint, sha256_of
+
+        path = Path(cfg.init)
+        if not path.is_file() and (PACKAGED_CHECKPOINTS / cfg.init).is_file():
+            path = PACKAGED_CHECKPOINTS / cfg.init
+        load_checkpoint(model, path)
+        init_sha = sha256_of(path)
+        log(f"fine-tuning from {path} (sha256 {init_sha[:12]})")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
@@ -98,6 +109,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, log: Callable[[str], 
     }
     out = Path(out) if out else PACKAGED_CHECKPOINTS / f"{cfg.model}.safetensors"
     meta = {"recipe": asdict(cfg), "result": result, "torch": torch.__version__, "dataset": "digits32-train"}
+    if init_sha:
+        meta["init_sha256"] = init_sha
     save_checkpoint(model, out, metadata=meta)
     log(f"wrote {out} (test acc {result['test_acc']:.4f})")
     return {"path": str(out), **result}

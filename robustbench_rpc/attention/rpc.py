@@ -17,6 +17,11 @@ Defaults: n_iter=4, lambda=4.0. The last Y update cannot change the output and i
 Checked against the paper's public code, ``Attack/softmax.py`` (``Attention`` with ``robust``, ``n``,
 ``lambd``, ``layer``): its ``n - 1`` loop iterations plus the final one are our ``n_iter``; which blocks run
 PAP (its ``layer``: -1 all, else that block) is decided by the model, see ``models.loading.resolve_model``.
+
+Diagnostics: the module exposes its iterates (``exposes_iterates = True``). When ``iterate_recorder`` is set
+(``robustbench_rpc.diagnostics.record_iterates`` does it, and switches to the explicit path), it is called
+once per iteration with ``(iteration, k=K, S=S, L=L, Z=Y/mu, mu=mu, tau=lambda*mu)``; unset (the default),
+the forward pays one attribute test per iteration.
 """
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ def soft_threshold(x: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:
 
 @register_attention("rpc")
 class RPCAttention(SymmetricAttention):
+    exposes_iterates = True  # diagnostics may set ``iterate_recorder`` (see the module docstring)
+
     def __init__(self, dim: int, num_heads: int = 8, n_iter: int = 4, lam: float = 4.0, **kwargs) -> None:
         super().__init__(dim, num_heads=num_heads, **kwargs)
         if int(n_iter) < 1:
@@ -43,26 +50,62 @@ class RPCAttention(SymmetricAttention):
         self.n_iter = int(n_iter)
         self.lam = float(lam)
         self.embed_dim = dim
+        self.iterate_recorder = None
 
     def mix(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         B, H, N, d = k.shape
         p = self.attn_drop.p if self.training else 0.0
-        mu = (N * self.embed_dim) / (4 * k.abs().sum(dim=(-2, -1), keepdim=True))
-        tau = self.lam * mu
+        mu, tau = self.mu_and_threshold(k)
         # Track Z = Y / mu instead of Y (mu is fixed across iterations): Y/mu + (K - L - S) is the whole
         # dual update, and no multiply by mu or 1/mu is left in the loop. First iteration has L = Z = 0.
         S = soft_threshold(k, tau)
         k2 = k - S
         L = _sdpa_or_explicit(k2, k2, v, self.scale, self.fused_attn, p)
+        rec = self.iterate_recorder
+        if rec is not None:
+            rec(1, k=k, S=S, L=L, Z=None, mu=mu, tau=tau)
         Z = None
-        for _ in range(1, self.n_iter):
+        for it in range(2, self.n_iter + 1):
             d = k - L
             Z = d - S if Z is None else Z + d - S
             r = d + Z
             S = soft_threshold(r, tau)  # r = K - L + Y/mu
             k2 = k - S - Z
             L = _sdpa_or_explicit(k2, k2, v, self.scale, self.fused_attn, p)
+            if rec is not None:
+                rec(it, k=k, S=S, L=L, Z=Z, mu=mu, tau=tau)
         return L
+
+    def mu_and_threshold(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The paper's mu = N*C / (4 ||K||_1) per sample and head, and the soft threshold lambda*mu."""
+        N = k.shape[-2]
+        mu = (N * self.embed_dim) / (4 * k.abs().sum(dim=(-2, -1), keepdim=True))
+        return mu, self.lam * mu
 
     def variant_params(self) -> dict:
         return {"n_iter": self.n_iter, "lambda": self.lam}
+
+
+@register_attention("rpc_keyscale")
+class RPCKeyScaleAttention(RPCAttention):
+    """PAP with a scale-aware soft threshold (ours, not the paper's; issue 10).
+
+    The paper's threshold lambda*mu = lambda*H / (4 mean|K|) (H heads) shrinks as the keys grow, so the
+    fraction of key entries it flags depends on the key scale a model happens to learn: on the shipped
+    micro RPC model (mean|K| ~ 1.25) S ends up dense, on SymViT's weights (mean|K| ~ 0.17) S stays empty.
+    Here the threshold is measured in units of the keys' own magnitude,
+
+        threshold = lambda * H/4 * mean|K|      (per sample and head; equal to the paper's at mean|K| = 1)
+
+    so scaling K scales the threshold with it and the flagged fraction is scale-invariant. Everything else
+    (the loop tracks Y/mu, so mu enters only through the threshold) is the paper's PAP.
+    """
+
+    def mu_and_threshold(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, _ = super().mu_and_threshold(k)
+        B, H, N, d = k.shape
+        mean_abs = k.abs().mean(dim=(-2, -1), keepdim=True)
+        return mu, self.lam * (self.embed_dim / (4 * d)) * mean_abs
+
+    def variant_params(self) -> dict:
+        return {"n_iter": self.n_iter, "lambda": self.lam, "threshold": "keyscale"}

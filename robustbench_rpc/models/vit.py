@@ -89,12 +89,12 @@ def _build(arch: str, attention: str, pretrained_cfg: dict[str, Any], kwargs: di
         raise TypeError(f"unknown model argument(s) {unknown}; VisionTransformer accepts {sorted(accepted)[1:]}")
     vit_kwargs = dict(ARCHS[arch], num_classes=pretrained_cfg["num_classes"], qkv_bias=True)
     vit_kwargs.update({k: v for k, v in kwargs.items() if k in accepted})
-    if attention in ("symmetric", "rpc"):
+    if attention in ("symmetric", "rpc", "rpc_keyscale"):
         vit_kwargs.setdefault("attn_layer", SymmetricAttention)
     model = VisionTransformer(**vit_kwargs)
-    if attention == "rpc":
+    if attention in ("rpc", "rpc_keyscale"):
         rpc = RPC_DEFAULTS | rpc
-        patch_attention(model, "rpc", layers=rpc["rpc_layers"], n_iter=rpc["rpc_iters"], lam=rpc["rpc_lambda"])
+        patch_attention(model, attention, layers=rpc["rpc_layers"], n_iter=rpc["rpc_iters"], lam=rpc["rpc_lambda"])
     elif rpc:
         raise TypeError(f"rpc_* arguments {sorted(rpc)} only apply to rpc_symvit models")
     if attention == "scaled":
@@ -152,6 +152,10 @@ _register("vit_micro_patch4_32", "micro", "softmax", "embedded default: softmax 
 _register("symvit_micro_patch4_32", "micro", "symmetric", "embedded default: SymViT, 32x32, 10 classes")
 _register("rpc_symvit_micro_patch4_32", "micro", "rpc",
           "embedded default: RPC-SymViT, 32x32, 10 classes (4 iters, first layer)")
+
+_register("rpc_keyscale_symvit_micro_patch4_32", "micro", "rpc_keyscale",
+          "embedded: RPC-SymViT with the scale-aware PAP threshold (rpc_keyscale; issue 10), fine-tuned from SymViT",
+          rpc_iters=2, rpc_lambda=8.0, rpc_layers="first")
 
 # The paper's configurations as named presets ("layer 1" = the first block, the paper's layer=0). The small
 # presets use the paper's small (348 dims), so the paper's checkpoints load into them.

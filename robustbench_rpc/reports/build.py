@@ -8,6 +8,7 @@ import pandas as pd
 
 from .compute import pairwise
 from .data import RunData
+from .diagnostics import diagnostics_section
 from .html import page_plan, write_index, write_markdown
 from .plots import all_plots
 from .tables import all_tables, checks_summary
@@ -40,7 +41,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
         _remove_previous(out)
         tables = all_tables(data)
         plots = all_plots(data, out / "plots")
-        paths: dict[str, Path] = {}
+        d_tables, d_plots, paths = diagnostics_section(data, out)  # diagnostics / [sweep] runs only
+        tables, plots = tables + d_tables, plots + d_plots
         for t in tables:
             paths.update(t.write(out / "tables"))
         for p in plots:
