@@ -24,7 +24,12 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """The bare timm-convention module (normalized inputs) for one of our names or ``timm:<name>``."""
+    """The bare timm-convention module (normalized inputs) for one of our names or ``timm:<name>``.
+    ``BACKBONE+HEAD`` builds the backbone with an untrained head of that kind (shapes only; see heads)."""
+    if "+" in name:
+        from ..heads.model import create_head_model
+
+        return create_head_model(name, **kwargs)
     if name.startswith("timm:"):
         timm_name = name[len("timm:"):]
         if not timm.is_model(timm_name):
@@ -56,6 +61,10 @@ def load_model(name: str, checkpoint: str | Path | None = None, *, device: str |
     [0, 1] images, and return it in eval mode. ``name`` may carry the checkpoint as ``name:path``."""
     if checkpoint is None:
         name, checkpoint = split_spec(name)
+    if "+" in name:  # BACKBONE+HEAD: the head checkpoint names (and pins) the backbone's
+        from ..heads.model import load_head_model
+
+        return load_head_model(name, checkpoint, device=device, **kwargs)
     model = create_model(name, **kwargs)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, prefer_ema=prefer_ema)
