@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--head-arg", action="append", metavar="KEY=JSON", help="head argument, e.g. heads=16, pool=mean")
     th.add_argument("--tol", type=float, default=1e-4, help="duality-gap tolerance (nats per sample)")
     th.add_argument("--max-iter", type=int, default=20000)
-    th.add_argument("--steps", type=int, default=1500, help="Adam steps (full batch)")
+    th.add_argument("--steps", type=int, default=1000, help="Adam steps (full batch)")
     th.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")
     th.add_argument("--seed", type=int, default=0)
     th.add_argument("--compare", action="store_true",

@@ -42,7 +42,7 @@ class TrainHeadConfig:
     head_args: dict[str, Any] = field(default_factory=dict)
     tol: float = 1e-4                   # duality-gap tolerance (nats per sample) for fista
     max_iter: int = 20000
-    steps: int = 1500                   # adam: full-batch steps
+    steps: int = 1000                   # adam: full-batch steps
     lr: float = 1e-2
     seed: int = 0
     compare: bool = False               # convex heads: also train the non-convex counterpart by Adam
