@@ -100,6 +100,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     from .attention import list_attentions
 
     print(f"attention variants (run --attention NAME): {', '.join(list_attentions())}")
+    from .heads import list_heads
+
+    shipped_heads = sorted(p.stem for p in PACKAGED.glob("*+*.safetensors"))
+    print(f"heads on a frozen backbone (run --model BACKBONE+HEAD:CKPT, train-head --head NAME): "
+          f"{', '.join(list_heads())}; shipped (:packaged): {', '.join(shipped_heads) or 'none'}")
     return 0
 
 

@@ -1,5 +1,7 @@
-"""``attention``: the convex self-attention head with linear activation (Sahiner et al., ICML 2022, Sec. 3,
-self-attention with linear activation; derivation restated here for a head pooled over tokens).
+"""``attention``: the convex self-attention head with linear activation (Sahiner et al., "Unraveling Attention
+via Convex Duality", ICML 2022, arXiv 2205.08078: the linear-activation self-attention result). The
+derivation is restated here, by us, for a head whose output is mean-pooled over tokens, with the attention
+scores scaled by 1/N; section/equation numbers of the paper are deliberately not quoted.
 
 Tokens ``X`` (N x d, the projected backbone tokens with a constant feature), ``G = X^T X / N`` (d x d),
 ``xbar = X^T 1 / N`` (the mean token). C classes, m heads.

@@ -1,5 +1,7 @@
-"""``gated_attention``: the convex self-attention head with gated-ReLU activation (Sahiner et al., ICML 2022,
-Sec. 3, the gated-ReLU / ReLU self-attention; restated here for a head pooled over tokens).
+"""``gated_attention``: the convex self-attention head with gated-ReLU activation (after Sahiner et al.,
+"Unraveling Attention via Convex Duality", ICML 2022: non-linear self-attention gives a *block* nuclear-norm
+program; gated ReLU with fixed gates is the convex-NN literature's tractable variant of ReLU). Restated and
+derived here, by us, for a head mean-pooled over tokens with fixed random gates.
 
 Notation as in ``attention``: tokens ``X`` (N x d). P fixed gates ``H_p`` (d x d, Gaussian, seeded) define
 attention-pattern masks ``D_p(X) = 1[X H_p X^T >= 0]`` (N x N, entrywise): gated ReLU replaces

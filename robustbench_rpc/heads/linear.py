@@ -1,7 +1,7 @@
 """``linear``: a linear classifier on the class token or the mean token (the standard ViT head).
 
-Source: the ViT linear probe (Dosovitskiy et al., 2021); the baseline head of Sahiner et al. (ICML 2022,
-Sec. on transfer experiments). Its training problem is already convex (multinomial logistic regression
+Source: the ViT linear probe (Dosovitskiy et al., 2021), one of the baseline heads of Sahiner et al.
+(ICML 2022) transfer experiments. Its training problem is already convex (multinomial logistic regression
 with weight decay)::
 
     min_W  (1/n) sum_i CE(W^T pool(X_i), y_i) + beta/2 ||W||_F^2,   W in R^{d x C}

@@ -1,5 +1,6 @@
-"""``mixer``: the convex MLP-Mixer head with linear activation (Sahiner et al., ICML 2022, Sec. 4, MLP-Mixer;
-restated here for a head pooled over tokens).
+"""``mixer``: the convex MLP-Mixer head with linear activation (Sahiner et al., "Unraveling Attention via Convex
+Duality", ICML 2022: the MLP-Mixer result). Restated and derived here, by us, for one Mixer block whose
+output is mean-pooled over tokens.
 
 Tokens ``X`` (N x d), C classes, m heads (token-mixing ``W1_j`` in R^{N x N}, channel-mixing ``W2_j`` in
 R^{d x C}).
