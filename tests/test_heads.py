@@ -183,3 +183,38 @@ def test_head_checkpoint_pins_its_backbone(trained_head, tmp_path):
     save_file(sd, str(tmp_path / "bad.safetensors"), metadata=meta)
     with pytest.raises(CheckpointError, match="SHA-256"):
         load_model(f"symvit_micro_patch4_32+attention:{tmp_path / 'bad.safetensors'}")
+
+
+def test_shipped_heads_are_certified_and_small():
+    from robustbench_rpc.harness import ModelSpec
+    from robustbench_rpc.heads.model import PACKAGED, read_head_metadata
+    from robustbench_rpc.suite import load_suite
+
+    specs = [s for s in load_suite("convex-heads").defaults["models"] if "+" in s]
+    assert len(specs) == 12
+    for spec in specs:
+        path = ModelSpec.parse(spec).checkpoint  # ':packaged' resolves in the package
+        assert path and path.startswith(str(PACKAGED))
+        meta = read_head_metadata(path)
+        assert __import__("os").path.getsize(path) < 200_000
+        if meta["training"]["solver"] == "fista":
+            cert = meta["certificate"]
+            assert cert["converged"] and cert["gap"] <= cert["tol"]
+            assert cert["network_objective"] == pytest.approx(cert["objective"], abs=1e-5)
+        check = meta.get("nonconvex_check")
+        if check:  # the equivalence: the convex optimum is no worse than the Adam-trained network
+            assert check["holds"] and check["convex_objective"] <= check["adam_objective"]
+
+
+def test_shipped_gated_head_accuracy():
+    from robustbench_rpc.data import digits32
+    from robustbench_rpc.models import load_model
+
+    from robustbench_rpc.heads.model import PACKAGED
+
+    name = "symvit_micro_patch4_32+gated_attention"
+    model = load_model(name, checkpoint=PACKAGED / f"{name}.safetensors")
+    ds = digits32("test")
+    with torch.no_grad():
+        acc = float((model(ds.images[:128]).argmax(1) == ds.labels[:128]).float().mean())
+    assert acc > 0.9
