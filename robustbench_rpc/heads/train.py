@@ -112,7 +112,17 @@ def objective(head: Head, X: torch.Tensor, y: torch.Tensor, beta: float) -> dict
 
 def _adam(head: Head, X: torch.Tensor, y: torch.Tensor, beta: float, steps: int, lr: float, seed: int,
           Phi: torch.Tensor | None, log: Callable[[str], None]) -> dict[str, Any]:
-    """Full-batch Adam on mean CE + beta * penalty from a seeded init (cosine-decayed lr)."""
+    """Full-batch Adam on mean CE + beta * penalty from a seeded init (cosine-decayed lr); single-threaded so
+    the result does not depend on the machine's core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _adam_steps(head, X, y, beta, steps, lr, seed, Phi, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _adam_steps(head, X, y, beta, steps, lr, seed, Phi, log):
     gen = torch.Generator().manual_seed(seed)
     head.init_weights(gen)
     params = head.weights()
