@@ -3,6 +3,10 @@ the network, backbone+head through `run` with white-box gradients reaching the i
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,19 +157,24 @@ def test_backbone_plus_head_gradients_reach_the_image(trained_head):
 
 
 def test_backbone_plus_head_through_run(trained_head, tmp_path):
-    from robustbench_rpc.cli import main
     from robustbench_rpc.store import ResultsStore
 
     suite = tmp_path / "s.toml"
     suite.write_text('name = "t"\n[defaults]\ndataset = "digits32"\nbatch_size = 4\n[[evaluation]]\nkind = "clean"\n'
                      '[[evaluation]]\nkind = "attack"\nattack = "pgd"\neps = ["8/255"]\nsteps = 2\n')
     spec = f"symvit_micro_patch4_32+attention:{trained_head['path']}"
-    assert main(["run", "--suite", str(suite), "--model", spec, "--limit", "8", "--out", str(tmp_path / "r"),
-                 "--no-report", "--no-progress", "--device", "cpu"]) == 0
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "robustbench_rpc", "run", "--suite", str(suite), "--model", spec,
+                           "--limit", "8", "--out", str(tmp_path / "r"), "--no-progress", "--device", "cpu"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "symvit_micro_patch4_32+attention" in proc.stdout
     with ResultsStore(tmp_path / "r" / "results.sqlite", readonly=True) as s:
         assert len(s.samples()) == 16
         checks = s._frame('SELECT "check", status FROM checks', [])
     assert dict(zip(checks["check"], checks["status"]))["differentiability"] == "pass"
+    assert (tmp_path / "r" / "index.html").is_file()  # the report is built for head models too
 
 
 def test_head_checkpoint_pins_its_backbone(trained_head, tmp_path):
