@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench clean heads heads-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,22 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Retrain the shipped heads (robustbench_rpc/checkpoints/<backbone>+<head>[@adam].safetensors), then the
+# convex-heads suite. Deterministic on CPU for a given torch version (FISTA has no randomness, Adam is seeded).
+HEAD_BACKBONES := symvit_micro_patch4_32 rpc_symvit_micro_patch4_32
+heads: $(STAMP)
+	for bb in $(HEAD_BACKBONES); do \
+	  $(VENV)/bin/robustbench-rpc train-head --backbone $$bb:packaged --head linear || exit 1; \
+	  $(VENV)/bin/robustbench-rpc train-head --backbone $$bb:packaged --head mlp || exit 1; \
+	  for h in attention gated_attention mixer; do \
+	    $(VENV)/bin/robustbench-rpc train-head --backbone $$bb:packaged --head $$h --compare || exit 1; done; \
+	  $(VENV)/bin/robustbench-rpc train-head --backbone $$bb:packaged --head attention --solver adam || exit 1; \
+	done
+
+heads-demo: $(STAMP)
+	$(VENV)/bin/robustbench-rpc run --suite convex-heads --out reports/convex-heads
+	$(VENV)/bin/robustbench-rpc heads-report reports/convex-heads
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

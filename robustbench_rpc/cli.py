@@ -1,4 +1,5 @@
-"""``robustbench-rpc``: models | run | report | compare | verify | train | diagnose.  Each subcommand is a small function."""
+"""``robustbench-rpc``: models | run | report | compare | verify | train | diagnose | train-head | heads-report.
+Each subcommand is a small function."""
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,15 @@ A run killed at any moment resumes when rerun with the same --out: finished unit
   robustbench-rpc diagnose --model symvit_micro_patch4_32:packaged --attention rpc --attention-layers all \
       --attention-arg lam=1 --attention-arg n_iter=2             # PAP patched into SymViT weights
 Writes diagnostics.csv (one row per model, input, layer, head, iteration), diagnostics_axes.csv, plots/.""",
+    "train-head": """examples:
+  robustbench-rpc train-head --backbone symvit_micro_patch4_32:packaged --head attention --beta 1e-3 --compare
+  robustbench-rpc train-head --backbone symvit_micro_patch4_32:packaged --head mixer --out heads/m.safetensors
+  robustbench-rpc train-head --backbone symvit_micro_patch4_32:packaged --head attention --solver adam \\
+      --head-arg heads=16 --out heads/a_adam.safetensors
+  robustbench-rpc run --suite convex-heads --model symvit_micro_patch4_32+attention:heads/a.safetensors --limit 64
+heads: linear, mlp, attention, gated_attention, mixer (robustbench_rpc.heads; --plugin adds @register_head ones)""",
+    "heads-report": """examples:
+  robustbench-rpc heads-report reports/convex-heads     # per-head table (CIs, ranks, certificates) + plots""",
     "models": """examples:
   robustbench-rpc models
   robustbench-rpc models 'rpc_*'""",
@@ -99,6 +109,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     from .attention import list_attentions
 
     print(f"attention variants (run --attention NAME): {', '.join(list_attentions())}")
+    from .heads import list_heads
+
+    shipped_heads = sorted(p.stem for p in PACKAGED.glob("*+*.safetensors"))
+    print(f"heads on a frozen backbone (run --model BACKBONE+HEAD:CKPT, train-head --head NAME): "
+          f"{', '.join(list_heads())}; shipped (:packaged): {', '.join(shipped_heads) or 'none'}")
     return 0
 
 
@@ -299,6 +314,36 @@ def _print_pap_summary(csv: Path) -> None:
         print(g.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
+def cmd_train_head(args: argparse.Namespace) -> int:
+    import json
+
+    from .heads.train import TrainHeadConfig, train_head
+
+    cfg = TrainHeadConfig(backbone=args.backbone, head=args.head, solver=args.solver, beta=args.beta,
+                          proj_dim=args.proj_dim, head_args=_model_kwargs(args.head_arg), tol=args.tol,
+                          max_iter=args.max_iter, steps=args.steps, lr=args.lr, seed=args.seed,
+                          compare=args.compare, adam_heads=args.adam_heads)
+    res = train_head(cfg, out=args.out, cache_dir=args.cache_dir)
+    cert = res.get("certificate")
+    if cert:
+        print(f"certificate: objective {cert['objective']:.6f}, duality gap {cert['gap']:.2e} <= tol {cert['tol']:g}: "
+              f"{cert['converged']} ({cert['iterations']} iterations)")
+    if res.get("nonconvex_check"):
+        print("equivalence check: " + json.dumps({k: res["nonconvex_check"][k] for k in
+                                                  ("convex_objective", "adam_objective", "holds")}))
+    print(f"head checkpoint: {res['path']}  test acc {res['test_acc']:.4f}")
+    return 0 if (not cert or cert["converged"]) else 1
+
+
+def cmd_heads_report(args: argparse.Namespace) -> int:
+    from .heads.summary import heads_report
+
+    paths = heads_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="robustbench-rpc", description="Robustness benchmarks for vision transformers "
                                 "(RPC-Attention, SymViT, any timm model): attacks, corruptions, OOD, reports.")
@@ -404,6 +449,33 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--batch-size", type=int, default=128)
     dg.add_argument("--seed", type=int, default=0)
     dg.add_argument("--no-plots", action="store_true", help="CSV only")
+
+    th = add("train-head", cmd_train_head, "train a head on a frozen backbone's cached token features "
+             "(convex heads: to a certified global optimum)")
+    th.add_argument("--backbone", required=True, metavar="NAME[:CKPT]", help="backbone; CKPT 'packaged' = shipped")
+    th.add_argument("--head", required=True, help="registered head (linear, mlp, attention, gated_attention, mixer)")
+    th.add_argument("--solver", choices=("fista", "adam"),
+                    help="fista: the convex program to a duality gap <= --tol (default for convex heads); "
+                         "adam: the non-convex objective (default for mlp)")
+    th.add_argument("--beta", type=float, default=1e-3, help="regularization (weight decay beta/2 ||W||^2)")
+    th.add_argument("--proj-dim", type=int, help="PCA width of the tokens (default: the head's)")
+    th.add_argument("--head-arg", action="append", metavar="KEY=JSON", help="head argument, e.g. heads=16, pool=mean")
+    th.add_argument("--tol", type=float, default=1e-4, help="duality-gap tolerance (nats per sample)")
+    th.add_argument("--max-iter", type=int, default=20000)
+    th.add_argument("--steps", type=int, default=1000, help="Adam steps (full batch)")
+    th.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")
+    th.add_argument("--seed", type=int, default=0)
+    th.add_argument("--compare", action="store_true",
+                    help="convex heads: also train the non-convex counterpart by Adam at the same beta and record "
+                         "both objectives in the checkpoint")
+    th.add_argument("--adam-heads", type=int, help="heads of that counterpart (default max(8, rank))")
+    th.add_argument("--cache-dir", help="feature cache (default ~/.cache/robustbench_rpc/features)")
+    th.add_argument("--out", help="head checkpoint (default for a packaged backbone: the package's "
+                                  "checkpoints/<backbone>+<head>[@adam].safetensors)")
+
+    hr = add("heads-report", cmd_heads_report, "per-head table and plots of a run over backbone+head models")
+    hr.add_argument("run_dir")
+    hr.add_argument("--out", help="folder for the table and plots (default RUN_DIR/heads)")
     return p
 
 

@@ -31,7 +31,12 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """The bare timm-convention module (normalized inputs) for one of our names or ``timm:<name>``."""
+    """The bare timm-convention module (normalized inputs) for one of our names or ``timm:<name>``.
+    ``BACKBONE+HEAD`` builds the backbone with an untrained head of that kind (shapes only; see heads)."""
+    if "+" in name:
+        from ..heads.model import create_head_model
+
+        return create_head_model(name, **kwargs)
     if name.startswith("timm:"):
         timm_name = name[len("timm:"):]
         if not timm.is_model(timm_name):
@@ -285,6 +290,10 @@ def load_model(name: str, checkpoint: str | Path | None = None, *, device: str |
     """
     if checkpoint is None:
         name, checkpoint = split_spec(name)
+    if "+" in name:  # BACKBONE+HEAD: the head checkpoint names (and pins) the backbone's
+        from ..heads.model import load_head_model
+
+        return load_head_model(name, checkpoint, device=device, **kwargs)
     obj = read_checkpoint_file(checkpoint) if checkpoint is not None else None
     resolved = resolve_model(name, checkpoint, kwargs, override_checkpoint_args=override_checkpoint_args,
                              checkpoint_obj=obj)
