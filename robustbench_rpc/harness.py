@@ -254,7 +254,7 @@ class Plan:
             found[0].reference = True
             return
         spec = next((s for s in d.get("models", []) if split_spec(s)[0] == split_spec(ref)[0]), ref)
-        m = ModelSpec.parse(spec, cfg.model_kwargs)
+        m = ModelSpec.parse(spec, {})  # as the suite declares it: --model-arg is for the models you named
         m.reference = True
         self.models.append(m)
         why = "--model replaced the suite's models" if cfg.models else "the suite does not list it under models"
