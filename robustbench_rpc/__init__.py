@@ -1,11 +1,12 @@
 """robustbench-rpc: robustness evaluation for vision transformers, built around RPC-Attention.
 
 ``import robustbench_rpc`` registers our models into timm and our attention variants into the registry.
-The user API is small: ``load_model(name, checkpoint)``, ``list_models()``, ``load_checkpoint(model, path)``,
+The user API is small: ``load_model(name, checkpoint)``, ``register_model(name, **contract)`` (a model of your
+own), ``list_models()``, ``load_checkpoint(model, path)``,
 and the ``robustbench-rpc`` command line.
 """
 from . import attention  # noqa: F401  (registers the attention variants)
-from .models import list_models, load_checkpoint, load_model
+from .models import list_models, load_checkpoint, load_model, register_model
 
 __version__ = "0.1.0"
-__all__ = ["list_models", "load_checkpoint", "load_model", "__version__"]
+__all__ = ["list_models", "load_checkpoint", "load_model", "register_model", "__version__"]

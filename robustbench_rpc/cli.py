@@ -130,6 +130,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=False if args.no_progress else None, attention=args.attention,
         attention_layers=args.attention_layers, attention_args=_model_kwargs(args.attention_arg),
         skip_unreadable=args.skip_unreadable, rank_timeout=args.rank_timeout,
+        attention_reinit=args.attention_reinit, dataset=args.dataset, trusted_globals=args.trust_global or [],
+        data_config={k: v for k, v in (("input_size", args.input_size), ("mean", args.mean), ("std", args.std),
+                                       ("interpolation", args.interpolation), ("crop_pct", args.crop_pct))
+                     if v is not None},
     )
     out = run(cfg)
     print(f"results: {Path(out) / 'results.sqlite'}")
@@ -363,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = add("run", cmd_run, "evaluate models over a suite, store results, write the report")
     r.add_argument("--suite", default="quick", help="packaged suite (quick, paper, robustbench) or a .toml file")
     r.add_argument("--model", action="append", metavar="NAME[:CKPT]",
-                   help="model to evaluate (repeatable); CKPT 'packaged' uses the shipped checkpoint")
+                   help="model to evaluate (repeatable); CKPT: a file, 'packaged' (the shipped checkpoint) or, for "
+                        "timm:<name>, 'pretrained' (timm's published weights: timm's download and cache)")
     r.add_argument("--model-arg", action="append", metavar="KEY=JSON",
                    help="model kwarg, e.g. rpc_iters=6 (a paper checkpoint's args set these; a contradicting "
                         "value is an error unless --override-checkpoint-args)")
@@ -376,6 +381,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--attention-layers", default="all", metavar="LAYERS",
                    help="blocks to patch: all, first, last or indices like 0,3 (default all)")
     r.add_argument("--attention-arg", action="append", metavar="KEY=JSON", help="variant parameter, e.g. n_iter=6")
+    r.add_argument("--attention-reinit", action="store_true",
+                   help="let --attention re-initialise weights whose shapes do not fit the variant (e.g. softmax -> "
+                        "symmetric qkv); without it that is an error naming them. Shown in the model name, info and "
+                        "manifest; the chance_level trust check will usually fail")
+    r.add_argument("--trust-global", action="append", metavar="MODULE.NAME",
+                   help="a pickle global a checkpoint you trust may construct, e.g. numpy.core.multiarray.scalar "
+                        "(repeatable; the refusal names the global)")
+    g = r.add_argument_group("evaluation contract (for a model that declares none, or to replace what it declares)")
+    g.add_argument("--input-size", metavar="C,H,W", help="model input size, e.g. 3,32,32 (or 32)")
+    g.add_argument("--mean", metavar="R,G,B", help="normalization mean the model expects, e.g. 0.5,0.5,0.5")
+    g.add_argument("--std", metavar="R,G,B", help="normalization std, e.g. 0.25,0.25,0.25")
+    g.add_argument("--interpolation", help="resize interpolation: bilinear (default), bicubic, nearest, ...")
+    g.add_argument("--crop-pct", type=float, metavar="F", help="centre crop fraction, 1.0 = no crop (default 1.0)")
     r.add_argument("--reference", metavar="NAME", help="reference model for CE normalization and comparisons")
     r.add_argument("--out", help="output folder (default reports/<suite>); rerun the same folder to resume")
     r.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -386,7 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "relative path such as n01440764/ILSVRC2012_val_00000293.JPEG per line)")
     r.add_argument("--seed", type=int, help="run seed (default from the suite)")
     r.add_argument("--data-root", action="append", metavar="NAME=PATH",
-                   help="on-disk dataset root, e.g. imagenet=/data/val, imagenet-c=/data/imagenet-c")
+                   help="on-disk dataset root, e.g. imagenet=/data/val, imagenet-c=/data/imagenet-c, folder=my_images")
+    r.add_argument("--dataset", metavar="NAME",
+                   help="the run's dataset instead of the suite's, e.g. 'folder' (your images: --data-root "
+                        "folder=PATH with PATH/<class>/<images>, classes = sorted folder names)")
     r.add_argument("--skip-unreadable", action="store_true",
                    help="on-disk datasets: leave unreadable image files out and count them (default: error naming the file)")
     r.add_argument("--workers", type=int, help="DataLoader workers (on-the-fly corruptions use them)")
@@ -485,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data.resolve import DataRootError
     from .dist import RankFailure
     from .attacks import ModelOutputError
-    from .models import CheckpointError
+    from .models import CheckpointError, ModelContractError
     from .registry import UnknownNameError
     from .store import StoreError
     from .suite import SuiteError
@@ -495,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
             load_plugin(plugin)
         return int(args.fn(args) or 0)
     except (SuiteError, UnknownNameError, CheckpointError, FileNotFoundError, DataRootError,
-            UnreadableImageError, ClassMismatchError) as e:
+            UnreadableImageError, ClassMismatchError, ModelContractError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (RankFailure, StoreError, ModelOutputError) as e:  # faults during a run: NaN logits, a full disk, ...

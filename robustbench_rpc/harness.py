@@ -22,12 +22,12 @@ from torch.utils.data import Dataset, Subset
 from . import dist
 from .data.resolve import get_dataset
 from .models import load_model, sha256_of
-from .models.loading import split_spec
+from .models.loading import PACKAGED_DIR, PRETRAINED, resolve_checkpoint, split_spec
 from .store import ResultsStore, StoreWriteError, lock_folder, stable_key, write_error
 from .suite import EvalSpec, Suite, SuiteError, describe_eval, expand, load_suite
 from .units import attack_params, attack_rows, prediction_rows, unit_seed
 
-PACKAGED = Path(__file__).parent / "checkpoints"
+PACKAGED = PACKAGED_DIR  # the shipped checkpoints (``name:packaged``), resolved by models.resolve_checkpoint
 STORE_NAME = "results.sqlite"
 
 
@@ -44,19 +44,23 @@ class ModelSpec:
     settings: dict[str, Any] = field(default_factory=dict)  # per model setting: value and source (file/arg/...)
     sweep: dict[str, Any] | None = None  # a [sweep] grid point: {"base", "variant", "layers", **params}
     label: str | None = None  # display name of a grid point
+    reinit: list[str] = field(default_factory=list)  # parameters --attention-reinit re-initialises
 
     @classmethod
     def parse(cls, spec: str, kwargs: dict[str, Any] | None = None) -> "ModelSpec":
+        from .models import CheckpointError
+
         name, ckpt = split_spec(spec)
-        if ckpt == "packaged":
-            path = PACKAGED / f"{name}.safetensors"
-            if not path.is_file():
-                have = sorted(p.stem for p in PACKAGED.glob("*.safetensors"))
-                raise SuiteError(f"model '{name}': no packaged checkpoint (packaged: {', '.join(have) or 'none'})")
-            ckpt = str(path)
-        elif ckpt is not None and not Path(ckpt).is_file():
-            raise SuiteError(f"model '{name}': checkpoint file not found: {ckpt}")
+        try:  # one resolution of :packaged / :pretrained / a path for the API and the CLI
+            ckpt = resolve_checkpoint(name, ckpt)
+        except CheckpointError as err:
+            raise SuiteError(str(err)) from None
         return cls(spec, name, ckpt, dict(kwargs or {}))
+
+    @property
+    def weights_file(self) -> str | None:
+        """The checkpoint file, None for none or timm's published weights (``:pretrained``)."""
+        return self.checkpoint if self.checkpoint not in (None, PRETRAINED) else None
 
     @property
     def display(self) -> str:
@@ -65,6 +69,10 @@ class ModelSpec:
         name = self.name
         if self.attention:
             name += f"+{self.attention['variant']}@{self.attention.get('layers', 'all')}"
+            if self.reinit:
+                name += "[reinit]"
+        if self.checkpoint == PRETRAINED:
+            return f"{name} (pretrained)"
         if self.checkpoint and Path(self.checkpoint).parent != PACKAGED:
             return f"{name} ({Path(self.checkpoint).name})"
         return name
@@ -92,6 +100,10 @@ class RunConfig:
     attention: str | None = None  # swap every model's attention for this registered variant
     attention_layers: str = "all"
     attention_args: dict[str, Any] = field(default_factory=dict)
+    attention_reinit: bool = False  # allow --attention to re-initialise weights whose shapes do not fit
+    dataset: str | None = None  # replaces the suite's default dataset (e.g. "folder" with --data-root folder=PATH)
+    data_config: dict[str, Any] = field(default_factory=dict)  # evaluation contract: input_size, mean, std, ...
+    trusted_globals: list[str] = field(default_factory=list)  # extra pickle globals trusted checkpoints may use
     skip_unreadable: bool = False  # on-disk sets: leave unreadable files out and count them (else: error)
     rank_timeout: float = dist.DEFAULT_TIMEOUT_S  # torchrun: seconds a rank may stay silent before the job ends
 
@@ -124,7 +136,7 @@ class Plan:
         self.log = log if dist.rank() == 0 else (lambda *_: None)
         self.suite: Suite = load_suite(cfg.suite)
         d = self.suite.defaults
-        self.dataset = d.get("dataset", "digits32")
+        self.dataset = cfg.dataset or d.get("dataset", "digits32")
         self.batch_size = int(cfg.batch_size or d.get("batch_size", 64))
         # CLI flags override the suite: --subset replaces the suite's limit as the way images are chosen
         self.limit = cfg.limit if cfg.limit is not None else (None if cfg.subset else d.get("limit"))
@@ -165,9 +177,13 @@ class Plan:
             raise SuiteError("no models: pass --model NAME[:CHECKPOINT] (repeatable) or list models in the suite")
         self.models = [ModelSpec.parse(s, cfg.model_kwargs) for s in specs]
         if cfg.attention:
-            from .attention import get_attention, resolve_layers
+            from .attention import UnknownVariantArgumentError, check_variant_args, get_attention, resolve_layers
 
-            _check_attention_args(get_attention(cfg.attention), cfg.attention, cfg.attention_args)
+            get_attention(cfg.attention)  # unknown variant: did-you-mean
+            try:  # the same check patch_attention makes in the API
+                check_variant_args(cfg.attention, cfg.attention_args)
+            except UnknownVariantArgumentError as err:
+                raise SuiteError(f"--attention-arg {err.key}: {err}") from None
             resolve_layers(cfg.attention_layers, 10 ** 6)  # malformed layer spec: error now
             for m in self.models:
                 m.attention = {"variant": cfg.attention, "layers": cfg.attention_layers, **cfg.attention_args}
@@ -176,15 +192,17 @@ class Plan:
                 raise SuiteError(f"{self.suite.path}: a suite with [sweep] patches attention itself; drop --attention")
             self.models = sweep_models(self.models, self.suite.sweep, self.suite.path)
         self._choose_reference()
-        from .models import create_model, data_config_of
-        from .models.loading import resolve_model
+        from .models import ModelContractError, create_model, data_config_of
+        from .models.loading import create_pretrained, resolve_model
 
         num_classes, configs = {}, {}
         for m in self.models:  # fail on a bad name/kwarg/checkpoint now, not after an hour of attacks
             kw = dict(m.kwargs)  # a paper checkpoint's args configure the model (classes, PAP) here too
             resolved = resolve_model(m.name, m.checkpoint, kw, override_checkpoint_args=bool(
-                kw.pop("override_checkpoint_args", False)))
+                kw.pop("override_checkpoint_args", False)), trusted_globals=cfg.trusted_globals)
             m.settings = resolved.settings
+            if m.checkpoint == PRETRAINED:  # timm downloads (or finds in its cache) now: offline fails here
+                create_pretrained(m.name, **resolved.kwargs)
             with torch.device("meta"):  # no weights allocated
                 net = create_model(resolved.name, **resolved.kwargs)
                 if m.attention:  # bad variant parameter values fail now too
@@ -192,11 +210,18 @@ class Plan:
 
                     params = {k: v for k, v in m.attention.items() if k not in ("variant", "layers")}
                     try:
-                        patch_attention(net, m.attention["variant"], layers=m.attention["layers"], **params)
+                        patch_attention(net, m.attention["variant"], layers=m.attention["layers"],
+                                        allow_reinit=cfg.attention_reinit, **params)
                     except (ValueError, TypeError) as err:
                         raise SuiteError(f"--attention {m.attention['variant']} on model {m.spec}: {err}") from None
-            num_classes[m.spec] = int(getattr(net, "num_classes", 0))
-            configs[m.spec] = data_config_of(net)
+                    m.reinit = list(getattr(net, "attention_reinit", []))
+                    if m.reinit:
+                        m.settings["attention_reinit"] = {"value": m.reinit, "source": "--attention-reinit"}
+                try:
+                    configs[m.spec] = data_config_of(net, cfg.data_config, name=m.name)
+                except ModelContractError as err:
+                    raise SuiteError(str(err)) from None
+            num_classes[m.spec] = int(configs[m.spec].get("num_classes") or 0)
         sizes = {spec: tuple(c["input_size"]) for spec, c in configs.items()}
         if len(set(sizes.values())) > 1:  # one preprocessing feeds every model of a run
             raise SuiteError("models of one run must share an input size (one dataset preprocessing feeds them "
@@ -416,32 +441,6 @@ class Plan:
         return info
 
 
-def _check_attention_args(cls: type, variant: str, args: dict[str, Any]) -> None:
-    """``--attention-arg`` names against the variant's constructor (and the bases it forwards **kwargs to):
-    the variants swallow unknown keywords, so a misspelt one would otherwise be silently ignored."""
-    import difflib
-    import inspect
-
-    names: set[str] = set()
-    for c in cls.__mro__:
-        if c in (torch.nn.Module, object):
-            break
-        if "__init__" not in vars(c):
-            continue
-        params = inspect.signature(c.__init__).parameters
-        names |= {n for n, p in params.items() if n != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-        var = [p for p in params.values() if p.kind is p.VAR_KEYWORD]
-        if not var or var[0].name == "_":  # no **kwargs, or **_ (swallowed): the chain ends here
-            break
-    names -= {"dim"}
-    for key in args:
-        if key not in names:
-            close = difflib.get_close_matches(key, sorted(names), n=3, cutoff=0.5)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise SuiteError(f"--attention-arg {key}: attention variant '{variant}' has no parameter '{key}'.{hint} "
-                             f"Parameters: {', '.join(sorted(names))}")
-
-
 def _innermost(ds: Dataset) -> Dataset:
     """The full dataset under --limit subsets and on-the-fly corruption wrappers."""
     while True:
@@ -536,6 +535,7 @@ class Runner:
         self.store: ResultsStore | None = None
         self._lock = None
         self._loader = None
+        self.num_classes: dict[str, int] = {}  # model key -> classes (chance level)
 
     # -- set-up -------------------------------------------------------------------------------------------
     def open_store(self) -> ResultsStore:
@@ -605,7 +605,7 @@ class Runner:
             attention = summarize_attention(model)
         except TypeError:  # not a ViT with blocks (e.g. a timm CNN baseline)
             attention = {"blocks": 0, "groups": []}
-        sha = sha256_of(m.checkpoint) if m.checkpoint else None
+        sha = sha256_of(m.weights_file) if m.weights_file else None
         info = {
             "name": m.display, "spec": m.spec, "arch": m.name, "checkpoint": m.checkpoint, "checkpoint_sha256": sha,
             "attention": attention, "kwargs": m.kwargs, "precision": self.plan.amp,
@@ -613,8 +613,10 @@ class Runner:
             "num_classes": int(model.data_config.get("num_classes") or 0), "reference": m.reference,
             "mean": [float(v) for v in model.data_config.get("mean", ())],
             "std": [float(v) for v in model.data_config.get("std", ())],
-            "init_seed": None if m.checkpoint else self.plan.seed,
-            "settings": getattr(model, "model_settings", None) or m.settings,
+            "init_seed": None if m.checkpoint and not m.reinit else self.plan.seed,
+            "settings": {**(getattr(model, "model_settings", None) or {}), **m.settings},
+            "contract": model.data_config.get("contract_source"),
+            "attention_reinit": m.reinit or None,
         }
         if m.sweep:
             info["sweep"] = m.sweep
@@ -624,12 +626,14 @@ class Runner:
 
     def build_model(self, m: ModelSpec) -> torch.nn.Module:
         torch.manual_seed(self.plan.seed)  # weights of an un-checkpointed model are a function of the seed
-        model = load_model(m.name, m.checkpoint, device=self.plan.device, **m.kwargs)
+        model = load_model(m.name, m.checkpoint, device=self.plan.device, data_config=self.plan.cfg.data_config,
+                           trusted_globals=self.plan.cfg.trusted_globals, **m.kwargs)
         if m.attention:
             from .attention import patch_attention
 
             params = {k: v for k, v in m.attention.items() if k not in ("variant", "layers")}
-            patch_attention(model, m.attention["variant"], layers=m.attention["layers"], **params)
+            patch_attention(model, m.attention["variant"], layers=m.attention["layers"],
+                            allow_reinit=self.plan.cfg.attention_reinit, **params)
             model.eval()
         return model
 
@@ -641,6 +645,7 @@ class Runner:
         for m in p.models:
             model = dist.run_everywhere(lambda: self.build_model(m), f"loading model {m.spec}")
             key, info = self.model_info(m, model)
+            self.num_classes[key] = info["num_classes"]
             eval_model = self.prepare(model, key, m)
             if self.store is not None:
                 self.store.register_model(key, info)
@@ -651,7 +656,7 @@ class Runner:
                     self.run_diagnostics(model, key, m, e)
                     continue
                 self.run_eval(eval_model, key, m, e)
-            if dist.rank() == 0 and any(e.kind == "attack" for e in p.evals):
+            if dist.rank() == 0 and (p.clean_key or any(e.kind == "attack" for e in p.evals)):
                 self.trust_checks(eval_model, key)
         if dist.rank() == 0:
             self.write_manifest()
@@ -818,11 +823,20 @@ class Runner:
 
     # -- trust checks and the manifest -------------------------------------------------------------------
     def trust_checks(self, model: torch.nn.Module, model_key: str) -> None:
-        """Accuracy monotone in eps; large-eps attack drives accuracy to ~0; gradient-free vs gradient
-        attacks (masking); differentiability. Recomputed from the store (and seeded), so resume-safe."""
+        """Clean accuracy above chance; accuracy monotone in eps; large-eps attack drives accuracy to ~0;
+        gradient-free vs gradient attacks (masking); differentiability. Recomputed from the store (and seeded),
+        so resume-safe."""
         from . import attacks
+        from .attacks.checks import check_chance_level
 
         p = self.plan
+        if p.clean_key is not None:
+            s = self.store.samples(model_key, p.clean_key)
+            classes = self.num_classes.get(model_key) or int(getattr(model, "num_classes", 0) or 0)
+            self._guarded(model_key, "chance_level",
+                          lambda: check_chance_level(int(s["correct1"].sum()), len(s), classes))
+        if not any(e.kind == "attack" for e in p.evals):
+            return
         agg = self.store.aggregates()
         evals = self.store.evaluations().set_index("eval_key")
         rows = agg[(agg["model_key"] == model_key)]
@@ -887,12 +901,13 @@ class Runner:
         device = p.device
         manifest = build_manifest(
             seeds={"run": p.seed}, device=device,
-            checkpoints={m.display: m.checkpoint for m in p.models if m.checkpoint},
+            checkpoints={m.display: m.weights_file for m in p.models if m.weights_file},
             sample_ids=sample_ids,
             extra={"suite": p.suite.name, "suite_version": p.suite.version, "settings": p.settings(),
                    "precision": p.amp, "world_size": dist.world(), "python": platform.python_version(),
                    "command": " ".join(sys.argv),
-                   "model_settings": {m.display: m.settings for m in p.models}},
+                   "model_settings": {m.display: m.settings for m in p.models},
+                   "pretrained": [m.display for m in p.models if m.checkpoint == PRETRAINED]},
         )
         self.store.set_meta("manifest", manifest)
         (p.out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))

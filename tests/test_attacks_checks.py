@@ -55,7 +55,7 @@ def tiny_vit(attention: str | None = None) -> nn.Module:
     if attention is not None:
         from robustbench_rpc.attention import patch_attention
 
-        patch_attention(vit, attention)
+        patch_attention(vit, attention, allow_reinit=True)  # a fresh model: nothing trained to lose
     return nn.Sequential(Normalize(), vit).eval()
 
 
@@ -272,3 +272,18 @@ class _Lambda(nn.Module):
 
     def forward(self, x):
         return self.fn(x)
+
+
+def test_chance_level_check_uses_the_wilson_interval():
+    from robustbench_rpc.attacks.checks import check_chance_level
+
+    at_chance = check_chance_level(5, 53, 10)  # 9.4 %: the re-initialised qkv of issue 12
+    assert at_chance.status == "fail" and "not significantly above chance 1/10" in at_chance.message
+    assert at_chance.details["ci"][0] < 0.1 < at_chance.details["ci"][1]
+    assert check_chance_level(3, 12, 10).status == "fail"  # 25 % of 12: Wilson lower bound 0.089 < 0.1
+    assert check_chance_level(4, 12, 10).status == "pass"  # 33 % of 12: lower bound 0.138
+    assert check_chance_level(12, 12, 10).status == "pass"
+    assert check_chance_level(250, 256, 10).status == "pass"
+    assert check_chance_level(58, 100, 2).status == "fail"  # 58 % on two classes: CI [0.48, 0.67] holds 0.5
+    assert check_chance_level(70, 100, 2).status == "pass"
+    assert check_chance_level(0, 0, 10).status == "warn"

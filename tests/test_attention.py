@@ -106,3 +106,42 @@ def test_user_variant_plugs_in_with_one_decorator(tiny_kwargs):
     patch_attention(m, "test_mean_attention", layers="first")
     assert describe_attention(m)[0]["variant"] == "test_mean_attention"
     assert m(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_weights_that_cannot_be_kept_are_an_error_naming_them(tiny_kwargs):
+    """softmax -> symmetric re-initialised the 3*dim qkv silently (a trained model evaluated at chance)."""
+    from robustbench_rpc.attention import AttentionReinitError
+
+    v = timm.create_model("vit_micro_patch4_32", **tiny_kwargs).eval()
+    x = torch.randn(2, 3, 32, 32)
+    before = v(x)
+    with pytest.raises(AttentionReinitError) as e:
+        patch_attention(v, "symmetric", layers="all")
+    msg = str(e.value)
+    assert "blocks.0.attn.qkv.weight (144x48 -> 96x48)" in msg and "allow_reinit=True" in msg
+    assert "--attention-reinit" in msg and "\n" not in msg
+    assert [r["variant"] for r in describe_attention(v)] == ["softmax", "softmax"]  # untouched
+    torch.testing.assert_close(v(x), before)
+    patch_attention(v, "symmetric", layers="first", allow_reinit=True)
+    assert v.attention_reinit == ["blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.bias"]
+    assert [r["variant"] for r in describe_attention(v)] == ["symmetric", "softmax"]
+    m = timm.create_model("symvit_micro_patch4_32", **tiny_kwargs)
+    patch_attention(m, "rpc")  # everything fits: no opt-in needed, nothing recorded
+    assert not hasattr(m, "attention_reinit")
+
+
+def test_unknown_variant_arguments_raise_with_did_you_mean(tiny_kwargs):
+    """patch_attention(m, 'rpc', n_iters=6) ran the default 4 iterations: the variants swallow **_."""
+    from robustbench_rpc.attention import UnknownVariantArgumentError, build_like, check_variant_args
+
+    m = timm.create_model("symvit_micro_patch4_32", **tiny_kwargs)
+    with pytest.raises(UnknownVariantArgumentError, match=r"'rpc' has no parameter 'n_iters'\. Did you mean: n_iter"):
+        patch_attention(m, "rpc", n_iters=6)
+    with pytest.raises(TypeError, match="'lamda'.*Did you mean: lam"):
+        build_like(m.blocks[0].attn, "rpc", lamda=2.0)
+    with pytest.raises(TypeError, match="'scaled_symmetric' has no parameter 's_int'.*s_init"):
+        patch_attention(m, "scaled_symmetric", s_int=0.0)
+    assert [r["variant"] for r in describe_attention(m)] == ["symmetric"] * 2
+    check_variant_args("rpc", ["n_iter", "lam", "qkv_bias"])  # own and forwarded-to-base parameters are fine
+    patch_attention(m, "rpc", n_iter=6)
+    assert m.blocks[0].attn.n_iter == 6

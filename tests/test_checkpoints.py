@@ -112,3 +112,58 @@ def test_missing_and_garbage_files(tiny_kwargs, tmp_path):
     bad.write_bytes(b"not a file")
     with pytest.raises(CheckpointError, match="bad.safetensors"):
         load_checkpoint(_rpc(tiny_kwargs), bad)
+
+
+@pytest.mark.parametrize("content", [b"hello world\nthis is a text file\n", b"", "random"])
+def test_non_checkpoint_file_is_one_line_naming_the_path(content, tiny_kwargs, tmp_path):
+    """A text file, an empty file and random bytes (which made torch raise KeyError / IndexError / EOFError)."""
+    path = tmp_path / "notes.pth"
+    for seed in range(6 if content == "random" else 1):
+        path.write_bytes(os.urandom(1000 * (seed + 1)) if content == "random" else content)
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(_rpc(tiny_kwargs), path)
+        msg = str(e.value)
+        assert str(path) in msg and "not a PyTorch checkpoint" in msg and "\n" not in msg, msg
+        with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+            load_model("rpc_symvit_tiny_patch16_224", checkpoint=path, **tiny_kwargs)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_pickle_refusal_names_the_global_and_how_to_save(writer, tiny_kwargs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    obj = {"model": _rpc(tiny_kwargs).state_dict(), "x": _Evil()}
+    if writer == "torch.save":
+        torch.save(obj, path)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(obj, f)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(_rpc(tiny_kwargs), path)
+    msg = str(e.value)
+    assert f"refusing to load {path}" in msg and f"{os.system.__module__}.system" in msg  # posix.system
+    assert "torch.save(model.state_dict(), path)" in msg
+    assert "\x1b" not in msg and "weights_only" not in msg and "\n" not in msg, msg
+    assert not (tmp_path / "PWNED_MARKER").exists()
+
+
+def test_trusted_globals_allow_list(tiny_kwargs, tmp_path):
+    np = pytest.importorskip("numpy")
+    path = tmp_path / "with_numpy.pth"
+    torch.save({"model": _rpc(tiny_kwargs).state_dict(), "best_acc": np.float64(0.5)}, path)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(_rpc(tiny_kwargs), path)
+    refused = str(e.value).split("references ")[1].split(",")[0]
+    assert refused.startswith("numpy.") and f"--trust-global {refused}" in str(e.value)
+    allow = [refused]
+    for _ in range(5):  # what a user does: trust each named global in turn (numpy scalars also need dtypes)
+        try:
+            load_checkpoint(_rpc(tiny_kwargs), path, trusted_globals=allow)
+            break
+        except CheckpointError as err:
+            allow.append(str(err).split("references ")[1].split(",")[0])
+    load_checkpoint(_rpc(tiny_kwargs), path, trusted_globals=allow)
+    w = load_model("rpc_symvit_tiny_patch16_224", checkpoint=path, trusted_globals=allow, **tiny_kwargs)
+    assert w.num_classes == 10
+    with pytest.raises(CheckpointError, match="trusted global 'numpy.not_a_thing'"):
+        load_checkpoint(_rpc(tiny_kwargs), path, trusted_globals=["numpy.not_a_thing"])

@@ -8,6 +8,9 @@ details)`` with status "pass", "warn" or "fail".
   (Athalye et al. 2018; the AutoAttack Square check).
 * ``check_differentiability``: autograd directional derivatives must match finite differences and be
   non-zero (catches input quantization, ``.detach()``, other non-differentiable layers).
+* ``check_chance_level``: clean accuracy must be significantly above chance (1/classes, Wilson interval):
+  a model at chance (untrained, re-initialised weights, the wrong preprocessing) makes every robustness
+  number meaningless, however well the other checks pass.
 * ``detect_stochastic`` / ``EOTModel``: see ``stochastic``.
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ from .evaluate import attack_outcomes
 from .stochastic import EOTModel, detect_stochastic
 
 STATUSES = ("pass", "warn", "fail")
-__all__ = ["CheckResult", "EOTModel", "check_differentiability", "check_gradient_masking", "check_large_eps",
+__all__ = ["CheckResult", "EOTModel", "check_chance_level", "check_differentiability", "check_gradient_masking", "check_large_eps",
            "check_monotone_in_eps", "detect_stochastic"]
 
 
@@ -74,6 +77,30 @@ def check_monotone_in_eps(curve: Mapping[float, float], tol: float | None = None
                            f"{v['lower_accuracy']:.4f} at eps={v['lower_at_eps']:.6g} (tol {tol:.4f}); the attack "
                            "is not converging or the evaluation is broken", details)
     return CheckResult(name, "pass", f"accuracy is non-increasing in eps over {len(points)} budgets", details)
+
+
+def check_chance_level(correct: int, n: int, num_classes: int, *, confidence: float = 0.95,
+                       name: str = "chance_level") -> CheckResult:
+    """Clean accuracy ``correct / n`` must be significantly above chance ``1 / num_classes``: the lower end
+    of its Wilson interval (at ``confidence``) must exceed chance, else FAIL."""
+    from ..metrics import wilson_interval
+
+    correct, n, num_classes = int(correct), int(n), int(num_classes)
+    if n < 1 or num_classes < 2:
+        return CheckResult(name, "warn", f"cannot compare with chance (n={n}, classes={num_classes})",
+                           {"n": n, "num_classes": num_classes})
+    chance = 1.0 / num_classes
+    lo, hi = wilson_interval(correct, n, confidence)
+    acc = correct / n
+    details = {"accuracy": acc, "correct": correct, "n": n, "num_classes": num_classes, "chance": chance,
+               "ci": [lo, hi], "confidence": confidence}
+    ci = f"{confidence:.0%} CI [{lo:.3f}, {hi:.3f}]"
+    if lo <= chance:
+        return CheckResult(name, "fail", f"clean accuracy {acc:.4f} ({correct}/{n}, {ci}) is not significantly "
+                           f"above chance 1/{num_classes} = {chance:.3f}: untrained or re-initialised weights "
+                           "(--attention-reinit), or preprocessing that does not fit the model; its robustness "
+                           "numbers mean nothing", details)
+    return CheckResult(name, "pass", f"clean accuracy {acc:.4f} ({ci}) is above chance {chance:.3f}", details)
 
 
 def check_large_eps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float = 0.5,

@@ -1,7 +1,10 @@
 """Attention variants as plug-ins: ``@register_attention(name)`` and ``patch_attention(model, name)``."""
 from .base import (
     ATTENTIONS,
+    AttentionReinitError,
+    UnknownVariantArgumentError,
     attention_variant_params,
+    check_variant_args,
     build_like,
     describe_attention,
     get_attention,
@@ -19,9 +22,10 @@ from .softmax import SoftmaxAttention
 from .symmetric import SymmetricAttention
 
 __all__ = [
-    "ATTENTIONS", "RPCAttention", "RPCKeyScaleAttention", "ScaledAttention", "ScaledSymmetricAttention",
-    "SoftmaxAttention", "SymmetricAttention",
-    "attention_variant_params", "build_like", "describe_attention", "get_attention", "list_attentions",
+    "ATTENTIONS", "AttentionReinitError", "RPCAttention", "RPCKeyScaleAttention", "ScaledAttention",
+    "ScaledSymmetricAttention", "SoftmaxAttention", "SymmetricAttention", "UnknownVariantArgumentError",
+    "attention_variant_params", "build_like", "check_variant_args", "describe_attention", "get_attention",
+    "list_attentions",
     "patch_attention", "register_attention", "resolve_layers", "set_fused", "soft_threshold",
     "summarize_attention", "variant_of",
 ]

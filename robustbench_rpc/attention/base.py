@@ -117,8 +117,54 @@ def num_tokens_of(model: nn.Module) -> int:
     return n + (0 if getattr(inner, "no_embed_class", False) else getattr(inner, "num_prefix_tokens", 1))
 
 
-def build_like(old: nn.Module, variant: str, **kwargs: Any) -> nn.Module:
-    """A new ``variant`` module shaped like ``old``, with old's weights copied where name and shape match."""
+class UnknownVariantArgumentError(TypeError):
+    """A keyword the attention variant does not take (variants swallow unknown keywords, so it is checked)."""
+
+
+class AttentionReinitError(ValueError):
+    """Swapping attention would re-initialise trained weights (shapes differ); names the parameters."""
+
+
+def variant_arg_names(cls: type) -> set[str]:
+    """Keyword parameters a variant accepts: its constructor and the bases it forwards ``**kwargs`` to (a
+    ``**_`` catch-all swallows, so the chain ends there)."""
+    import inspect
+
+    names: set[str] = set()
+    for c in cls.__mro__:
+        if c in (nn.Module, object):
+            break
+        if "__init__" not in vars(c):
+            continue
+        params = inspect.signature(c.__init__).parameters
+        names |= {n for n, p in params.items() if n != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        var = [p for p in params.values() if p.kind is p.VAR_KEYWORD]
+        if not var or var[0].name == "_":  # no **kwargs, or **_ (swallowed): the chain ends here
+            break
+    return names - {"dim"}
+
+
+def check_variant_args(variant: str | type, args: Iterable[str]) -> None:
+    """Raise :class:`UnknownVariantArgumentError` (with did-you-mean) for a name ``variant`` does not take.
+    One check for the API (``patch_attention``, ``build_like``) and the CLI (``--attention-arg``)."""
+    import difflib
+
+    cls = ATTENTIONS.get(variant) if isinstance(variant, str) else variant
+    label = variant if isinstance(variant, str) else getattr(cls, "variant_name", cls.__name__)
+    names = variant_arg_names(cls)
+    for key in args:
+        if key not in names:
+            close = difflib.get_close_matches(key, sorted(names), n=3, cutoff=0.5)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            err = UnknownVariantArgumentError(f"attention variant '{label}' has no parameter '{key}'.{hint} "
+                                              f"Parameters: {', '.join(sorted(names))}")
+            err.key = key
+            raise err
+
+
+def _build(old: nn.Module, variant: str, kwargs: dict[str, Any]) -> tuple[nn.Module, list[str]]:
+    """The new module with old's weights copied where name and shape match, and the old parameters/buffers
+    that could not be kept (``name (old shape -> new shape)``, or ``name (dropped)``)."""
     cls = ATTENTIONS.get(variant)
     args = _constructor_args(old)
     args.update(kwargs)
@@ -126,11 +172,32 @@ def build_like(old: nn.Module, variant: str, **kwargs: Any) -> nn.Module:
     old_state = old.state_dict()
     new_state = new.state_dict()
     keep = {k: v for k, v in old_state.items() if k in new_state and new_state[k].shape == v.shape}
+    lost = [f"{k} ({'x'.join(map(str, v.shape))} -> {'x'.join(map(str, new_state[k].shape))})" if k in new_state
+            else f"{k} (dropped)" for k, v in old_state.items() if k not in keep]
     new.load_state_dict(keep, strict=False)
     ref = next(old.parameters(), None)
     if ref is not None:
         new.to(device=ref.device, dtype=ref.dtype)
     new.train(old.training)
+    return new, lost
+
+
+def _reinit_error(variant: str, lost: list[str]) -> AttentionReinitError:
+    shown = ", ".join(lost[:4]) + (f" ... ({len(lost)} in all)" if len(lost) > 4 else "")
+    return AttentionReinitError(
+        f"attention '{variant}' cannot keep these weights (shapes differ), they would be re-initialised: {shown}; "
+        f"the result would not be the trained model. Pass allow_reinit=True (CLI: --attention-reinit) to evaluate "
+        f"it anyway (recorded in the model info and manifest)")
+
+
+def build_like(old: nn.Module, variant: str, *, allow_reinit: bool = False, **kwargs: Any) -> nn.Module:
+    """A new ``variant`` module shaped like ``old``, with old's weights copied where name and shape match.
+    Weights that cannot be kept raise :class:`AttentionReinitError` unless ``allow_reinit``; unknown
+    keywords raise :class:`UnknownVariantArgumentError`."""
+    check_variant_args(variant, kwargs)
+    new, lost = _build(old, variant, kwargs)
+    if lost and not allow_reinit:
+        raise _reinit_error(variant, lost)
     return new
 
 
@@ -138,21 +205,38 @@ def patch_attention(
     model: nn.Module,
     variant: str,
     layers: str | int | Iterable[int] | None = "all",
+    *,
+    allow_reinit: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """Swap the attention of the chosen blocks of a timm VisionTransformer for ``variant`` (in place).
 
-    Weights are kept where names and shapes match (e.g. symmetric -> rpc keeps everything; softmax ->
-    symmetric keeps the projection but not the 3*dim qkv). Variants that need the token count
+    Weights are kept where names and shapes match (e.g. symmetric -> rpc keeps everything). Weights that
+    cannot be kept (softmax -> symmetric: the 3*dim qkv does not fit the 2*dim one) raise
+    :class:`AttentionReinitError` naming them, before anything is changed, unless ``allow_reinit=True``;
+    then the re-initialised parameters are listed in ``model.attention_reinit``. Unknown variant keywords
+    raise :class:`UnknownVariantArgumentError` with close matches. Variants that need the token count
     (``scaled``) get it from the model. Returns the model.
     """
     cls = ATTENTIONS.get(variant)
+    check_variant_args(variant, kwargs)
     blocks = _blocks(model)
     idx = resolve_layers(layers if not isinstance(layers, (list, tuple, range)) else list(layers), len(blocks))
     if getattr(cls, "needs_num_tokens", False) and "num_tokens" not in kwargs:
         kwargs["num_tokens"] = num_tokens_of(model)
-    for i in idx:
-        blocks[i].attn = build_like(blocks[i].attn, variant, **kwargs)
+    built, lost = {}, []
+    for i in idx:  # build all first: a refusal leaves the model untouched
+        built[i], lost_i = _build(blocks[i].attn, variant, kwargs)
+        lost += [f"blocks.{i}.attn.{k}" for k in lost_i]
+    if lost and not allow_reinit:
+        raise _reinit_error(variant, lost)
+    for i, new in built.items():
+        blocks[i].attn = new
+    if lost:
+        inner = getattr(model, "model", model)
+        inner.attention_reinit = list(getattr(inner, "attention_reinit", [])) + [k.split(" (")[0] for k in lost]
+        if inner is not model:
+            model.attention_reinit = inner.attention_reinit
     return model
 
 

@@ -384,6 +384,23 @@ class OODImageFolder(ImageSampleFolder):
                          skip_unreadable, ())
 
 
+class ClassFolder(ImageSampleFolder):
+    """Your own labelled images (dataset ``folder``): ``root/<class>/<image>``, the ``ImageFolder`` layout.
+    Classes are the sorted folder names (label = position), so class ``i`` must be the model's output ``i``;
+    preprocessing is the model's contract (:func:`transform_from_data_config`)."""
+
+    name = "folder"
+
+    def __init__(self, root: str, transform: Callable | None = None, *, resize: int | None = 256,
+                 crop: int | None = 224, interpolation: str = "bilinear", skip_unreadable: bool = False):
+        self.root = os.fspath(root)
+        classes, pairs = scan_class_folders(self.root, None, what="image folder")
+        index = {c: i for i, c in enumerate(classes)}
+        super().__init__(_indexed(pairs, index.__getitem__),
+                         transform if transform is not None else eval_transform(resize, crop, interpolation),
+                         skip_unreadable, classes)
+
+
 # ------------------------------------------------------------------------------------ class masking
 
 _SUBSET_INDICES = {"imagenet-a": IMAGENET_A_INDICES, "imagenet-r": IMAGENET_R_INDICES,

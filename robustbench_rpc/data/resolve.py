@@ -12,7 +12,7 @@ from .embedded import digits32, digits32_ood
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
 #: datasets whose files live on disk under a root the user supplies (--data-root NAME=PATH)
 NEEDS_ROOT = {"imagenet", "imagenet-a", "imagenet-r", "imagenet-o", "imagenet-o-in", "imagenet-c", "cifar10-c",
-              "cifar100-c", "ood-folder"}
+              "cifar100-c", "ood-folder", "folder"}
 #: datasets read from another dataset's root: the ImageNet-O in-distribution set is ImageNet val's images
 ROOT_OF = {"imagenet-o-in": "imagenet"}
 
@@ -56,7 +56,7 @@ def _on_disk(cls_name: str, key: str):
 
 for _cls, _key in (("ImageNetVal", "imagenet"), ("ImageNetA", "imagenet-a"), ("ImageNetR", "imagenet-r"),
                    ("ImageNetO", "imagenet-o"), ("ImageNetOInDistribution", "imagenet-o-in"),
-                   ("OODImageFolder", "ood-folder")):
+                   ("OODImageFolder", "ood-folder"), ("ClassFolder", "folder")):
     DATASETS.add(_key, _on_disk(_cls, _key))
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import pickle
+import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -33,11 +35,75 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def read_checkpoint_file(path: str | Path, *, mmap: bool = False) -> Any:
+def resolve_trusted_globals(names: Iterable[Any] | None) -> list[Any]:
+    """``--trust-global`` / ``trusted_globals``: dotted names (``numpy.core.multiarray.scalar``) or the objects
+    themselves -> the objects ``torch.load`` may additionally construct. An unknown name is a CheckpointError."""
+    out = []
+    for item in names or ():
+        if not isinstance(item, str):
+            out.append(item)
+            continue
+        module, _, attr = item.rpartition(".")
+        try:
+            out.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError, ValueError):
+            raise CheckpointError(f"trusted global '{item}': cannot import it (expected module.name, e.g. "
+                                  "numpy.core.multiarray.scalar)") from None
+    return out
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_SAFE_PREFIXES = ("torch.", "collections.OrderedDict", "argparse.Namespace", "builtins.set", "builtins.frozenset",
+                  "_codecs.encode")
+
+
+def _torch_reason(err: BaseException) -> str:
+    """torch.load's error without its ANSI codes, advice (weights_only=False, filing issues) or links."""
+    text = _ANSI.sub("", str(err))
+    keep = [ln.strip() for ln in text.splitlines() if ln.strip() and not re.search(
+        r"weights_only|file an issue|Check the documentation|do those steps|Alternatively|add_safe_globals", ln)]
+    reason = keep[-1] if keep else ""
+    reason = re.sub(r"^(\(\d\)\s*)?WeightsUnpickler error:\s*", "", reason)
+    return f"{type(err).__name__}: {reason}"[:160] if reason else type(err).__name__
+
+
+def _refused_global(err: BaseException, path: Path) -> str | None:
+    """The global a refused pickle names: from torch's message, else by scanning the pickle's opcodes
+    (``pickletools`` reads, never executes) for the first global outside tensors/containers."""
+    text = _ANSI.sub("", str(err))
+    found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"allowlisted via .*but got <class '([\w.]+)'>", text)
+    if found:
+        return found.group(1)
+    import pickletools
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return None
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("GLOBAL", "INST"):
+                    name = str(arg).replace(" ", ".")
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    name = f"{strings[-2]}.{strings[-1]}"
+                else:
+                    if isinstance(arg, str):
+                        strings.append(arg)
+                    continue
+                if not name.startswith(_SAFE_PREFIXES):
+                    return name
+    except Exception:  # noqa: BLE001 - not a pickle stream at all
+        return None
+    return None
+
+
+def read_checkpoint_file(path: str | Path, *, mmap: bool = False, trusted_globals: Iterable[Any] | None = None) -> Any:
     """Deserialize a checkpoint without executing arbitrary pickled code.
 
     ``mmap=True`` maps a (zip-format) ``.pth`` instead of reading it, for a cheap look at its ``args`` and
-    shapes; legacy-format files are then read normally."""
+    shapes; legacy-format files are then read normally. ``trusted_globals``: extra globals (dotted names or
+    objects) the file may construct, for files you trust (CLI ``--trust-global``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
@@ -47,23 +113,26 @@ def read_checkpoint_file(path: str | Path, *, mmap: bool = False) -> Any:
         try:
             return load_file(str(path), device="cpu")
         except Exception as e:  # noqa: BLE001 - re-raised with the file name
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_torch_reason(e)})") from None
+    extra = resolve_trusted_globals(trusted_globals)
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
+        with torch.serialization.safe_globals(SAFE_GLOBALS + extra):
             if mmap:
                 try:
                     return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
                 except RuntimeError:  # legacy (non-zip) format cannot be mapped
                     pass
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"refusing to load {path}: its pickle references code outside the allow-list of plain "
-            f"tensors/containers/argparse.Namespace, and loading it could run arbitrary code. "
-            f"Details: {str(e).splitlines()[0]}"
-        ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files (KeyError, IndexError, ...)
+        refused = _refused_global(e, path) if isinstance(e, pickle.UnpicklingError) else None
+        if refused:
+            raise CheckpointError(
+                f"refusing to load {path}: its pickle references {refused}, which is not on the allow-list "
+                f"(tensors, containers, argparse.Namespace), and loading it could run arbitrary code; save a "
+                f"state dict instead: torch.save(model.state_dict(), path) (or, only for a file you trust, allow "
+                f"it: --trust-global {refused}, API trusted_globals=['{refused}'])") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (torch.load cannot read it: {_torch_reason(e)}); "
+                              "expected a file written by torch.save or a .safetensors file") from None
 
 
 def extract_state_dict(obj: Any, path: str | Path = "<checkpoint>", prefer_ema: bool = False) -> dict[str, torch.Tensor]:
@@ -148,9 +217,10 @@ def match_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str
     raise CheckpointError("\n".join(lines))
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, *, prefer_ema: bool = False, strict: bool = True) -> nn.Module:
+def load_checkpoint(model: nn.Module, path: str | Path, *, prefer_ema: bool = False, strict: bool = True,
+                    trusted_globals: Iterable[Any] | None = None) -> nn.Module:
     """Load a checkpoint file into a timm-convention model (or our [0,1] wrapper around one)."""
-    sd = extract_state_dict(read_checkpoint_file(path), path, prefer_ema=prefer_ema)
+    sd = extract_state_dict(read_checkpoint_file(path, trusted_globals=trusted_globals), path, prefer_ema=prefer_ema)
     return load_state_dict_checked(model, sd, path, strict=strict)
 
 
@@ -165,7 +235,7 @@ def load_state_dict_checked(model: nn.Module, sd: Mapping[str, torch.Tensor], pa
     return model
 
 
-def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
+def read_checkpoint_metadata(path: str | Path, trusted_globals: Iterable[Any] | None = None) -> dict[str, Any]:
     """The architecture kwargs a file carries (our safetensors metadata, or the paper's ``args``)."""
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -174,7 +244,7 @@ def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         return {k: json.loads(v) for k, v in meta.items()}
-    obj = read_checkpoint_file(path)
+    obj = read_checkpoint_file(path, trusted_globals=trusted_globals)
     if isinstance(obj, Mapping) and isinstance(obj.get("args"), argparse.Namespace):
         return {"args": vars(obj["args"])}
     return {}

@@ -17,6 +17,8 @@ from torch import nn
 
 from ..registry import UnknownNameError
 from .checkpoint import CheckpointError, extract_state_dict, load_state_dict_checked, read_checkpoint_file
+from .contract import (CONTRACT_FLAGS, CONTRACT_KEYS, HOW_TO_DECLARE, REQUIRED, ModelContractError,
+                       declared_contract, normalize_contract)
 from .normalize import Normalized
 from .vit import ARCHS, MODELS, RPC_DEFAULTS, ModelEntry
 
@@ -50,16 +52,94 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     return MODELS.get(name).factory(**kwargs)
 
 
-def data_config_of(model: nn.Module) -> dict[str, Any]:
-    """The model's evaluation contract (input size, mean/std, crop, interpolation, classes)."""
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    resolved = timm.data.resolve_data_config({}, model=model)
-    out = {**resolved, **{k: cfg[k] for k in ("dataset",) if k in cfg}}
-    out["num_classes"] = getattr(model, "num_classes", cfg.get("num_classes"))
+def data_config_of(model: nn.Module, data_config: Mapping[str, Any] | None = None, *,
+                   name: str | None = None) -> dict[str, Any]:
+    """The model's evaluation contract (input size, mean/std, crop, interpolation, classes).
+
+    Declared by the model (ours, ``timm:<name>``, :func:`register_model`) or given (``data_config``, the run's
+    ``--input-size/--mean/--std/--interpolation/--crop-pct``; given values win). A model that declares none
+    and is not given input size, mean and std raises :class:`ModelContractError`: no silent ImageNet default.
+    ``contract_source`` in the result says where it came from."""
+    given = normalize_contract(data_config, "data_config")
+    declared = declared_contract(model)
+    label = f"model '{name}'" if name else f"model {type(model).__name__}"
+    if declared is None:
+        missing = [k for k in REQUIRED if k not in given]
+        if missing:
+            flags = ", ".join(CONTRACT_FLAGS[k] for k in missing)
+            raise ModelContractError(
+                f"{label} declares no evaluation contract (missing {flags}) and robustbench-rpc will not guess "
+                f"one (timm's fallback, ImageNet mean/std at 224 px, is wrong for most own models): {HOW_TO_DECLARE}")
+        out = {"interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center", **given}
+        out["contract_source"] = "given (" + ", ".join(k for k in CONTRACT_KEYS if k in given) + ")"
+    else:
+        resolved = timm.data.resolve_data_config({}, model=model)
+        out = {**resolved, **{k: declared[k] for k in ("dataset",) if k in declared}, **given}
+        out["contract_source"] = "model" + (" (given: " + ", ".join(k for k in CONTRACT_KEYS if k in given) + ")"
+                                            if given else "")
+    classes = getattr(model, "num_classes", None)
+    out["num_classes"] = given.get("num_classes", classes if classes is not None else (declared or {}).get("num_classes"))
+    if out["num_classes"] is None:
+        raise ModelContractError(f"{label} has no num_classes attribute and none was given: {HOW_TO_DECLARE}")
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if img_size:  # the built model, not the pretrained default, decides the input size
-        out["input_size"] = (out["input_size"][0], *tuple(img_size))
+        img_size = tuple(img_size)
+        if "input_size" in given and tuple(given["input_size"][-2:]) != img_size:
+            raise ModelContractError(f"{label} is built for {img_size[0]}x{img_size[1]} images (patch_embed.img_size) "
+                                     f"but input size {given['input_size']} was given; build it at that size with "
+                                     f"--model-arg img_size={given['input_size'][-1]} or drop --input-size")
+        out["input_size"] = (out["input_size"][0], *img_size)
     return out
+
+
+PACKAGED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+#: ``timm:<name>:pretrained``: timm's published weights (timm's download and cache)
+PRETRAINED = "pretrained"
+
+
+def resolve_checkpoint(name: str, checkpoint: str | Path | None) -> str | None:
+    """The one place ``:packaged`` / ``:pretrained`` / a file path are resolved (API and CLI):
+    ``packaged`` -> the shipped file of ``name``; ``pretrained`` -> kept as is (``timm:<name>`` only);
+    a path -> checked to exist. Bad values raise :class:`CheckpointError` naming the model."""
+    if checkpoint is None:
+        return None
+    if str(checkpoint) == "packaged":
+        path = PACKAGED_DIR / f"{name}.safetensors"
+        if not path.is_file():
+            have = sorted(p.stem for p in PACKAGED_DIR.glob("*.safetensors"))
+            raise CheckpointError(f"model '{name}': no packaged checkpoint (packaged: {', '.join(have) or 'none'})")
+        return str(path)
+    if str(checkpoint) == PRETRAINED:
+        if not name.startswith("timm:"):
+            raise CheckpointError(f"model '{name}': ':pretrained' means timm's published weights and applies to "
+                                  f"timm:<name> models; robustbench-rpc's own models use ':packaged' or a file")
+        return PRETRAINED
+    if not Path(checkpoint).is_file():
+        raise CheckpointError(f"model '{name}': checkpoint file not found: {checkpoint}")
+    return str(checkpoint)
+
+
+def create_pretrained(name: str, **kwargs: Any) -> nn.Module:
+    """``timm:<name>`` with timm's published weights, through timm's own download and cache. Without a
+    network (and no cached copy) this is one CheckpointError saying so; nothing else is tried."""
+    timm_name = name[len("timm:"):]
+    if not timm.is_model(timm_name):
+        raise UnknownNameError("timm model", timm_name, timm.list_models())
+    if not timm.models.get_pretrained_cfg(timm_name):
+        raise CheckpointError(f"model '{name}': timm publishes no pretrained weights for {timm_name}")
+    try:
+        return timm.create_model(timm_name, pretrained=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, ImportError) as err:
+        import re
+
+        text = re.sub(r"\s+", " ", str(err)).strip()[:200]
+        offline = any(w in f"{type(err).__name__} {text}".lower() for w in (
+            "connection", "offline", "network", "resolve", "timed out", "timeout", "localentrynotfound",
+            "cannot find the requested files", "urlopen", "unreachable", "max retries"))
+        why = ("no network (or HF_HUB_OFFLINE) and no cached copy" if offline else "the download or load failed")
+        raise CheckpointError(f"model '{name}:pretrained': timm could not provide its pretrained weights: {why} "
+                              f"({type(err).__name__}: {text}); run once where the machine has a network to fill "
+                              f"timm's cache, or pass a checkpoint file as {name}:PATH") from None
 
 
 #: Source labels recorded per setting in ``model_settings`` (model info, manifest).
@@ -121,7 +201,8 @@ def _same(key: str, a: Any, b: Any, depth: int) -> bool:
 
 
 def resolve_model(name: str, checkpoint: str | Path | None = None, kwargs: Mapping[str, Any] | None = None, *,
-                  override_checkpoint_args: bool = False, checkpoint_obj: Any = None) -> ResolvedModel:
+                  override_checkpoint_args: bool = False, checkpoint_obj: Any = None,
+                  trusted_globals: Any = None) -> ResolvedModel:
     """The factory name and kwargs for ``name`` + ``checkpoint``, with each setting's source.
 
     A file holding the paper's training ``args`` configures our ``symvit_*`` / ``rpc_symvit_*`` models:
@@ -139,13 +220,16 @@ def resolve_model(name: str, checkpoint: str | Path | None = None, kwargs: Mappi
     preset, or the model's defaults. ``checkpoint_obj``: the already-read file, to avoid a second read.
     """
     kwargs = dict(kwargs or {})
+    if checkpoint is not None and str(checkpoint) == PRETRAINED:
+        checkpoint = None  # timm's published weights: timm's own config, nothing to read here
     entry: ModelEntry | None = MODELS.get(name) if name in MODELS else None
     if entry is None or entry.attention not in ("symmetric", "rpc", "scaled") or entry.arch not in ARCHS:
         return ResolvedModel(name, kwargs, {})  # a user's own entry: no paper arguments to apply
     args = None
     head_rows = None
     if checkpoint is not None:
-        obj = checkpoint_obj if checkpoint_obj is not None else read_checkpoint_file(checkpoint, mmap=True)
+        obj = checkpoint_obj if checkpoint_obj is not None else read_checkpoint_file(
+            checkpoint, mmap=True, trusted_globals=trusted_globals)
         args = _paper_args(obj)
         if args is not None and args.get("nb_classes") is None:
             head_rows = _head_rows(obj, checkpoint)
@@ -279,14 +363,21 @@ def size_hint(name: str, sd: Mapping[str, Any]) -> str | None:
 
 
 def load_model(name: str, checkpoint: str | Path | None = None, *, device: str | None = None,
-               prefer_ema: bool = False, override_checkpoint_args: bool = False, **kwargs: Any) -> Normalized:
-    """Build ``name`` (our registry or ``timm:<name>``), load ``checkpoint`` if given, wrap so it takes
-    [0, 1] images, and return it in eval mode. ``name`` may carry the checkpoint as ``name:path``.
+               prefer_ema: bool = False, override_checkpoint_args: bool = False,
+               data_config: Mapping[str, Any] | None = None, trusted_globals: Any = None,
+               **kwargs: Any) -> Normalized:
+    """Build ``name`` (our registry, :func:`register_model`, or ``timm:<name>``), load ``checkpoint`` if given,
+    wrap so it takes [0, 1] images, and return it in eval mode. ``name`` may carry the checkpoint as
+    ``name:checkpoint``. ``checkpoint``: a file, ``"packaged"`` (the shipped file, as the CLI's ``:packaged``)
+    or, for ``timm:<name>``, ``"pretrained"`` (timm's published weights, downloaded and cached by timm).
 
     A paper-layout checkpoint's ``args`` configure the model (see :func:`resolve_model`); kwargs that
     contradict them raise unless ``override_checkpoint_args=True``. The wrapper's ``model_settings`` says
     where each setting came from, e.g. ``{"rpc_iters": {"value": 3, "source": "checkpoint args (num_iter=3)"}}``.
     Loading is strict: a file whose shapes do not fit raises, naming the keys (and a fitting model if any).
+    ``data_config``: the evaluation contract (input_size, mean, std, interpolation, crop_pct, num_classes) for
+    a model that declares none, or values that replace the declared ones (see :func:`data_config_of`).
+    ``trusted_globals``: extra pickle globals a trusted file may construct (e.g. ``["numpy.dtype"]``).
     """
     if checkpoint is None:
         name, checkpoint = split_spec(name)
@@ -294,14 +385,19 @@ def load_model(name: str, checkpoint: str | Path | None = None, *, device: str |
         from ..heads.model import load_head_model
 
         return load_head_model(name, checkpoint, device=device, **kwargs)
-    obj = read_checkpoint_file(checkpoint) if checkpoint is not None else None
-    resolved = resolve_model(name, checkpoint, kwargs, override_checkpoint_args=override_checkpoint_args,
-                             checkpoint_obj=obj)
-    model = create_model(resolved.name, **resolved.kwargs)
-    if checkpoint is not None:
-        sd = extract_state_dict(obj, checkpoint, prefer_ema=prefer_ema)
-        load_state_dict_checked(model, sd, checkpoint, hint=size_hint(name, sd))
-    cfg = data_config_of(model)
+    checkpoint = resolve_checkpoint(name, checkpoint)
+    if checkpoint == PRETRAINED:
+        resolved = ResolvedModel(name, dict(kwargs), {"weights": {"value": "pretrained", "source": "timm"}})
+        model = create_pretrained(name, **resolved.kwargs)
+    else:
+        obj = read_checkpoint_file(checkpoint, trusted_globals=trusted_globals) if checkpoint is not None else None
+        resolved = resolve_model(name, checkpoint, kwargs, override_checkpoint_args=override_checkpoint_args,
+                                 checkpoint_obj=obj)
+        model = create_model(resolved.name, **resolved.kwargs)
+        if checkpoint is not None:
+            sd = extract_state_dict(obj, checkpoint, prefer_ema=prefer_ema)
+            load_state_dict_checked(model, sd, checkpoint, hint=size_hint(name, sd))
+    cfg = data_config_of(model, data_config, name=name)
     wrapped = Normalized(model, cfg["mean"], cfg["std"], data_config=cfg)
     wrapped.model_settings = resolved.settings
     wrapped.eval()

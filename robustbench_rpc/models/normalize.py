@@ -30,7 +30,7 @@ class Normalized(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        return int(getattr(self.model, "num_classes", 0))
+        return int(getattr(self.model, "num_classes", 0) or self.data_config.get("num_classes") or 0)
 
     @property
     def input_size(self) -> tuple[int, int, int]:
