@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
     elif cuda:
         tokens = [64, 256, 1024, 2048, 4096, 8192, 16384]
     else:
-        tokens = [64, 256, 1024, 2048] if args.quick else [64, 256, 1024, 2048, 4096]
+        tokens = [64, 197, 1024, 2048] if args.quick else [64, 197, 256, 1024, 2048, 4096]  # 197: ViT-tiny at 224
     B = args.batch or (8 if cuda else (2 if args.quick else 4))
     H, d = args.heads, args.head_dim
     iters = [int(i) for i in args.iters.split(",")]

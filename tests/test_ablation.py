@@ -113,7 +113,10 @@ def test_grid_run_stores_diagnostics_and_reports_them(tmp_path):
     base = next(v for v in diag.values() if "lam" not in v["model"])
     m = robustbench_rpc.load_model("rpc_symvit_micro_patch4_32", "robustbench_rpc/checkpoints/"
                                    "rpc_symvit_micro_patch4_32.safetensors")
-    ds = Subset(digits32("test"), range(8))
+    from robustbench_rpc.data.subsets import stratified_indices
+
+    test = digits32("test")
+    ds = Subset(test, stratified_indices(test.labels.tolist(), 8))  # what --limit 8 evaluates
     direct, _ = run_diagnostics(m, torch.stack([ds[i][0] for i in range(8)]), ["pap"], batch_size=4)
     stored = pd.DataFrame(base["rows"])
     stored = stored[stored["input"] == "clean"].dropna(subset=["s_fraction"]).sort_values(["head", "iteration"])
