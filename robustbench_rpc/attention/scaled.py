@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .base import _sdpa_or_explicit, register_attention
+from .symmetric import SymmetricAttention
 
 
 @register_attention("scaled")
@@ -88,43 +89,17 @@ class ScaledAttention(nn.Module):
 
 
 @register_attention("scaled_symmetric")
-class ScaledSymmetricAttention(nn.Module):
+class ScaledSymmetricAttention(SymmetricAttention):
     """Project variant (not the paper's): V - s softmax(K K^T / sqrt(d)) V, per-head s, SymViT qkv."""
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int = 8,
-        qkv_bias: bool = False,
-        proj_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        s_init: float = -1.0,
-        fused_attn: bool = True,
-        **_: object,
-    ) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.fused_attn = fused_attn
+    def __init__(self, dim: int, num_heads: int = 8, s_init: float = -1.0, **kwargs) -> None:
+        super().__init__(dim, num_heads=num_heads, **kwargs)
         self.s_init = float(s_init)
-        self.qkv = nn.Linear(dim, dim * 2, bias=qkv_bias)
         self.s = nn.Parameter(torch.full((num_heads, 1, 1), self.s_init))
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
-        self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, **_: object) -> torch.Tensor:
-        if attn_mask is not None:
-            raise NotImplementedError("ScaledSymmetricAttention does not support attention masks")
-        B, N, C = x.shape
+    def mix(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         p = self.attn_drop.p if self.training else 0.0
-        k, v = self.qkv(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = v - self.s.to(x.dtype) * _sdpa_or_explicit(k, k, v, self.scale, self.fused_attn, p)
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
+        return v - self.s.to(v.dtype) * _sdpa_or_explicit(k, k, v, self.scale, self.fused_attn, p)
 
     def variant_params(self) -> dict:
         return {"s_init": self.s_init}
