@@ -338,3 +338,27 @@ def test_robust_evaluations_stop_early_and_the_paper_protocol_does_not():
     assert attack_params(robust, None)["early_stop"] is True
     assert attack_params(paper, None)["early_stop"] is False
     assert "early_stop" not in attack_params(EvalSpec("attack", "fgsm", "d", {"eps": 1 / 255}), None)
+
+
+def test_paper_threat_model_end_to_end_and_protocol_card(tmp_path):
+    """A run in the paper's threat model stores plain accuracy, normalized norms and says so on the card."""
+    from robustbench_rpc.cli import main
+
+    suite = tmp_path / "s.toml"
+    suite.write_text('name = "s"\n[defaults]\ndataset = "digits32"\nmodels = ["symvit_micro_patch4_32:packaged"]\n'
+                     'limit = 16\nbatch_size = 8\n[[evaluation]]\nkind = "clean"\n'
+                     '[[evaluation]]\nkind = "attack"\nattack = "pgd"\neps = ["4/255"]\nsteps = 5\nalpha_rel = 0.15\n'
+                     'space = "normalized"\nclip = false\nlabels = "predicted"\naccuracy = "plain"\n'
+                     'attack_amp = false\n')
+    out = tmp_path / "o"
+    assert main(["run", "--suite", str(suite), "--out", str(out), "--no-progress"]) == 0
+    store = ResultsStore(out / "results.sqlite", readonly=True)
+    ev = store.evaluations()
+    key = ev[ev["kind"] == "attack"]["eval_key"].iloc[0]
+    s = store.samples(eval_key=key)
+    assert (s["correct1"] == s["plain_correct1"]).all()  # the reported accuracy is the plain one
+    assert (s["linf"] <= 4 / 255 + 1e-5).all() and (s["linf"] > 4 / 255 * 0.3240).any()  # normalized units
+    store.close()
+    card = (out / "tables" / "attacks.md").read_text()
+    assert "4/255 (norm.)" in card and "norm Linf" in card and "no clipping" in card
+    assert "pixel-equivalent eps for symvit_micro_patch4_32 at 4/255: 1.3/255" in card

@@ -102,24 +102,31 @@ def threat_of(params: dict) -> tuple:
     return tuple(params.get(k, v) for k, v in THREAT_DEFAULTS.items())
 
 
-def threat_text(data: RunData, params: dict) -> str:
-    """The protocol card's sentence on an attack's threat model, with the pixel-equivalent per-channel
-    budget (eps * std_c of each model) when eps is in normalized units."""
+def threat_text(params: dict) -> str:
+    """The protocol card's sentence on an attack's threat model."""
     space, clip, labels, accuracy = threat_of(params)
-    parts = ["eps in the model's normalized input (x - mean) / std" if space == "normalized"
-             else "eps in pixel units (images in [0, 1])",
-             "clipped to [0, 1]" if clip else "no clipping (adversarial images may leave [0, 1])",
-             "attacking the model's clean predictions" if labels == "predicted" else "attacking the true labels",
-             "plain accuracy (top-1/top-5 of model(x_adv) against the true label)" if accuracy == "plain"
-             else "robust accuracy (correct on the clean image AND under attack)"]
+    return "; ".join([
+        "eps in the model's normalized input (x - mean) / std" if space == "normalized"
+        else "eps in pixel units (images in [0, 1])",
+        "clipped to [0, 1]" if clip else "no clipping (adversarial images may leave [0, 1])",
+        "attacking the model's clean predictions" if labels == "predicted" else "attacking the true labels",
+        "plain accuracy (top-1/top-5 of model(x_adv) against the true label)" if accuracy == "plain"
+        else "robust accuracy (correct on the clean image AND under attack)"])
+
+
+def pixel_equivalents(data: RunData, params: dict) -> list[str]:
+    """For a Linf eps in normalized units: the per-channel pixel budget eps * std_c of each model."""
     eps = params.get("eps")
-    if space == "normalized" and isinstance(eps, (int, float)) and params.get("norm", "Linf") == "Linf":
-        for m in data.model_keys:
-            std = (data.store.model_info(m) or {}).get("std")
-            if std:
-                parts.append(f"pixel-equivalent eps for {data.name(m)} at {format_eps(eps)}: "
-                             + " / ".join(f"{eps * s * 255:.3g}/255" for s in std) + " per channel (R/G/B)")
-    return "; ".join(parts)
+    if threat_of(params)[0] != "normalized" or not isinstance(eps, (int, float)) \
+            or params.get("norm", "Linf") != "Linf":
+        return []
+    out = []
+    for m in data.model_keys:
+        std = (data.store.model_info(m) or {}).get("std")
+        if std:
+            out.append(f"pixel-equivalent eps for {data.name(m)} at {format_eps(eps)}: "
+                       + " / ".join(f"{eps * s * 255:.3g}/255" for s in std) + " per channel (R/G/B)")
+    return out
 
 
 # ----------------------------------------------------------------------------------------- worst case

@@ -88,6 +88,9 @@ class RunData:
         rec = row.iloc[0].to_dict()
         params = rec.get("params")
         rec["params"] = dict(params) if isinstance(params, dict) else {}
+        resolved = rec.get("resolved")
+        if isinstance(resolved, dict) and "norm" not in rec["params"] and resolved.get("norm"):
+            rec["params"]["norm"] = resolved["norm"]  # a defaulted norm, as the attack ran it
         return rec
 
     def evals_of(self, kind: str) -> pd.DataFrame:

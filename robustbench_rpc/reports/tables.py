@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .compute import (BOOT_SEED, N_BOOT, NAN, acc_stats, finite, common_lines, corruption_results, dataset_lines, eval_label,
-                      incomplete_notes, ood_result, pairwise, params_text, threat_of, threat_text,
+                      incomplete_notes, ood_result, pairwise, params_text, pixel_equivalents, threat_of, threat_text,
                       THREAT_DEFAULTS, worst_case, worst_groups)
 from .data import RunData, eps_key, format_eps, slug
 from .render import Table, fmt_ci, fmt_delta, fmt_num, fmt_p, pct
@@ -123,15 +123,18 @@ def attack_table(data: RunData) -> Table | None:
                 tidy.append(rec)
         rows.append(([dataset] if multi_ds else []) + head + cells)
     protocol = dataset_lines(data, ev)
-    for name in dict.fromkeys(ev["name"]):
-        keys = ev[ev["name"] == name]["eval_key"]
-        ps = [data.info(k)["params"] for k in keys]
+    groups: dict[tuple, list[dict]] = {}  # one protocol line per attack and threat model
+    for k in ev["eval_key"]:
+        p = data.info(k)["params"]
+        groups.setdefault((data.info(k)["name"], threat_of(p)), []).append(p)
+    for (name, _), ps in groups.items():
         eps_list = ", ".join(dict.fromkeys(format_eps(p.get("eps")) for p in ps))
         norms = ", ".join(dict.fromkeys(str(p.get("norm", "?")) for p in ps))
         steps = ", ".join(dict.fromkeys(str(p.get("steps")) for p in ps if p.get("steps") is not None)) or NA
         others = params_text(ps[0], skip=("eps", "norm", "steps", *THREAT_DEFAULTS))
-        threats = "; ".join(dict.fromkeys(threat_text(data, p) for p in ps))
-        protocol.append(f"Attack {name}: norm {norms}; eps {eps_list}; {threats}; steps {steps}; {others}")
+        equivalents = [e for p in ps for e in pixel_equivalents(data, p)]
+        protocol.append(f"Attack {name}: norm {norms}; eps {eps_list}; {threat_text(ps[0])}"
+                        + "".join(f"; {e}" for e in equivalents) + f"; steps {steps}; {others}")
     protocol.append("Worst case: per sample, correct only if correct under every attack at the same "
                     "dataset, norm and eps (AND over attacks); shown when all those attacks are complete")
     protocol += common_lines(data)
