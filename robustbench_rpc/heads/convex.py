@@ -26,6 +26,8 @@ when the gap is <= ``tol`` (absolute, in nats per sample), and the checkpoint st
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -160,10 +162,17 @@ def fista(Phi: torch.Tensor, y: torch.Tensor, num_classes: int, reg: Regularizer
     """min_Z mean CE(Phi Z, y) + R(Z) to a duality gap <= tol. Phi: (n, F); returns (Zm (F, C), certificate).
 
     Runs single-threaded: bit-reproducible, and the many small SVDs are faster on one thread."""
+    with one_thread():
+        return _fista(Phi, y, num_classes, reg, tol, max_iter, check_every, Z0, log)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Torch intra-op threads set to 1 for the block (restored after): results independent of core count."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _fista(Phi, y, num_classes, reg, tol, max_iter, check_every, Z0, log)
+        yield
     finally:
         torch.set_num_threads(threads)
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Head, get_head
-from .convex import fista
+from .convex import fista, one_thread
 from .model import FORMAT, PACKAGED, num_tokens_of_backbone
 
 DEFAULT_CACHE = Path.home() / ".cache" / "robustbench_rpc" / "features"
@@ -114,12 +114,8 @@ def _adam(head: Head, X: torch.Tensor, y: torch.Tensor, beta: float, steps: int,
           Phi: torch.Tensor | None, log: Callable[[str], None]) -> dict[str, Any]:
     """Full-batch Adam on mean CE + beta * penalty from a seeded init (cosine-decayed lr); single-threaded so
     the result does not depend on the machine's core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return _adam_steps(head, X, y, beta, steps, lr, seed, Phi, log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _adam_steps(head, X, y, beta, steps, lr, seed, Phi, log):
