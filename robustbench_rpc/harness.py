@@ -366,7 +366,7 @@ class Plan:
                 return subsets.take(ds, subsets.subset_from_entries(ds, self.subset_entries,
                                                                     f"--subset {self.subset_file} on {what}"))
             if self.limit is not None and len(ds) > self.limit:
-                return subsets.take(ds, subsets.stratified_indices(subsets._listing(ds)[0], self.limit))
+                return subsets.take(ds, subsets.stratified_indices(subsets.labels_of(ds), self.limit))
         except subsets.SubsetError as err:
             raise SuiteError(str(err)) from None
         return ds

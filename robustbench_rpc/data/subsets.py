@@ -125,6 +125,11 @@ def positions_of_ids(ds: Dataset, wanted: Sequence[int], what: str) -> list[int]
     return sorted(by_id[i] for i in wanted)
 
 
+def labels_of(ds: Dataset) -> list[int]:
+    """Labels of every item of ``ds``, in order, from its listing (no image decoding where it has one)."""
+    return _listing(ds)[0]
+
+
 def sample_ids(ds: Dataset) -> list[int]:
     """Sample ids of every item of ``ds`` (a Subset keeps its positions' ids), in order."""
     if isinstance(ds, Subset):
