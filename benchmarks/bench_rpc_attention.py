@@ -177,12 +177,13 @@ def main(argv=None) -> dict:
     details += f"\n\nB={B}, heads={H}, head_dim={d}, {args.dtype}. Fused SDPA kernel: {kernel}. Memory: {mem_method}."
     print(details)
 
-    Nmax = tokens[-1]
+    # the issue's goal is stated at ViT-tiny's N = 197; other N are listed in the note
+    N_goal = 197 if 197 in tokens else tokens[-1]
     summary = []
     for n in iters:
         worst = max(res[N][f"ratio{n}"] for N in tokens)
-        at_max = res[Nmax][f"ratio{n}"]
-        summary.append(C.summary_row("rpc_attention", f"rpc (n_iter={n}) / ({n} x softmax) time", f"{at_max:.2f} @N={Nmax}",
+        at_goal = res[N_goal][f"ratio{n}"]
+        summary.append(C.summary_row("rpc_attention", f"rpc (n_iter={n}) / ({n} x softmax) time", f"{at_goal:.2f} @N={N_goal}",
                                      "<= 1.2", "over N: " + ", ".join(f"{res[N][f'ratio{n}']:.2f}" for N in tokens)
                                      + f" (worst {worst:.2f})"))
         refs = [(N, res[N].get(f"fused/ref{n}")) for N in tokens if res[N].get(f"fused/ref{n}")]

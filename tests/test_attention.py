@@ -145,3 +145,32 @@ def test_unknown_variant_arguments_raise_with_did_you_mean(tiny_kwargs):
     check_variant_args("rpc", ["n_iter", "lam", "qkv_bias"])  # own and forwarded-to-base parameters are fine
     patch_attention(m, "rpc", n_iter=6)
     assert m.blocks[0].attn.n_iter == 6
+
+
+@pytest.mark.parametrize("n_iter", [1, 2, 4])
+@pytest.mark.parametrize("fused", [True, False])
+def test_rpc_gradients_match_autograd_of_independent_pap(n_iter, fused):
+    """The hand-written backward of the PAP steps (``_PAPStep``, ``_SymmetricClamp``) against autograd
+    through the plain reference, in float64, for gradients into the keys (threshold path included) and values.
+    lam=0.5 leaves entries on both sides of the threshold, so both branches of the clamp carry gradient."""
+    torch.manual_seed(n_iter)
+    attn = RPCAttention(48, num_heads=3, n_iter=n_iter, lam=0.5, fused_attn=fused).double()
+    k = torch.randn(2, 3, 17, 16, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 3, 17, 16, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, 17, 16, dtype=torch.float64)
+    got = torch.autograd.grad(attn.mix(k, v), (k, v), g)
+    ref = torch.autograd.grad(rpc_heads(k, v, n_iter, 0.5, 48), (k, v), g)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
+def test_pap_step_functions_pass_gradcheck():
+    from robustbench_rpc.attention.rpc import _PAPStep, symmetric_clamp
+
+    torch.manual_seed(0)
+    shape = (2, 2, 5, 3)
+    k, P, L = (torch.randn(shape, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    tau = (0.5 + torch.rand(2, 2, 1, 1, dtype=torch.float64)).requires_grad_(True)
+    for last in (True, False):
+        assert torch.autograd.gradcheck(lambda *a: _PAPStep.apply(*a, last), (k, P, L, tau))
+    assert torch.autograd.gradcheck(symmetric_clamp, (k, tau))

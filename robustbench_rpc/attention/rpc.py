@@ -37,33 +37,72 @@ def soft_threshold(x: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:
     return x - torch.clamp(x, -tau, tau)
 
 
+def _threshold_grad(grad_outside: torch.Tensor, c: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """d/dtau of clamp(x, -tau, tau) contracted with the incoming gradient: sign(x) where |x| > tau, summed
+    over tokens and features. Outside the interval c = tau * sign(x), so it is sum(grad_outside * c) / tau,
+    with no sign or where kernel."""
+    return (grad_outside * c).sum(dim=(-2, -1), keepdim=True) / tau
+
+
 class _SymmetricClamp(torch.autograd.Function):
     """``clamp(x, -tau, tau)`` for a per-(sample, head) threshold ``tau`` of shape (B, H, 1, 1).
 
-    Same values and gradients as ``torch.clamp`` with tensor bounds, with a leaner backward: one mask
-    ``|x| < tau`` serves both inputs (d/dx = inside; d/dtau = sign(x) outside, summed over tokens and
-    features). At ViT token counts torch's generic ``ClampBackward`` (gradients for a min and a max tensor,
-    each with its own masks) was a third of RPC attention's fwd+bwd time (profiled at N=197, 3 heads)."""
+    Same values and gradients as ``torch.clamp`` with tensor bounds, with a leaner backward: the mask
+    "inside the closed interval" is ``c == x`` (clamp leaves those values bit-identical), one kernel that
+    serves both inputs. At ViT token counts torch's generic ``ClampBackward`` (gradients for a min and a max
+    tensor, each with its own masks) was a third of RPC attention's fwd+bwd time (profiled at N=197)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, tau)
-        return torch.clamp(x, -tau, tau)
+        c = torch.clamp(x, -tau, tau)
+        ctx.save_for_backward(x, c, tau)
+        return c
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, tau = ctx.saved_tensors
-        inside = x.abs() <= tau  # torch.clamp passes the gradient to x on the closed interval
-        grad_x = grad * inside if ctx.needs_input_grad[0] else None
-        grad_tau = None
-        if ctx.needs_input_grad[1]:
-            grad_tau = torch.where(inside, 0.0, grad * x.sign()).sum(dim=(-2, -1), keepdim=True)
+        x, c, tau = ctx.saved_tensors
+        grad_x = grad * (c == x)
+        grad_tau = _threshold_grad(grad - grad_x, c, tau) if ctx.needs_input_grad[1] else None
         return grad_x, grad_tau
 
 
 def symmetric_clamp(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
     """``clamp(x, -tau, tau)`` with tau (B, H, 1, 1); see :class:`_SymmetricClamp`."""
     return _SymmetricClamp.apply(x, tau)
+
+
+class _PAPStep(torch.autograd.Function):
+    """The elementwise work of one PAP iteration t >= 2 as one autograd node with a hand-written backward.
+
+    Written in P = L_prev + C_prev (see ``RPCAttention.mix``): from the keys K, P and the latest attention
+    output L it returns the next attention input and, unless it is the last iteration, the next P::
+
+        R  = K + P - 2 L          C = clamp(R, -tau, tau)
+        K2 = C + 3 L - 2 P        P' = L + C
+
+    Forward: 6 elementwise kernels (5 in the last iteration). Backward: 8, against ~20 kernels and 7 autograd
+    nodes for the same algebra left to autograd; this and :class:`_SymmetricClamp` are what bring PAP to
+    ~1.15x its n_iter SDPA calls at N=197 on CPU (``benchmarks/bench_rpc_attention.py``). No double backward.
+    """
+
+    @staticmethod
+    def forward(ctx, k, P, L, tau, last: bool):
+        r = torch.add(k, P).add_(L, alpha=-2.0)
+        c = torch.clamp(r, -tau, tau)
+        k2 = torch.add(c, L, alpha=3.0).add_(P, alpha=-2.0)
+        ctx.save_for_backward(r, c, tau)
+        ctx.last = last
+        return k2 if last else (k2, torch.add(L, c))
+
+    @staticmethod
+    def backward(ctx, grad_k2, grad_p_next=None):
+        r, c, tau = ctx.saved_tensors
+        grad_c = grad_k2 if grad_p_next is None else torch.add(grad_p_next, grad_k2)
+        grad_r = grad_c * (c == r)
+        grad_tau = _threshold_grad(grad_c - grad_r, c, tau) if ctx.needs_input_grad[3] else None
+        grad_p = torch.add(grad_r, grad_k2, alpha=-2.0)
+        grad_l = torch.add(grad_c, grad_k2, alpha=2.0).add_(grad_r, alpha=-2.0)  # 3 dK2 + dP' - 2 dR
+        return grad_r, grad_p, grad_l, grad_tau, None
 
 
 @register_attention("rpc")
@@ -84,27 +123,31 @@ class RPCAttention(SymmetricAttention):
     def mix(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         p = self.attn_drop.p if self.training else 0.0
         mu, tau = self.mu_and_threshold(k)
-        # The loop in Z = Y/mu (mu is fixed across iterations) and C = clamp(K - L + Z, -tau, tau), so that
-        # S = soft_threshold(K - L + Z) = (K - L + Z) - C. Substituting S into the paper's updates gives
-        #     K2 = K - S - Z = L - 2 Z + C          and          Z' = Z + (K - L' - S) = L - L' + C,
-        # the same iterates with 7 elementwise kernels per iteration instead of 8 (5 in the last, whose
-        # Z' cannot change the output), and fewer tensors kept for the backward pass. First iteration:
-        # L = Z = 0, so K2 = C = clamp(K).
+        # The loop tracks Z = Y/mu (mu is fixed across iterations). With C = clamp(K - L + Z, -tau, tau),
+        # S = (K - L + Z) - C, and substituting S into the paper's updates gives
+        #     K2 = K - S - Z = L - 2 Z + C          and          Z' = Z + (K - L' - S) = L - L' + C.
+        # In P = L + C of the previous iteration, Z = P - L_latest, so K - L + Z = K + P - 2 L and
+        # K2 = C + 3 L - 2 P: :class:`_PAPStep` runs that as one node. First iteration: L = Z = 0, so K2 = C =
+        # clamp(K) and P = C. The last Z cannot change the output and is not computed.
         rec = self.iterate_recorder
         c = symmetric_clamp(k, tau)
         L = _sdpa_or_explicit(c, c, v, self.scale, self.fused_attn, p)
         if rec is not None:
             rec(1, k=k, S=k - c, L=L, Z=None, mu=mu, tau=tau)
-        Z = c - L if self.n_iter > 1 else None
+        P = c
         for it in range(2, self.n_iter + 1):
-            r = (k - L).add_(Z)  # K - L + Y/mu
-            c = symmetric_clamp(r, tau)
-            k2 = (L + c).add_(Z, alpha=-2.0)
+            last = it == self.n_iter
+            if last:
+                k2 = _PAPStep.apply(k, P, L, tau, True)
+            else:
+                k2, P_next = _PAPStep.apply(k, P, L, tau, False)
             L_next = _sdpa_or_explicit(k2, k2, v, self.scale, self.fused_attn, p)
-            if rec is not None:
-                rec(it, k=k, S=r - c, L=L_next, Z=Z, mu=mu, tau=tau)
-            if it < self.n_iter:
-                Z = (L - L_next).add_(c)
+            if rec is not None:  # diagnostics only: recompute the iterates the step keeps to itself
+                with torch.no_grad():
+                    r = k + P - 2 * L
+                    rec(it, k=k, S=r - torch.clamp(r, -tau, tau), L=L_next, Z=P - L, mu=mu, tau=tau)
+            if not last:
+                P = P_next
             L = L_next
         return L
 
