@@ -144,7 +144,8 @@ class Plan:
         self.seed = int(cfg.seed if cfg.seed is not None else d.get("seed", 0))
         self.device = cfg.device or d.get("device") or default_device()
         self.amp = cfg.amp or amp_for_device(d.get("amp"), self.device, self.suite.path)
-        # CPU: in-process (workers only add IPC on few cores); CUDA: keep the host cores generating data
+        # CPU: in-process (the model's own torch threads need the cores between batches); CUDA: keep the
+        # host cores generating data
         default_workers = min(8, (os.cpu_count() or 1) - 1) if self.device.startswith("cuda") else 0
         self.workers = int(cfg.workers if cfg.workers is not None else d.get("workers", default_workers))
         self.roots = {**d.get("data_roots", {}), **cfg.data_roots}

@@ -37,6 +37,70 @@ def test_corrupted_images_are_identical_for_any_number_of_workers():
         assert all(pid != os.getpid() for pid in pids)
 
 
+def test_imagenet_c_corruptions_seeding_numpy_global_are_identical_in_workers():
+    """ImageNet-C corruptions draw from numpy's global state; workers seed it without the save/restore the
+    parent does (``own_numpy_global_state``), and must still give the parent's pixels."""
+    from robustbench_rpc.data.embedded import TensorSampleDataset
+
+    g = torch.Generator().manual_seed(0)
+    base = TensorSampleDataset(torch.rand(6, 3, 64, 64, generator=g), torch.zeros(6, dtype=torch.long),
+                               torch.arange(100, 106), "rand64")
+    sets = {c: CorruptedDataset(base, c, 3, seed=2, severity_table="imagenet-c", dtype=torch.uint8)
+            for c in ("gaussian_noise", "shot_noise", "impulse_noise")}
+    batches = [[0, 1, 2], [3, 4, 5]]
+    ref = {k: _collect(RunLoader(sets, 0), k, batches)[0] for k in sets}
+    loader = RunLoader(sets, 2)
+    for k in sets:
+        assert torch.equal(_collect(loader, k, batches)[0], ref[k])
+
+
+class _WorkerEnvironment(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        import cv2
+
+        from robustbench_rpc.corruptions import core
+
+        return torch.tensor([torch.get_num_threads(), cv2.getNumThreads(), int(core._restore_numpy_global)])
+
+
+def test_workers_run_single_threaded_and_own_their_numpy_state():
+    from robustbench_rpc.corruptions import core
+
+    (env,) = list(RunLoader({"env": _WorkerEnvironment()}, 1).batches("env", [[0, 1]]))
+    assert env.tolist() == [[1, 1, 0], [1, 1, 0]]
+    assert core._restore_numpy_global  # the parent still saves and restores numpy's global state
+
+
+def test_parent_keeps_its_numpy_global_state():
+    import numpy as np
+
+    from robustbench_rpc.corruptions import corrupt
+
+    np.random.seed(7)
+    expected = np.random.rand()
+    np.random.seed(7)
+    corrupt(np.zeros((64, 64, 3), np.uint8), "gaussian_noise", 2, seed=3, severity_table="imagenet-c")
+    assert np.random.rand() == expected
+
+
+def test_large_buffers_stay_on_the_heap_in_a_fresh_process():
+    """glibc only: the mallopt call the workers make succeeds (a fresh process, so this one is untouched)."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        import pytest
+
+        pytest.skip("mallopt is glibc's")
+    code = "from robustbench_rpc.data.pool import keep_large_buffers_on_heap as k; print(k())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+
+
 def test_unknown_key_is_named():
     import pytest
 

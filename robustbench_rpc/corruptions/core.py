@@ -142,9 +142,25 @@ def derive_seed(base_seed: int, corruption: str, severity: int, sample_id: int) 
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
 
 
+_restore_numpy_global = True
+
+
+def own_numpy_global_state() -> None:
+    """Declare that this process owns numpy's global random state (a data worker does): corruptions then
+    seed it without saving and restoring it around each image, which costs ~75 us of the ~2.5 ms a cheap
+    corruption takes at 224 px. The images are the same; only the state left behind differs."""
+    global _restore_numpy_global
+    _restore_numpy_global = False
+
+
 @contextlib.contextmanager
 def seeded_numpy_global(seed: int) -> Iterator[None]:
-    """Seed numpy's global (legacy) random state for the block and restore it afterwards."""
+    """Seed numpy's global (legacy) random state for the block and restore it afterwards (unless this
+    process declared :func:`own_numpy_global_state`)."""
+    if not _restore_numpy_global:
+        np.random.seed(int(seed) % (2 ** 32))
+        yield
+        return
     state = np.random.get_state()
     np.random.seed(int(seed) % (2 ** 32))
     try:
