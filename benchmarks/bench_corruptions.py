@@ -16,8 +16,8 @@ All 15 common corruptions; optionally 32 x 32 digits32 images too (``--n32``, fr
 
 What made the workers slow, found with this script (``data/pool.py`` has the fixes): a fresh worker
 took each 0.6-1.2 MB array of a corruption from a new zero-filled mmap (glibc's threshold; the parent
-had long since raised its own), 2x the time of the parent on defocus_blur; OpenCV's own thread pool
-ran 2 threads per worker; numpy's global state was saved and restored around every image (~75 us).
+had long since raised its own), 2x the time of the parent on defocus_blur; numpy's global state was
+saved and restored around every image (~75 us).
 A consumer that runs torch ops on the same CPU between batches also takes cores from the workers
 (torch's OpenMP threads spin after each op), which is why the harness corrupts in-process on CPU runs.
 

@@ -17,6 +17,7 @@ Images are identical for any number of workers: every on-the-fly corruption is s
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Hashable, Iterator, Mapping, Sequence
 
 import torch
@@ -79,21 +80,13 @@ def keep_large_buffers_on_heap() -> bool:
 def _single_threaded_worker(_: int) -> None:
     torch.set_num_threads(1)
     keep_large_buffers_on_heap()
-    from ..corruptions.core import own_numpy_global_state
-
-    own_numpy_global_state()  # the worker's numpy state is its own: no save/restore per image
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)  # OpenCV's own pool (defocus_blur, frost, snow) would oversubscribe the cores
-    except ImportError:  # pragma: no cover - imagecorruptions brings it
-        pass
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:  # pragma: no cover - scikit-learn brings it
-        pass
+    # The worker's numpy state is its own: no save/restore around each image. Only where the parent loaded
+    # the corruptions (any run that corrupts on the fly has), so a worker never imports them itself.
+    corruptions = sys.modules.get(__name__.rsplit(".", 2)[0] + ".corruptions.core")
+    if corruptions is not None:
+        corruptions.own_numpy_global_state()
+    # OpenCV's thread pool is left alone: cv2.setNumThreads() in a forked child can wait forever on the
+    # parent's pool threads (seen in the test suite), and its effect here was within the noise.
 
 
 class RunLoader:
