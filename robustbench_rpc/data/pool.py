@@ -53,18 +53,19 @@ class _Feed:
 
 # glibc mallopt parameters (malloc.h): M_TRIM_THRESHOLD = -1, M_MMAP_THRESHOLD = -3
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_HEAP_UP_TO = 256 * 2**20
+_HEAP_UP_TO = 32 * 2**20  # glibc's documented maximum for M_MMAP_THRESHOLD on 64-bit systems
 
 
 def keep_large_buffers_on_heap() -> bool:
-    """Serve allocations up to 256 MiB from the heap and never trim it (glibc only; False elsewhere).
+    """Serve allocations up to 32 MiB from the heap and keep up to 64 MiB of free heap (glibc only; False
+    elsewhere or when glibc refuses).
 
     Why: glibc hands each allocation above its mmap threshold (128 KiB at start) a fresh mmap, whose pages
     the kernel zero-fills on first touch, and unmaps it on free. A corruption at 224 px allocates a dozen
     0.6-1.2 MB float arrays per image, so a fresh worker spent most of defocus_blur in page faults. The
     parent process rarely pays this: glibc raises the threshold after the first large free, and torch frees
     large blocks early. Measured on 2 EPYC cores (32 images, 224 px): defocus_blur 4.5 -> 2.1 ms/image,
-    brightness 23 -> 18.5 ms/image in a fresh process. Cost: a worker keeps its peak heap until it exits.
+    brightness 23 -> 18.5 ms/image in a fresh process. Cost: a worker may hold up to 64 MiB of freed heap.
     """
     import ctypes
     import ctypes.util
