@@ -174,3 +174,12 @@ def test_pap_step_functions_pass_gradcheck():
     for last in (True, False):
         assert torch.autograd.gradcheck(lambda *a: _PAPStep.apply(*a, last), (k, P, L, tau))
     assert torch.autograd.gradcheck(symmetric_clamp, (k, tau))
+
+
+def test_rpc_refuses_second_derivatives_instead_of_returning_wrong_ones():
+    attn = RPCAttention(48, num_heads=3, n_iter=3, lam=0.5)
+    k = torch.randn(1, 3, 9, 16, requires_grad=True)
+    v = torch.randn(1, 3, 9, 16)
+    (g,) = torch.autograd.grad(attn.mix(k, v).sum(), k, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
+        g.sum().backward()

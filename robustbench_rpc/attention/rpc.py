@@ -26,6 +26,7 @@ the forward pays one attribute test per iteration.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .base import _sdpa_or_explicit, register_attention
 from .symmetric import SymmetricAttention
@@ -59,6 +60,7 @@ class _SymmetricClamp(torch.autograd.Function):
         return c
 
     @staticmethod
+    @once_differentiable  # the backward is not itself differentiable: create_graph=True raises
     def backward(ctx, grad: torch.Tensor):
         x, c, tau = ctx.saved_tensors
         grad_x = grad * (c == x)
@@ -82,7 +84,8 @@ class _PAPStep(torch.autograd.Function):
 
     Forward: 6 elementwise kernels (5 in the last iteration). Backward: 8, against ~20 kernels and 7 autograd
     nodes for the same algebra left to autograd; this and :class:`_SymmetricClamp` are what bring PAP to
-    ~1.15x its n_iter SDPA calls at N=197 on CPU (``benchmarks/bench_rpc_attention.py``). No double backward.
+    ~1.0-1.15x its n_iter SDPA calls at N=197 on CPU (``benchmarks/bench_rpc_attention.py``). No double
+    backward (``once_differentiable``: asking for one raises).
     """
 
     @staticmethod
@@ -91,10 +94,10 @@ class _PAPStep(torch.autograd.Function):
         c = torch.clamp(r, -tau, tau)
         k2 = torch.add(c, L, alpha=3.0).add_(P, alpha=-2.0)
         ctx.save_for_backward(r, c, tau)
-        ctx.last = last
         return k2 if last else (k2, torch.add(L, c))
 
     @staticmethod
+    @once_differentiable  # r and c are saved outside the graph: no silent wrong second derivatives
     def backward(ctx, grad_k2, grad_p_next=None):
         r, c, tau = ctx.saved_tensors
         grad_c = grad_k2 if grad_p_next is None else torch.add(grad_p_next, grad_k2)

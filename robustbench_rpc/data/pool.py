@@ -75,11 +75,19 @@ def keep_large_buffers_on_heap() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # not glibc (macOS, musl): leave the allocator alone
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _HEAP_UP_TO)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * _HEAP_UP_TO))
+    on_heap = bool(mallopt(_M_MMAP_THRESHOLD, _HEAP_UP_TO))
+    kept = bool(mallopt(_M_TRIM_THRESHOLD, 2 * _HEAP_UP_TO))
+    return on_heap and kept
 
 
 def _single_threaded_worker(_: int) -> None:
     torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)  # numpy's BLAS
+    except ImportError:  # pragma: no cover - scikit-learn brings it
+        pass
     keep_large_buffers_on_heap()
     # The worker's numpy state is its own: no save/restore around each image. Only where the parent loaded
     # the corruptions (any run that corrupts on the fly has), so a worker never imports them itself.
