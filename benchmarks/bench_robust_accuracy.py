@@ -47,9 +47,9 @@ def ours(model, x, y, eps, alpha, steps):
     return attack_outcomes(model, atk, x, y).adv_correct1
 
 
-def sample_steps(model, fn) -> int:
-    """Images that went through a gradient-enabled forward while ``fn()`` ran (attack steps; the
-    classification passes run under no_grad): the work early exit can save, counted, not timed."""
+def counting_sample_steps(model, fn):
+    """``(fn(), images that went through a gradient-enabled forward while it ran)``: attack steps (the
+    classification passes run under no_grad), the work early exit can save, counted, not timed."""
     seen = [0]
 
     def hook(_module, args, _out):
@@ -58,10 +58,10 @@ def sample_steps(model, fn) -> int:
 
     handle = model.register_forward_hook(hook)
     try:
-        fn()
+        out = fn()
     finally:
         handle.remove()
-    return seen[0]
+    return out, seen[0]
 
 
 def main(argv=None) -> dict:
@@ -94,12 +94,13 @@ def main(argv=None) -> dict:
                 "torchattacks PGD loop": lambda m=model, x=x, y=y: plain_loop(m, x, y, eps, alpha, steps)}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            acc = {k: float(fn().float().mean()) for k, fn in runs.items()}  # also the warm-up
+            first = {k: counting_sample_steps(model, fn) for k, fn in runs.items()}  # also the warm-up
+            acc = {k: float(correct.float().mean()) for k, (correct, _) in first.items()}
+            work = {k: steps for k, (_, steps) in first.items()}
             times = C.time_interleaved(runs, device, repeats=args.repeats, warmup=max(args.warmup - 1, 0))
         ips = {k: len(x) / C.median(ts) for k, ts in times.items()}
         keys = list(runs)
         ratio = ips[keys[0]] / ips[keys[1]]
-        work = {k: sample_steps(model, fn) for k, fn in runs.items()}
         ceiling = work[keys[1]] / max(work[keys[0]], 1)
         res[label] = {"images_per_s": ips, "robust_acc": acc, "ratio": ratio, "sample_steps": work,
                       "sample_step_ratio": ceiling}
