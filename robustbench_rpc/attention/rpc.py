@@ -148,7 +148,7 @@ class RPCAttention(SymmetricAttention):
             if rec is not None:  # diagnostics only: recompute the iterates the step keeps to itself
                 with torch.no_grad():
                     r = k + P - 2 * L
-                    rec(it, k=k, S=r - torch.clamp(r, -tau, tau), L=L_next, Z=P - L, mu=mu, tau=tau)
+                    rec(it, k=k, S=soft_threshold(r, tau), L=L_next, Z=P - L, mu=mu, tau=tau)
             if not last:
                 P = P_next
             L = L_next
