@@ -37,13 +37,17 @@ def _worker(rank: int, world: int, port: int, results):
         rdist.shutdown()
 
 
+def _run_two_ranks(worker) -> dict:
+    """Spawn ``worker(rank, 2, port, results)`` on two ranks; returns what they wrote into ``results``."""
+    with mp.get_context("spawn").Manager() as manager:
+        results = manager.dict()
+        mp.start_processes(worker, args=(2, _free_port(), results), nprocs=2, start_method="spawn", join=True)
+        return dict(results)
+
+
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 def test_failure_on_one_rank_is_reported_on_every_rank():
-    ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager:
-        results = manager.dict()
-        mp.start_processes(_worker, args=(2, _free_port(), results), nprocs=2, start_method="spawn", join=True)
-        results = dict(results)
+    results = _run_two_ranks(_worker)
     assert results["gather0"] == results["gather1"] == [0, 10]
     for rank in (0, 1):
         msg = results[f"error{rank}"]
@@ -73,11 +77,7 @@ def _hang_worker(rank: int, world: int, port: int, results):
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 def test_a_hung_rank_ends_the_job_within_the_timeout_naming_it():
-    ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager:
-        results = manager.dict()
-        mp.start_processes(_hang_worker, args=(2, _free_port(), results), nprocs=2, start_method="spawn", join=True)
-        results = dict(results)
+    results = _run_two_ranks(_hang_worker)
     msg = results["error0"]
     assert "\n" not in msg
     assert "rank 1 of 2 did not answer within 3s during unit 3 of fgsm" in msg and "--rank-timeout" in msg

@@ -35,17 +35,23 @@ def _jpg(path: Path, seed: int, size=(72, 64)) -> None:
     Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, quality=90)
 
 
+def _fill(root: Path, with_images: dict[str, int], seed: int, name) -> None:
+    """``with_images[wnid]`` JPEGs in ``root/<wnid>/``, named ``name(wnid, j, seed + k)``, the k-th drawn
+    with seed + k."""
+    k = 0
+    for w, n in with_images.items():
+        for j in range(n):
+            _jpg(root / w / name(w, j, seed + k), seed + k)
+            k += 1
+
+
 def released_imagenet_o(root: Path, with_images: dict[str, int], all_folders: bool = True, seed: int = 100) -> Path:
     """``root/<wnid>/*.jpg`` (+ the release's README.txt at the root)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "README.txt").write_text("ImageNet-O\n")
     for w in IMAGENET_O_WNIDS if all_folders else with_images:
         (root / w).mkdir(exist_ok=True)
-    k = 0
-    for w, n in with_images.items():
-        for j in range(n):
-            _jpg(root / w / f"{w}_{j:03d}.jpg", seed + k)
-            k += 1
+    _fill(root, with_images, seed, lambda w, j, k: f"{w}_{j:03d}.jpg")
     return root
 
 
@@ -53,11 +59,7 @@ def val_tree(root: Path, with_images: dict[str, int], seed: int = 500) -> Path:
     """ImageNet val ``root/<wnid>/*.JPEG``: all 1000 folders, images in a few."""
     for w in IMAGENET_WNIDS:
         (root / w).mkdir(parents=True, exist_ok=True)
-    k = 0
-    for w, n in with_images.items():
-        for j in range(n):
-            _jpg(root / w / f"ILSVRC2012_val_{seed + k:08d}.JPEG", seed + k)
-            k += 1
+    _fill(root, with_images, seed, lambda w, j, k: f"ILSVRC2012_val_{k:08d}.JPEG")
     return root
 
 
