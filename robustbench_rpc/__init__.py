@@ -7,6 +7,7 @@ and the ``robustbench-rpc`` command line.
 """
 from . import attention  # noqa: F401  (registers the attention variants)
 from .models import list_models, load_checkpoint, load_model, register_model
+from . import heads  # noqa: F401,E402  (registers the BACKBONE+HEAD model form)
 
 __version__ = "0.1.0"
 __all__ = ["list_models", "load_checkpoint", "load_model", "register_model", "__version__"]

@@ -48,25 +48,15 @@ heads: linear, mlp, attention, gated_attention, mixer (robustbench_rpc.heads; --
 
 
 def _kv(items: list[str], flag: str) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"error: {flag} expects NAME=VALUE, got {item!r}")
-        out[key] = value
-    return out
+    from .plan import parse_pairs
+
+    return parse_pairs(items, flag)
 
 
-def _model_kwargs(items: list[str]) -> dict:
-    import json
+def _model_kwargs(items: list[str], flag: str = "--model-arg") -> dict:
+    from .plan import parse_pairs
 
-    out = {}
-    for key, value in _kv(items, "--model-arg").items():
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+    return parse_pairs(items, flag, as_json=True)
 
 
 def load_plugin(spec: str) -> None:
@@ -89,8 +79,7 @@ def load_plugin(spec: str) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     import torch
 
-    from .harness import PACKAGED
-    from .models import MODELS, create_model
+    from .models import MODELS, PACKAGED_DIR as PACKAGED, create_model
 
     rows = []
     for name in MODELS.names(args.pattern):
@@ -118,23 +107,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .harness import RunConfig, run
+    from .harness import run
+    from .plan import RunConfig
 
-    cfg = RunConfig(
-        suite=args.suite, models=args.model or [], out=args.out, device=args.device, batch_size=args.batch_size,
-        limit=args.limit, subset=args.subset, seed=args.seed, data_roots=_kv(args.data_root, "--data-root"),
-        reference_model=args.reference, workers=args.workers, amp=args.amp, compile=args.compile,
-        eot_samples=args.eot_samples, report=not args.no_report,
-        model_kwargs=_model_kwargs(args.model_arg) | ({"override_checkpoint_args": True}
-                                                     if args.override_checkpoint_args else {}),
-        progress=False if args.no_progress else None, attention=args.attention,
-        attention_layers=args.attention_layers, attention_args=_model_kwargs(args.attention_arg),
-        skip_unreadable=args.skip_unreadable, rank_timeout=args.rank_timeout,
-        attention_reinit=args.attention_reinit, dataset=args.dataset, trusted_globals=args.trust_global or [],
-        data_config={k: v for k, v in (("input_size", args.input_size), ("mean", args.mean), ("std", args.std),
-                                       ("interpolation", args.interpolation), ("crop_pct", args.crop_pct))
-                     if v is not None},
-    )
+    cfg = RunConfig.from_args(args)
     out = run(cfg)
     print(f"results: {Path(out) / 'results.sqlite'}")
     if os.environ.get("RANK", "0") == "0":  # the run's last words (rank 0): trust checks as stored, report path
@@ -231,70 +207,41 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    """PAP iterates and KPCA checks of each model, clean and (optionally) attacked / corrupted."""
-    import torch
-    from torch.utils.data import Subset
+    """PAP iterates and KPCA checks of each model, clean and (optionally) attacked / corrupted. Planned
+    like a run (one ``diagnostics`` evaluation): the same model, attention, data and --limit rules."""
+    from .diagnostics import diagnose_inputs, write_outputs
+    from .harness import build_model
+    from .plan import Plan, RunConfig
+    from .suite import suite_from_dict
 
-    from .data.resolve import get_dataset
-    from .diagnostics import diagnose_inputs, list_diagnostics, write_outputs
-    from .harness import ModelSpec, default_device
-    from .models import data_config_of, load_model
-    from .suite import SuiteError, parse_eps
-
-    names = args.diagnostic or list_diagnostics()
-    for n in names:
-        from .diagnostics import get_diagnostic
-
-        get_diagnostic(n)  # did-you-mean error before any compute
-    attack = None
+    evaluation = {"kind": "diagnostics"}
+    if args.diagnostic:
+        evaluation["diagnostics"] = args.diagnostic
     if args.attack:
-        params = _model_kwargs(args.attack_arg)
-        if "eps" in params:
-            params["eps"] = parse_eps(params["eps"], "--attack-arg eps")
-        from .attacks import get_attack
-        from .suite import EvalSpec
-        from .units import attack_params
-
-        try:
-            get_attack(args.attack, **attack_params(EvalSpec("attack", args.attack, "", params), None))
-        except (ValueError, TypeError) as e:
-            raise SuiteError(f"--attack {args.attack}: {e}") from None
-        attack = (args.attack, params)
-    corruption = None
+        evaluation.update(attack=args.attack, attack_args=_model_kwargs(args.attack_arg, "--attack-arg"))
     if args.corruption:
-        from .corruptions import get_corruption
-
-        get_corruption(args.corruption)
-        if args.severity not in (1, 2, 3, 4, 5):
-            raise SuiteError(f"--severity must be within 1..5, got {args.severity}")
-        corruption = (args.corruption, args.severity)
+        evaluation.update(corruption=args.corruption, severity=args.severity)
     if not args.model:
+        from .evalspec import SuiteError
+
         raise SuiteError("diagnose needs --model NAME[:CKPT] (repeatable)")
-    specs = [ModelSpec.parse(s, _model_kwargs(args.model_arg)) for s in args.model]
-    att_args = _model_kwargs(args.attention_arg)
-    if args.attention:
-        from .attention import get_attention, resolve_layers
-
-        get_attention(args.attention)
-        resolve_layers(args.attention_layers, 10 ** 6)
-    device = args.device or default_device()
+    suite = suite_from_dict({"name": "diagnose", "evaluation": [evaluation]}, "diagnose")
     out = Path(args.out or "reports/diagnostics")
+    plan = Plan(RunConfig(suite=suite, models=args.model, out=out, device=args.device, batch_size=args.batch_size,
+                          limit=args.limit, seed=args.seed, dataset=args.dataset,
+                          data_roots=_kv(args.data_root, "--data-root"), model_kwargs=_model_kwargs(args.model_arg),
+                          attention=args.attention, attention_layers=args.attention_layers,
+                          attention_args=_model_kwargs(args.attention_arg, "--attention-arg")), log=lambda *_: None)
+    prm = plan.evals[0].params
     rows, axes = [], []
-    for m in specs:
-        torch.manual_seed(args.seed)
-        model = load_model(m.name, m.checkpoint, device=device, **m.kwargs)
-        if args.attention:
-            from .attention import patch_attention
-
-            patch_attention(model, args.attention, layers=args.attention_layers, **att_args)
-            m.attention = {"variant": args.attention, "layers": args.attention_layers, **att_args}
-            model.eval()
-        ds = get_dataset(args.dataset, _kv(args.data_root, "--data-root"), data_config_of(model.model))
-        if args.limit is not None and len(ds) > args.limit:
-            ds = Subset(ds, range(args.limit))
-        label = m.display + ("" if not att_args else " (" + ",".join(f"{k}={v}" for k, v in att_args.items()) + ")")
-        r, a = diagnose_inputs(model, ds, names=names, attack=attack, corruption=corruption,
-                               batch_size=args.batch_size, seed=args.seed)
+    for m in plan.models:
+        model = build_model(plan, m)
+        att = m.patch_params
+        label = m.display + ("" if not att else " (" + ",".join(f"{k}={v}" for k, v in att.items()) + ")")
+        r, a = diagnose_inputs(model, plan.base_dataset(plan.dataset), names=prm["diagnostics"],
+                               attack=(prm["attack"], prm["attack_args"]) if prm.get("attack") else None,
+                               corruption=(prm["corruption"], prm["severity"]) if prm.get("corruption") else None,
+                               batch_size=plan.batch_size, seed=plan.seed)
         rows += [{"model": label, **x} for x in r]
         axes += [{"model": label, **x} for x in a]
         accs = {x["input"]: x["accuracy"] for x in r}
@@ -459,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="diagnostic to run (repeatable; default all: pap, projection_loss, eq11)")
     dg.add_argument("--dataset", default="digits32", help="dataset name (default digits32)")
     dg.add_argument("--data-root", action="append", metavar="NAME=PATH", help="on-disk dataset root")
-    dg.add_argument("--limit", type=int, default=256, help="first N images of the dataset (default 256)")
+    dg.add_argument("--limit", type=int, default=256, help="N images of the dataset, spread evenly over its classes "
+                    "as in run --limit (default 256)")
     dg.add_argument("--attack", metavar="NAME", help="also diagnose the same images attacked with this attack")
     dg.add_argument("--attack-arg", action="append", metavar="KEY=JSON",
                     help="attack parameter, e.g. eps=4/255, steps=10, alpha_rel=0.25")
@@ -509,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     from .models import CheckpointError, ModelContractError
     from .registry import UnknownNameError
     from .store import StoreError
-    from .suite import SuiteError
+    from .evalspec import SuiteError
 
     try:
         for plugin in args.plugin:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import difflib
 import sys
-from dataclasses import dataclass, field
-from fractions import Fraction
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .store import stable_key
+from .evalspec import EvalSpec, SuiteError, parse_eps, resolve_attack
 
 SUITES_DIR = Path(__file__).parent / "suites"
 KINDS = ("clean", "attack", "corruption", "ood", "shift", "diagnostics")
@@ -39,37 +38,6 @@ _EVAL_KEYS = {
 _SWEEP_KEYS = {"attention", "layers", "args", "include_base"}
 
 
-class SuiteError(ValueError):
-    """A suite file or override that cannot run; the message names the file and the key."""
-
-
-def parse_eps(value: Any, where: str) -> float:
-    """Pixel-space budget: a number or a string like '4/255'."""
-    try:
-        if isinstance(value, str):
-            return float(Fraction(value.replace(" ", "")))
-        return float(value)
-    except (ValueError, ZeroDivisionError):
-        raise SuiteError(f"{where}: eps {value!r} is not a number or fraction like '4/255'") from None
-
-
-def eps_label(eps: float) -> str:
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and k >= 1 else f"{eps:g}"
-
-
-def describe_eval(e: "EvalSpec") -> str:
-    """Short human label, e.g. 'attack pgd eps=4/255 steps=10' or 'corruption fog s3'."""
-    if e.kind == "corruption":
-        return f"corruption {e.name} s{e.params['severity']}"
-    parts = [e.kind, e.name] if e.kind != e.name else [e.kind]
-    for k, v in e.params.items():
-        if k in ("norm",) and v == "Linf":
-            continue
-        parts.append(f"{k}={eps_label(v) if k == 'eps' and isinstance(v, float) else v}")
-    return " ".join(str(p) for p in parts)
-
-
 @dataclass
 class Suite:
     name: str
@@ -88,26 +56,15 @@ class Suite:
         return out
 
 
-@dataclass(frozen=True)
-class EvalSpec:
-    """One concrete evaluation: its kind, display name, dataset and parameters (all JSON-able)."""
-
-    kind: str
-    name: str
-    dataset: str
-    params: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return stable_key({"kind": self.kind, "name": self.name, "dataset": self.dataset, "params": self.params})
-
-
 def list_suites() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
 
 
-def load_suite(name_or_path: str | Path) -> Suite:
-    """A packaged suite by name (``quick``, ``paper``, ``robustbench``) or a TOML file path."""
+def load_suite(name_or_path: "str | Path | Suite") -> Suite:
+    """A packaged suite by name (``quick``, ``paper``, ``robustbench``), a TOML file path, or a Suite
+    already built (e.g. by a command that plans one evaluation of its own)."""
+    if isinstance(name_or_path, Suite):
+        return name_or_path
     path = Path(name_or_path)
     if not path.suffix:
         path = SUITES_DIR / f"{name_or_path}.toml"
@@ -188,28 +145,6 @@ def _known(registry, name: str, where: str) -> None:
         raise SuiteError(f"{where}: {e}") from None
 
 
-def _check_attack(e: EvalSpec, where: str) -> None:
-    """Build the attack once (no model, no data): a misspelt parameter or a bad value fails here, before
-    any compute, naming the file and the evaluation."""
-    from . import attacks
-    from .units import ACCURACIES, attack_params
-
-    accuracy = e.params.get("accuracy", "robust")
-    if accuracy not in ACCURACIES:
-        raise SuiteError(f"{where}: accuracy must be one of {', '.join(ACCURACIES)}, got {accuracy!r}")
-    if not isinstance(e.params.get("attack_amp", True), bool):
-        raise SuiteError(f"{where}: attack_amp must be true or false, got {e.params['attack_amp']!r}")
-    try:
-        attack = attacks.get_attack(e.name, **attack_params(e, None))
-    except (ValueError, TypeError) as err:
-        raise SuiteError(f"{where}: attack {describe_eval(e)}: {err}") from None
-    eps = getattr(attack, "eps", None)
-    if eps is not None and eps > 1 and attack.norm == "Linf" and attack.space == "pixel":
-        hint = f" (did you mean '{eps:g}/255'?)" if float(eps).is_integer() and eps <= 255 else ""
-        raise SuiteError(f"{where}: attack {e.name}: eps={eps:g} is beyond the Linf range of pixel-space images "
-                         f"(values in [0, 1], so eps <= 1){hint}")
-
-
 def _diagnostics_spec(ev: dict[str, Any], dataset: str, where: str) -> EvalSpec:
     """A ``kind = "diagnostics"`` evaluation, every name and parameter checked now."""
     from . import attacks, corruptions
@@ -225,7 +160,7 @@ def _diagnostics_spec(ev: dict[str, Any], dataset: str, where: str) -> EvalSpec:
         args = dict(ev.get("attack_args", {}))
         if "eps" in args:
             args["eps"] = parse_eps(args["eps"], where)
-        _check_attack(EvalSpec("attack", ev["attack"], dataset, args), where)
+        resolve_attack(EvalSpec("attack", ev["attack"], dataset, args), None, where)
         params.update(attack=ev["attack"], attack_args=args)
     elif "attack_args" in ev:
         raise SuiteError(f"{where}: attack_args without attack")
@@ -238,8 +173,9 @@ def _diagnostics_spec(ev: dict[str, Any], dataset: str, where: str) -> EvalSpec:
     return EvalSpec("diagnostics", "diagnostics", dataset, params)
 
 
-def expand(suite: Suite, dataset: str) -> list[EvalSpec]:
-    """Concrete evaluations in declaration order, with names validated against the registries."""
+def expand(suite: Suite, dataset: str, amp: str | None = None) -> list[EvalSpec]:
+    """Concrete evaluations in declaration order, with names validated against the registries; every
+    attack is built once (with the run's ``amp``) and carries its parameters as they will run."""
     from . import attacks, corruptions
 
     out: list[EvalSpec] = []
@@ -277,8 +213,7 @@ def expand(suite: Suite, dataset: str) -> list[EvalSpec]:
                     if eps is not None:
                         params["eps"] = parse_eps(eps, where)
                     e = EvalSpec("attack", name, dataset, params)
-                    _check_attack(e, where)
-                    out.append(e)
+                    out.append(replace(e, resolved=resolve_attack(e, amp, where)))
         elif kind == "diagnostics":
             out.append(_diagnostics_spec(ev, dataset, where))
         elif kind == "corruption":

@@ -8,19 +8,10 @@ RPC paper's definition); the other definition is stored beside it (``plain_corre
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import inspect
-from typing import Any
 
 import torch
 
-from .suite import EvalSpec
-
-
-def unit_seed(seed: int, eval_key: str, unit: int) -> int:
-    """Seed of one unit: a function of (run seed, evaluation, unit index) only — not of rank or order."""
-    digest = hashlib.sha256(f"{seed}:{eval_key}:{unit}".encode()).hexdigest()
-    return int(digest[:8], 16) & 0x7FFFFFFF
+from .evalspec import EvalSpec, attack_params, unit_seed
 
 
 def autocast(device: str, amp: str | None):
@@ -59,32 +50,6 @@ def prediction_rows(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, id
     }
 
 
-ACCURACIES = ("robust", "plain")
-#: evaluation-level parameters of an attack evaluation (not passed to the attack)
-EVAL_PARAMS = ("accuracy", "attack_amp")
-
-
-def attack_params(spec: EvalSpec, amp: str | None) -> dict[str, Any]:
-    """Suite parameters -> get_attack kwargs (``alpha_rel`` is a step size relative to eps).
-
-    The run's ``amp`` reaches PGD/FGSM's own forward/backward unless the evaluation says
-    ``attack_amp = false`` (the paper runs its attacks in fp32 and only classifies under autocast).
-    Robust accuracy needs no work on lost samples: attacks that can stop early (``early_stop``: skip the
-    clean-misclassified, keep the first misclassified iterate) do so unless the evaluation says
-    otherwise; plain accuracy (the paper's) keeps every sample's last iterate."""
-    from .attacks import attack_class
-
-    params = {k: v for k, v in spec.params.items() if k not in EVAL_PARAMS}
-    if "early_stop" not in params and "early_stop" in inspect.signature(attack_class(spec.name)).parameters:
-        params["early_stop"] = spec.params.get("accuracy", "robust") == "robust"
-    rel = params.pop("alpha_rel", None)
-    if rel is not None:
-        params["alpha"] = float(rel) * float(params["eps"])
-    if amp and amp != "fp32" and spec.name in ("pgd", "fgsm") and spec.params.get("attack_amp", True):
-        params["amp_dtype"] = amp  # the attacks accept 'bf16' / 'fp16' (attacks.base.amp_dtype_of)
-    return params
-
-
 def attack_rows(model: torch.nn.Module, spec: EvalSpec, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                 seed: int, device: str, amp: str | None) -> dict[str, list]:
     from . import attacks
@@ -108,3 +73,27 @@ def attack_rows(model: torch.nn.Module, spec: EvalSpec, x: torch.Tensor, y: torc
         "linf": out.linf.float().tolist(),
         "l2": out.l2.float().tolist(),
     }
+
+
+def unit_rows(model: torch.nn.Module, e: EvalSpec, unit: int, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
+              *, run_seed: int, device: str, amp: str | None) -> dict[str, list]:
+    """The per-sample rows of one unit of any evaluation kind (the kind -> rows dispatch)."""
+    x = x.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:  # on-the-fly corruptions travel as 8-bit images
+        x = x.float().div_(255.0)
+    y = y.to(device, non_blocking=True)
+    seed = unit_seed(run_seed, e.key, unit)
+    if e.kind == "attack":
+        return attack_rows(model, e, x, y, ids, seed, device, amp)
+    mask = None
+    mask_name = e.dataset if e.kind == "shift" else e.params.get("class_mask")  # ood protocols set class_mask
+    if mask_name:
+        from .data import folders
+
+        mask = folders.class_mask_for(mask_name).to(device)
+    torch.manual_seed(seed)
+    rows = prediction_rows(model, x, y, ids, device, amp, mask)
+    if e.kind == "ood":  # every OOD sample is a "miss" for accuracy; only its confidence matters
+        rows["correct1"] = [0] * len(rows["pred"])
+        rows["correct5"] = [0] * len(rows["pred"])
+    return rows

@@ -4,8 +4,10 @@ import json
 import pandas as pd
 import pytest
 
-from robustbench_rpc.harness import ModelSpec, RunConfig, run, sweep_models
-from robustbench_rpc.suite import SuiteError, expand, load_suite, suite_from_dict
+from robustbench_rpc.harness import run
+from robustbench_rpc.plan import ModelSpec, RunConfig, sweep_models
+from robustbench_rpc.evalspec import SuiteError
+from robustbench_rpc.suite import expand, load_suite, suite_from_dict
 
 
 def test_packaged_ablation_suite_expands_to_the_grid():

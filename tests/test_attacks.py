@@ -27,7 +27,7 @@ from robustbench_rpc.attacks import (
 from robustbench_rpc.attacks.budget import project_l1_ball
 from robustbench_rpc.attacks.presets import expand_sweep
 from robustbench_rpc.registry import UnknownNameError
-from robustbench_rpc.units import EVAL_PARAMS
+from robustbench_rpc.evalspec import EVAL_PARAMS
 
 N_CLASSES = 10
 HW = 16

@@ -207,7 +207,8 @@ def test_stochastic_model_is_detected_and_evaluated_with_eot(tmp_path, suite_fil
     """A model whose logits change between identical passes gets a 'stochastic' warning and EOT."""
     import torch
 
-    from robustbench_rpc.harness import RunConfig, run
+    from robustbench_rpc.harness import run
+    from robustbench_rpc.plan import RunConfig
     from robustbench_rpc.models.vit import MODELS, ModelEntry
     from robustbench_rpc.store import ResultsStore
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from robustbench_rpc.cli import main
-from robustbench_rpc.harness import Plan, RunConfig
-from robustbench_rpc.suite import SuiteError
+from robustbench_rpc.plan import Plan, RunConfig
+from robustbench_rpc.evalspec import SuiteError
 
 CLEAN = """name = "f"
 [defaults]

@@ -195,8 +195,9 @@ def test_head_checkpoint_pins_its_backbone(trained_head, tmp_path):
 
 
 def test_shipped_heads_are_certified_and_small():
-    from robustbench_rpc.harness import ModelSpec
-    from robustbench_rpc.heads.model import PACKAGED, read_head_metadata
+    from robustbench_rpc.plan import ModelSpec
+    from robustbench_rpc.heads.model import read_head_metadata
+    from robustbench_rpc.models import PACKAGED_DIR as PACKAGED
     from robustbench_rpc.suite import load_suite
 
     specs = [s for s in load_suite("convex-heads").defaults["models"] if "+" in s]
@@ -219,7 +220,7 @@ def test_shipped_gated_head_accuracy():
     from robustbench_rpc.data import digits32
     from robustbench_rpc.models import load_model
 
-    from robustbench_rpc.heads.model import PACKAGED
+    from robustbench_rpc.models import PACKAGED_DIR as PACKAGED
 
     name = "symvit_micro_patch4_32+gated_attention"
     model = load_model(name, checkpoint=PACKAGED / f"{name}.safetensors")

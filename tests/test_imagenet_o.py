@@ -23,7 +23,8 @@ from robustbench_rpc.data import folders as F
 from robustbench_rpc.data.imagenet_classes import (IMAGENET_A_WNIDS, IMAGENET_O_INDICES, IMAGENET_O_WNIDS,
                                                    IMAGENET_R_WNIDS, IMAGENET_WNIDS)
 from robustbench_rpc.data.resolve import get_dataset
-from robustbench_rpc.suite import SuiteError, expand, suite_from_dict
+from robustbench_rpc.evalspec import SuiteError
+from robustbench_rpc.suite import expand, suite_from_dict
 
 O_NOT_A = [w for w in IMAGENET_O_WNIDS if w not in IMAGENET_A_WNIDS]
 NOT_O = [w for w in IMAGENET_WNIDS if w not in set(IMAGENET_O_WNIDS)]

@@ -18,10 +18,10 @@ from torch import nn
 
 import robustbench_rpc
 from robustbench_rpc.cli import main
-from robustbench_rpc.harness import ModelSpec, Plan, RunConfig
+from robustbench_rpc.plan import ModelSpec, Plan, RunConfig
 from robustbench_rpc.models import (PACKAGED_DIR, CheckpointError, ModelContractError, load_model,
                                     register_model, resolve_checkpoint)
-from robustbench_rpc.suite import SuiteError
+from robustbench_rpc.evalspec import SuiteError
 from robustbench_rpc.store import ResultsStore
 
 ROOT = Path(__file__).resolve().parents[1]

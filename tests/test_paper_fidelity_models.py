@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from robustbench_rpc.attention import describe_attention
-from robustbench_rpc.harness import Plan, RunConfig
+from robustbench_rpc.plan import Plan, RunConfig
 from robustbench_rpc.models import CheckpointError, load_model
 from robustbench_rpc.models.loading import resolve_model
-from robustbench_rpc.suite import SuiteError
+from robustbench_rpc.evalspec import SuiteError
 
 IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)

@@ -19,7 +19,8 @@ from robustbench_rpc.attacks import attack_outcomes, get_attack, get_preset
 from robustbench_rpc.attacks.base import NormalizationError
 from robustbench_rpc.models.normalize import Normalized
 from robustbench_rpc.store import ResultsStore
-from robustbench_rpc.suite import SuiteError, expand, load_suite, suite_from_dict
+from robustbench_rpc.evalspec import SuiteError
+from robustbench_rpc.suite import expand, load_suite, suite_from_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -258,7 +259,7 @@ def test_paper_suite_defaults_and_validation():
 
 
 def test_amp_table_per_device():
-    from robustbench_rpc.harness import amp_for_device
+    from robustbench_rpc.plan import amp_for_device
 
     assert amp_for_device({"cuda": "fp16", "cpu": "fp32"}, "cpu", "s") == "fp32"
     assert amp_for_device({"cuda": "fp16", "cpu": "fp32"}, "cuda:1", "s") == "fp16"
@@ -330,8 +331,8 @@ def test_early_stop_never_raises_robust_accuracy_and_skips_lost_samples():
 
 
 def test_robust_evaluations_stop_early_and_the_paper_protocol_does_not():
-    from robustbench_rpc.suite import EvalSpec
-    from robustbench_rpc.units import attack_params
+    from robustbench_rpc.evalspec import EvalSpec
+    from robustbench_rpc.evalspec import attack_params
 
     robust = EvalSpec("attack", "pgd", "d", {"eps": 1 / 255})
     paper = EvalSpec("attack", "pgd", "d", {"eps": 1 / 255, "accuracy": "plain"})

@@ -170,14 +170,14 @@ def test_reader_sees_committed_state_while_writer_is_in_a_transaction(store, tmp
         ResultsStore(tmp_path / "absent.sqlite", readonly=True)
 
 
-STORE_PY = store_module.__file__
+STORE_PY = os.path.dirname(store_module.__file__)
 _WRITER = textwrap.dedent("""
-    import importlib.util, sys, time
-    # load store.py by path: the package __init__ may import torch, which is slow and irrelevant here
-    spec = importlib.util.spec_from_file_location("rb_store", sys.argv[4])
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    ResultsStore = mod.ResultsStore
+    import importlib, sys, time, types
+    # import the store without running the package __init__, which may import torch (slow, irrelevant here)
+    pkg = types.ModuleType("robustbench_rpc")
+    pkg.__path__ = [sys.argv[4]]
+    sys.modules["robustbench_rpc"] = pkg
+    ResultsStore = importlib.import_module("robustbench_rpc.store").ResultsStore
     store = ResultsStore(sys.argv[1])
     store.register_model("m", {"name": "m"})
     store.register_evaluation("e", {"kind": "clean", "name": "c", "dataset": "d", "n_samples": 10**9})

@@ -62,7 +62,7 @@ def test_subset_file_by_path_or_id(tmp_path):
 
 
 def test_limit_in_a_run_is_stratified_and_recorded(tmp_path):
-    from robustbench_rpc.harness import Plan, RunConfig
+    from robustbench_rpc.plan import Plan, RunConfig
 
     plan = Plan(RunConfig(suite="quick", limit=30, out=tmp_path / "o"))
     ds = plan.base_dataset("digits32")

@@ -12,24 +12,15 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from ..evalspec import EvalSpec, attack_label, attack_params, unit_seed
 from .base import run_diagnostics
 
 INPUT_KINDS = ("clean", "attack", "corruption")
 
 
-def attack_label(name: str, params: dict[str, Any]) -> str:
-    from ..suite import eps_label
-
-    parts = [name] + [f"{k}={eps_label(v) if k == 'eps' else v}" for k, v in params.items()
-                      if k not in ("norm", "seed") or (k == "norm" and v != "Linf")]
-    return " ".join(str(p) for p in parts)
-
-
 def attacked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str, params: dict[str, Any],
              seed: int = 0, batch_size: int = 128) -> torch.Tensor:
     """``x`` attacked with the registered attack ``name`` (suite parameters: eps as float, alpha_rel ok)."""
-    from ..suite import EvalSpec
-    from ..units import attack_params, unit_seed
     from .. import attacks
 
     spec = EvalSpec("attack", name, "diagnostics", dict(params))

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-PACKAGED = Path(__file__).resolve().parent.parent / "checkpoints"
+from ..models import PACKAGED_DIR, ModelForm, register_model_form
+
 FORMAT = "robustbench_rpc.head/1"
 
 
@@ -88,7 +89,7 @@ def num_tokens_of_backbone(backbone: nn.Module) -> int:
 
 def create_head_model(name: str, **kwargs: Any) -> BackboneWithHead:
     """Shapes only (for plan validation, e.g. on the meta device): backbone + an untrained default head."""
-    from ..models.loading import create_model
+    from ..models import create_model
     from .base import get_head
 
     backbone_name, head_name, _ = parse_head_spec(name)
@@ -103,7 +104,7 @@ def backbone_checkpoint_path(entry: dict[str, Any]) -> Path | None:
     ckpt = entry.get("checkpoint")
     if ckpt is None:
         return None
-    return PACKAGED / f"{entry['name']}.safetensors" if ckpt == "packaged" else Path(ckpt)
+    return PACKAGED_DIR / f"{entry['name']}.safetensors" if ckpt == "packaged" else Path(ckpt)
 
 
 def read_head_metadata(path: str | Path) -> dict[str, Any]:
@@ -125,16 +126,18 @@ def build_head(meta: dict[str, Any]) -> nn.Module:
     return get_head(meta["head"])(**meta["head_config"])
 
 
-def load_head_model(name: str, checkpoint: str | Path | None, *, device: str | None = None, **kwargs: Any):
-    """Backbone (its checkpoint from the head's metadata, SHA-256 checked) + trained head, [0,1] in."""
-    from ..models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_file, sha256_of
-    from ..models.loading import create_model, data_config_of
-    from ..models.normalize import Normalized
+def load_head_model(name: str, checkpoint: str | Path | None, *, trusted_globals: Any = None,
+                    **kwargs: Any) -> tuple[BackboneWithHead, dict[str, Any]]:
+    """Backbone (its checkpoint from the head's metadata, SHA-256 checked) + trained head, and the settings
+    of both; ``models.load_model`` wraps it (contract, normalization, eval, device) like every model."""
+    from ..models import create_model, load_checkpoint, resolve_checkpoint
+    from ..models.checkpoint import CheckpointError, read_checkpoint_file, sha256_of
 
     backbone_name, head_name, _ = parse_head_spec(name)
     if checkpoint is None:
         raise CheckpointError(f"model '{name}' is a backbone with a trained head: pass the head checkpoint "
                               f"as {name}:HEAD.safetensors (or :packaged), written by `robustbench-rpc train-head`")
+    checkpoint = resolve_checkpoint(name, checkpoint)
     meta = read_head_metadata(checkpoint)
     if meta["head"] != head_name or meta["backbone"]["name"] != backbone_name:
         raise CheckpointError(f"{checkpoint} holds a '{meta['head']}' head trained on '{meta['backbone']['name']}', "
@@ -150,14 +153,15 @@ def load_head_model(name: str, checkpoint: str | Path | None, *, device: str | N
             raise CheckpointError(f"{checkpoint}: the head was trained on backbone weights with SHA-256 "
                                   f"{meta['backbone'].get('sha256', '?')[:12]}..., but {bb_path} has {sha[:12]}...; "
                                   "retrain the head on this backbone (robustbench-rpc train-head)")
-        load_checkpoint(backbone, bb_path)
+        load_checkpoint(backbone, bb_path, trusted_globals=trusted_globals)
     head = build_head(meta)
     sd = read_checkpoint_file(checkpoint)
     head.load_state_dict(sd, strict=True)
-    model = BackboneWithHead(backbone, head)
-    cfg = data_config_of(model)
-    wrapped = Normalized(model, cfg["mean"], cfg["std"], data_config=cfg)
-    wrapped.eval()
-    if device is not None:
-        wrapped.to(device)
-    return wrapped
+    settings = {"backbone": {"value": meta["backbone"]["name"], "checkpoint": str(bb_path) if bb_path else None,
+                             "source": f"head checkpoint {Path(checkpoint).name}"},
+                "head": {"value": meta["head"], "source": f"head checkpoint {Path(checkpoint).name}"}}
+    return BackboneWithHead(backbone, head), settings
+
+
+#: ``BACKBONE+HEAD[@TAG]`` names are built here; ``models`` dispatches to this form without importing heads
+HEAD_FORM = register_model_form(ModelForm("backbone+head", is_head_spec, create_head_model, load_head_model))

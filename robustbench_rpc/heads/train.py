@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from .base import Head, get_head
 from .convex import fista, one_thread
-from .model import FORMAT, PACKAGED, num_tokens_of_backbone
+from ..models import PACKAGED_DIR
+from .model import FORMAT, num_tokens_of_backbone
 
 DEFAULT_CACHE = Path.home() / ".cache" / "robustbench_rpc" / "features"
 
@@ -55,7 +56,7 @@ def _backbone_entry(spec: str) -> tuple[str, Path | None, str | None]:
 
     name, ckpt = split_spec(spec)
     if ckpt == "packaged":
-        path = PACKAGED / f"{name}.safetensors"
+        path = PACKAGED_DIR / f"{name}.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"no packaged checkpoint for backbone '{name}'")
         return name, path, "packaged"
@@ -219,7 +220,7 @@ def train_head(cfg: TrainHeadConfig, out: str | Path | None = None, cache_dir: s
     if out is None:
         if ckpt_entry != "packaged":
             raise ValueError("pass --out for a head on a backbone that is not packaged")
-        out = PACKAGED / f"{name}+{cfg.head}{'@adam' if solver == 'adam' and cls.convex else ''}.safetensors"
+        out = PACKAGED_DIR / f"{name}+{cfg.head}{'@adam' if solver == 'adam' and cls.convex else ''}.safetensors"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file

@@ -262,3 +262,41 @@ def save_checkpoint(model: nn.Module, path: str | Path, metadata: Mapping[str, A
     else:
         torch.save({"model": sd, "meta": dict(metadata or {})}, path)
     return path
+
+
+# -- checkpoint names: the one place :packaged / :pretrained / a path are resolved ------------------------
+#: the shipped checkpoints (``NAME:packaged`` = ``PACKAGED_DIR/NAME.safetensors``)
+PACKAGED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+#: ``timm:<name>:pretrained``: timm's published weights (timm's download and cache)
+PRETRAINED = "pretrained"
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """'name[:checkpoint]' -> (name, checkpoint); 'timm:<name>[:ckpt]' keeps its prefix."""
+    prefix = ""
+    if spec.startswith("timm:"):
+        prefix, spec = "timm:", spec[len("timm:"):]
+    name, sep, ckpt = spec.partition(":")
+    return prefix + name, (ckpt or None) if sep else None
+
+
+def resolve_checkpoint(name: str, checkpoint: str | Path | None) -> str | None:
+    """The one place ``:packaged`` / ``:pretrained`` / a file path are resolved (API and CLI):
+    ``packaged`` -> the shipped file of ``name``; ``pretrained`` -> kept as is (``timm:<name>`` only);
+    a path -> checked to exist. Bad values raise :class:`CheckpointError` naming the model."""
+    if checkpoint is None:
+        return None
+    if str(checkpoint) == "packaged":
+        path = PACKAGED_DIR / f"{name}.safetensors"
+        if not path.is_file():
+            have = sorted(p.stem for p in PACKAGED_DIR.glob("*.safetensors"))
+            raise CheckpointError(f"model '{name}': no packaged checkpoint (packaged: {', '.join(have) or 'none'})")
+        return str(path)
+    if str(checkpoint) == PRETRAINED:
+        if not name.startswith("timm:"):
+            raise CheckpointError(f"model '{name}': ':pretrained' means timm's published weights and applies to "
+                                  f"timm:<name> models; robustbench-rpc's own models use ':packaged' or a file")
+        return PRETRAINED
+    if not Path(checkpoint).is_file():
+        raise CheckpointError(f"model '{name}': checkpoint file not found: {checkpoint}")
+    return str(checkpoint)

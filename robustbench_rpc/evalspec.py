@@ -1,0 +1,175 @@
+"""What one evaluation is: its spec, its labels, its threat model and how its parameters reach the attack.
+
+A leaf every room that plans, runs or describes an evaluation imports (suite parsing, the plan, units, OOD
+protocols, diagnostics, reports), so none of them needs another: the definitions live here once.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from .store import stable_key
+
+#: accuracy definitions of an attack evaluation: "robust" (clean-correct AND correct under attack) or
+#: "plain" (correct under attack, the RPC paper's definition)
+ACCURACIES = ("robust", "plain")
+#: evaluation-level parameters of an attack evaluation (not passed to the attack)
+EVAL_PARAMS = ("accuracy", "attack_amp")
+#: what an attack evaluation without these parameters means (the standard pixel threat model)
+THREAT_DEFAULTS = {"space": "pixel", "clip": True, "labels": "true", "accuracy": "robust"}
+
+
+class SuiteError(ValueError):
+    """A suite file or override that cannot run; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """One concrete evaluation: its kind, display name, dataset and parameters (all JSON-able)."""
+
+    kind: str
+    name: str
+    dataset: str
+    params: dict[str, Any] = field(default_factory=dict)
+    #: an attack's every parameter as it will run (planning fills it; not part of the key or equality)
+    resolved: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        return stable_key({"kind": self.kind, "name": self.name, "dataset": self.dataset, "params": self.params})
+
+
+def parse_eps(value: Any, where: str) -> float:
+    """Pixel-space budget: a number or a string like '4/255'."""
+    if isinstance(value, bool):
+        raise SuiteError(f"{where}: eps {value!r} is not a number or fraction like '4/255'")
+    try:
+        if isinstance(value, str):
+            return float(Fraction(value.replace(" ", "")))
+        return float(value)
+    except (ValueError, ZeroDivisionError, TypeError):
+        raise SuiteError(f"{where}: eps {value!r} is not a number or fraction like '4/255'") from None
+
+
+def eps_label(eps: Any) -> str:
+    """The one way a budget is written: 8/255 for multiples of 1/255 (to a relative 1e-6), else a short
+    decimal; '0' for zero, '?' when unknown."""
+    if eps is None or isinstance(eps, bool) or (isinstance(eps, float) and math.isnan(eps)):
+        return "?"
+    try:
+        eps = float(eps)
+    except (TypeError, ValueError):
+        return str(eps)
+    if eps == 0:
+        return "0"
+    k = eps * 255
+    if round(k) >= 1 and abs(k - round(k)) < 1e-6 * max(1.0, abs(k)):
+        return f"{int(round(k))}/255"
+    return f"{eps:.4g}"
+
+
+def attack_label(name: str, params: dict[str, Any], skip: tuple[str, ...] = ("seed",)) -> str:
+    """'pgd eps=4/255 steps=10': an attack and its parameters (Linf, the default norm, left out)."""
+    parts = [name]
+    for k, v in params.items():
+        if k in skip or (k == "norm" and v == "Linf"):
+            continue
+        parts.append(f"{k}={eps_label(v) if k == 'eps' and isinstance(v, (int, float)) else v}")
+    return " ".join(str(p) for p in parts)
+
+
+def describe_eval(e: EvalSpec) -> str:
+    """Short human label, e.g. 'attack pgd eps=4/255 steps=10' or 'corruption fog s3'."""
+    if e.kind == "corruption":
+        return f"corruption {e.name} s{e.params['severity']}"
+    if e.kind == "attack":
+        return "attack " + attack_label(e.name, e.params, skip=())
+    head = e.kind if e.kind == e.name else f"{e.kind} {e.name}"
+    return " ".join([head] + [f"{k}={v}" for k, v in e.params.items()])
+
+
+def threat_of(params: dict) -> tuple:
+    """(space, clip, labels, accuracy) of an attack evaluation: attacks are comparable only within one."""
+    return tuple(params.get(k, v) for k, v in THREAT_DEFAULTS.items())
+
+
+def threat_text(params: dict) -> str:
+    """The one sentence on an attack's threat model (protocol card, headline notes)."""
+    space, clip, labels, accuracy = threat_of(params)
+    return "; ".join([
+        "eps in the model's normalized input (x - mean) / std" if space == "normalized"
+        else "eps in pixel units (images in [0, 1])",
+        "clipped to [0, 1]" if clip else "no clipping (adversarial images may leave [0, 1])",
+        "attacking the model's clean predictions" if labels == "predicted" else "attacking the true labels",
+        "plain accuracy (top-1/top-5 of model(x_adv) against the true label)" if accuracy == "plain"
+        else "robust accuracy (correct on the clean image AND under attack)"])
+
+
+def unit_seed(seed: int, eval_key: str, unit: int) -> int:
+    """Seed of one unit: a function of (run seed, evaluation, unit index) only — not of rank or order."""
+    digest = hashlib.sha256(f"{seed}:{eval_key}:{unit}".encode()).hexdigest()
+    return int(digest[:8], 16) & 0x7FFFFFFF
+
+
+def attack_params(spec: EvalSpec, amp: str | None) -> dict[str, Any]:
+    """Suite parameters -> get_attack kwargs (``alpha_rel`` is a step size relative to eps).
+
+    The run's ``amp`` reaches PGD/FGSM's own forward/backward unless the evaluation says
+    ``attack_amp = false`` (the paper runs its attacks in fp32 and only classifies under autocast).
+    Robust accuracy needs no work on lost samples: attacks that can stop early (``early_stop``: skip the
+    clean-misclassified, keep the first misclassified iterate) do so unless the evaluation says
+    otherwise; plain accuracy (the paper's) keeps every sample's last iterate."""
+    from .attacks import attack_class
+
+    params = {k: v for k, v in spec.params.items() if k not in EVAL_PARAMS}
+    if "early_stop" not in params and "early_stop" in inspect.signature(attack_class(spec.name)).parameters:
+        params["early_stop"] = spec.params.get("accuracy", "robust") == "robust"
+    rel = params.pop("alpha_rel", None)
+    if rel is not None:
+        params["alpha"] = float(rel) * float(params["eps"])
+    if amp and amp != "fp32" and spec.name in ("pgd", "fgsm") and spec.params.get("attack_amp", True):
+        params["amp_dtype"] = amp  # the attacks accept 'bf16' / 'fp16' (attacks.base.amp_dtype_of)
+    return params
+
+
+def _plain(v: Any) -> Any:
+    """A parameter value as JSON keeps it (non-finite floats and objects as text)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    return str(v)
+
+
+def resolve_attack(e: EvalSpec, amp: str | None, where: str) -> dict[str, Any]:
+    """Build the attack once (no model, no data) and return every parameter as it will run (defaults
+    included, the run's ``amp`` applied). A misspelt parameter or a bad value fails here, before any
+    compute, naming ``where`` and the evaluation."""
+    from . import attacks
+
+    accuracy = e.params.get("accuracy", "robust")
+    if accuracy not in ACCURACIES:
+        raise SuiteError(f"{where}: accuracy must be one of {', '.join(ACCURACIES)}, got {accuracy!r}")
+    if not isinstance(e.params.get("attack_amp", True), bool):
+        raise SuiteError(f"{where}: attack_amp must be true or false, got {e.params['attack_amp']!r}")
+    try:
+        attack = attacks.get_attack(e.name, **attack_params(e, amp))
+    except (ValueError, TypeError) as err:
+        run = f" with --amp {amp}" if amp else ""
+        raise SuiteError(f"{where}: attack {describe_eval(e)}{run}: {err}") from None
+    eps = getattr(attack, "eps", None)
+    if eps is not None and eps > 1 and attack.norm == "Linf" and attack.space == "pixel":
+        hint = f" (did you mean '{eps:g}/255'?)" if float(eps).is_integer() and eps <= 255 else ""
+        raise SuiteError(f"{where}: attack {e.name}: eps={eps:g} is beyond the Linf range of pixel-space images "
+                         f"(values in [0, 1], so eps <= 1){hint}")
+    params = dict(getattr(attack, "params", None) or {})
+    params.pop("seed", None)  # per unit: info["seed"] and the unit index determine it
+    return {k: _plain(v) for k, v in params.items()}
