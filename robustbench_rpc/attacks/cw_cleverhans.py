@@ -16,12 +16,20 @@ What that function does, and so what this file does (it differs from ``cw`` in e
   the ``binary_search_steps`` outer steps;
 * loss ``(const * f + l2).sum()`` with ``f = max(Z_y - max_{j != y} Z_j + confidence, 0)`` and
   ``l2 = ||x' - x||^2`` of shape (B,) but ``const`` of shape (B, 1): the sum broadcasts to (B, B) and
-  equals ``sum(const) * sum(f) + B * sum(l2)``, so every sample is attacked with the batch's *mean*
+  equals ``sum(const) * sum(f) + B * sum(l2)`` (computed here as it is, in that (B, B) form, so the
+  gradients agree with cleverhans' to the bit), so every sample is attacked with the batch's *mean*
   constant (and the result depends on which images share a batch: the paper's batches hold 72);
 * a step counts as a success when the argmax of the logits, with ``confidence`` added to the label's
   logit, is not the label; the smallest-L2 success is kept;
-* per-sample search on ``c`` from ``initial_const``: halve towards the best bound after a success, x10
-  until a first success;
+* per-sample search on ``c`` from ``initial_const`` *with cleverhans' aliasing bug*: its bounds are
+  Python lists, and ``upper_bound[n] = min(upper_bound[n], const[n])`` (its line 179) and
+  ``lower_bound[n] = max(lower_bound[n], const[n])`` (line 185) store the tensor view ``const[n]``, not its
+  value, whenever ``const[n]`` is the smaller (larger) one, which it is at a sample's first success
+  (failure). From then on that bound *is* ``const[n]`` and follows every in-place write to it. So a sample
+  halves ``c`` while it only succeeds and multiplies it by 10 while it only fails, but once it has had
+  both a success and a failure, ``(lower + upper) / 2`` is ``(c + c) / 2`` and its constant freezes.
+  Verified against cleverhans 4.0.0 (tests/test_cw_cleverhans.py); the intended bisection is ``cw``'s.
+  The paper's CW rows ran this search too (where no sample's search changes direction, both agree);
 * a sample never fooled gets the clamped input back.
 
 Norm: L2, unbounded (``eps=None``): the result is what cleverhans returns. Defaults are cleverhans':
@@ -64,9 +72,9 @@ class CWCleverhans(GradientAttack):
         ox = x.clamp(lo, hi)
         best_attack = ox.clone()
         best_l2 = torch.full((n,), float("inf"), device=x.device)
-        const = torch.full((n,), self.initial_const, device=x.device)
-        lower = torch.zeros_like(const)
-        upper = torch.full_like(const, 1e10)
+        const = torch.full((n,), self.initial_const, device=x.device, dtype=x.dtype)  # x.new_ones(n, 1) * c
+        upper_is_const = torch.zeros(n, dtype=torch.bool, device=x.device)  # cleverhans' aliased bounds
+        lower_is_const = torch.zeros_like(upper_is_const)
         t = torch.atanh((((ox - lo) / (hi - lo)).clamp(0, 1) * 2 - 1) * 0.999999)
         modifier = torch.zeros_like(t, requires_grad=True)
         opt = torch.optim.Adam([modifier], lr=self.lr)
@@ -83,10 +91,10 @@ class CWCleverhans(GradientAttack):
                         onehot = F.one_hot(y, logits.shape[1]).float()
                     real = (onehot * logits).sum(1)
                     other = ((1 - onehot) * logits - onehot * 1e4).amax(1)
-                    f = (real - other + kappa).clamp_min(0.0)
+                    f = torch.maximum(real - other + kappa, real.new_zeros(()))  # its torch.max(., 0)
                     l2 = (new_x - ox).pow(2).flatten(1).sum(1)
                     opt.zero_grad()
-                    (const.sum() * f.sum() + n * l2.sum()).backward()  # cleverhans' (B,1)*(B,) broadcast
+                    (const[:, None] * f + l2).sum().backward()  # cleverhans' (B, 1) * (B,) -> (B, B) broadcast
                 opt.step()
                 with torch.no_grad():
                     adjusted = logits.detach().clone()
@@ -101,7 +109,26 @@ class CWCleverhans(GradientAttack):
                     step_l2 = torch.where(this_step, l2, step_l2)
                     step_pred = torch.where(this_step, pred, step_pred)
             success = (step_pred != y) & (step_pred != -1)
-            upper = torch.where(success, torch.minimum(upper, const), upper)
-            lower = torch.where(success, lower, torch.maximum(lower, const))
-            const = torch.where(upper < 1e9, (lower + upper) / 2, torch.where(success, const, const * 10))
+            const, upper_is_const, lower_is_const = _cleverhans_search_step(success, const, upper_is_const,
+                                                                             lower_is_const)
         return best_attack
+
+
+def _cleverhans_search_step(success: torch.Tensor, const: torch.Tensor, upper_is_const: torch.Tensor,
+                            lower_is_const: torch.Tensor):
+    """One step of cleverhans 4.0.0's binary search on the constant, its list-of-views aliasing included.
+
+    Its bounds start as the floats 1e10 (upper) and 0.0 (lower). Python's ``min(a, b)`` returns ``b`` only
+    when ``b < a`` (``max``: only when ``b > a``), so the bound becomes the view ``const[n]`` at the first
+    success with ``const < 1e10`` (first failure with ``const > 0``) and stays that view for good (later
+    ``min``/``max`` calls compare equal values and return the view already held). A bound that is a view
+    reads the constant's current value. Then, as cleverhans: ``(lower + upper) / 2`` if upper < 1e9,
+    else the constant is kept after a success and multiplied by 10 after a failure.
+    Returns (const, upper_is_const, lower_is_const).
+    """
+    upper_is_const = upper_is_const | (success & (const < 1e10))
+    lower_is_const = lower_is_const | (~success & (const > 0))
+    upper = torch.where(upper_is_const, const, torch.full_like(const, 1e10))
+    lower = torch.where(lower_is_const, const, torch.zeros_like(const))
+    const = torch.where(upper < 1e9, (lower + upper) / 2, torch.where(success, const, const * 10))
+    return const, upper_is_const, lower_is_const
