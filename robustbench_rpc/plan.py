@@ -202,9 +202,9 @@ class Plan:
         # host cores generating data
         default_workers = min(8, (os.cpu_count() or 1) - 1) if self.device.startswith("cuda") else 0
         self.workers = cfg.workers if cfg.workers is not None else d.get("workers", default_workers)
-        self.roots = {**d.get("data_roots", {}), **cfg.data_roots}
         self.subset_file = cfg.subset or d.get("subset")
         check_settings(self)
+        self.roots = {**d.get("data_roots", {}), **cfg.data_roots}
         self.subset_entries = None
         if self.subset_file:
             from .data.subsets import SubsetError, read_subset_file
