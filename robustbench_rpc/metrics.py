@@ -142,6 +142,74 @@ def unnormalized_mce(errors: Mapping[str, float | Sequence[float]]) -> float:
     return float(np.mean([_mean_error(v, k) for k, v in errors.items()]))
 
 
+def robustbench_corruption_scores(accuracy: Mapping[tuple[str, int], float],
+                                  baseline: Mapping[tuple[str, int], float] | None = None) -> dict[str, float]:
+    """RobustBench's corruption numbers (``robustbench/eval.py::corruptions_evaluation``) from accuracies
+    per ``(corruption, severity)``: ``corruptions_acc`` = the plain mean of those accuracies and, with a
+    ``baseline`` (AlexNet's accuracies per (corruption, severity), e.g.
+    ``data.robustbench.alexnet_imagenet_c()``), ``corruptions_mce`` = mean over corruptions of
+    ``mean_s(1 - acc) / mean_s(1 - acc_baseline)``. Fractions; a corruption whose severities the
+    baseline lacks raises ``KeyError`` naming it."""
+    if not accuracy:
+        raise ValueError("no corruption accuracies given")
+    out = {"corruptions_acc": float(np.mean([float(v) for v in accuracy.values()]))}
+    if baseline is None:
+        return out
+    by_c: dict[str, list[int]] = {}
+    for c, s in accuracy:
+        by_c.setdefault(c, []).append(int(s))
+    missing = sorted(f"{c} s{s}" for c, ss in by_c.items() for s in ss if (c, s) not in baseline)
+    if missing:
+        raise KeyError(f"the mCE baseline has no accuracy for {', '.join(missing[:5])}"
+                       f"{' ...' if len(missing) > 5 else ''}")
+    ratios = []
+    for c, ss in by_c.items():
+        base = float(np.mean([1.0 - baseline[(c, s)] for s in ss]))
+        if base <= 0:
+            raise ValueError(f"baseline error for '{c}' is {base}; CE is undefined")
+        ratios.append(float(np.mean([1.0 - accuracy[(c, s)] for s in ss])) / base)
+    out["corruptions_mce"] = float(np.mean(ratios))
+    return out
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the input order: sort ascending, multiply the
+    i-th smallest by (m - i), take the running maximum, cap at 1. Controls the family-wise error rate."""
+    p = np.asarray(list(p_values), dtype=np.float64)
+    m = p.size
+    if m == 0:
+        return []
+    order = np.argsort(p, kind="mergesort")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adjusted
+    return [float(v) for v in out]
+
+
+def bootstrap_rank_intervals(correct: np.ndarray, n_boot: int = 1000, confidence: float = 0.95,
+                             seed: int = 0) -> list[tuple[int, int]]:
+    """Rank intervals of models from paired per-sample outcomes ``correct`` (models x samples, 0/1): resample
+    the samples with replacement ``n_boot`` times, rank the models by accuracy in each resample (1 = best,
+    ties share the best rank), and return each model's percentile interval of ranks. The resampled samples
+    are the same for every model (a paired bootstrap), as in Hall & Miller's ranking bootstrap."""
+    c = np.asarray(correct, dtype=np.float64)
+    if c.ndim != 2 or c.shape[1] == 0:
+        raise ValueError(f"correct must be models x samples with at least one sample, got shape {c.shape}")
+    _z(confidence)
+    rng = np.random.default_rng(seed)
+    k, n = c.shape
+    ranks = np.empty((n_boot, k))
+    chunk = max(1, min(n_boot, 2_000_000 // max(1, n)))
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        counts = np.stack([np.bincount(rng.integers(0, n, size=n), minlength=n) for _ in range(stop - start)])
+        acc = counts @ c.T / n  # (draws, models)
+        ranks[start:stop] = 1 + (acc[:, None, :] > acc[:, :, None]).sum(axis=2)
+    alpha = 1.0 - confidence
+    lo, hi = np.quantile(ranks, [alpha / 2, 1 - alpha / 2], axis=0, method="inverted_cdf")
+    return [(int(a), int(b)) for a, b in zip(lo, hi)]
+
+
 # --------------------------------------------------------------------------------------------------
 # Out-of-distribution detection (ImageNet-O protocol)
 # --------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from .embedded import digits32, digits32_ood
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
 #: datasets whose files live on disk under a root the user supplies (--data-root NAME=PATH)
 NEEDS_ROOT = {"imagenet", "imagenet-a", "imagenet-r", "imagenet-o", "imagenet-o-in", "imagenet-c", "cifar10-c",
-              "cifar100-c", "ood-folder", "folder"}
+              "cifar100-c", "ood-folder", "folder", "cifar10", "cifar100"}
 #: datasets read from another dataset's root: the ImageNet-O in-distribution set is ImageNet val's images
 ROOT_OF = {"imagenet-o-in": "imagenet"}
 
@@ -58,6 +58,22 @@ for _cls, _key in (("ImageNetVal", "imagenet"), ("ImageNetA", "imagenet-a"), ("I
                    ("ImageNetO", "imagenet-o"), ("ImageNetOInDistribution", "imagenet-o-in"),
                    ("OODImageFolder", "ood-folder"), ("ClassFolder", "folder")):
     DATASETS.add(_key, _on_disk(_cls, _key))
+
+
+def _cifar(name: str):
+    """CIFAR-10/100 test set as RobustBench loads it (``data/cifar.py``): root = the folder holding
+    torchvision's ``cifar-10-batches-py`` / ``cifar-100-python``; no resize, whatever the contract."""
+
+    def make(roots: dict[str, str], cfg: dict[str, Any], skip_unreadable: bool = False) -> Dataset:
+        from .cifar import CIFARTest
+
+        return CIFARTest(str(root_for(name, roots)), name)
+
+    return make
+
+
+DATASETS.add("cifar10", _cifar("cifar10"))
+DATASETS.add("cifar100", _cifar("cifar100"))
 
 
 def get_dataset(name: str, roots: dict[str, str] | None = None, data_config: dict[str, Any] | None = None,

@@ -6,7 +6,8 @@ evenly over the classes (each class gets ``N // C`` or one more, the extra ones 
 that come first in label order; within a class the picks are evenly spaced in file order), so the
 subset depends only on the dataset's listing and N: the same ids on any machine, number of ranks or
 resume. :func:`subset_from_file` reads an explicit list (one sample id or relative path per line, ``#``
-comments), e.g. RobustBench's 5,000 ImageNet images, so a published subset is used as is.
+comments), or a built-in name (:func:`builtin_subset`: ``robustbench-imagenet-5000[:N]``, RobustBench's
+5,000 ImageNet images in its order; ``first-N``), so a published subset is used as is.
 
 Datasets yield ``(image, label, sample_id)``; labels and ids are read from the dataset's own listing
 (``targets`` / ``labels`` / ``samples`` / ``sample_ids``) without decoding images where it has one.
@@ -68,12 +69,46 @@ def stratified_indices(labels: Sequence[int], n: int) -> list[int]:
     return sorted(picked)
 
 
+def builtin_subset(name: str) -> list[str] | None:
+    """The entries of a built-in subset name, or None when ``name`` is none (then it is a file path):
+
+    - ``robustbench-imagenet-5000``: RobustBench's 5,000 ImageNet val images (its
+      ``helper_files/imagenet_test_image_ids.txt``, shipped); ``robustbench-imagenet-5000:N``: its first N
+      in RobustBench's order, what its ``load_imagenet(n_examples=N)`` evaluates;
+    - ``first-N``: sample ids 0..N-1, the first N images of a set in its own order (RobustBench's CIFAR
+      ``n_examples``; ``--limit`` spreads N over the classes instead).
+    """
+    from .robustbench import IMAGENET_SUBSET, imagenet_test_ids
+
+    text = str(name)
+    base, sep, count = text.partition(":")
+    if base == IMAGENET_SUBSET:
+        if sep and not count.isdigit():
+            raise SubsetError(f"--subset {text}: expected {IMAGENET_SUBSET}:N with N a number of images")
+        try:
+            return imagenet_test_ids(int(count) if sep else None)
+        except ValueError as err:
+            raise SubsetError(f"--subset {text}: {err}") from None
+    if text.startswith("first-") and not sep:
+        n = text[len("first-"):]
+        if not n.isdigit() or int(n) < 1:
+            raise SubsetError(f"--subset {text}: expected first-N with N >= 1")
+        return [str(i) for i in range(int(n))]
+    return None
+
+
+BUILTIN_SUBSETS = ("robustbench-imagenet-5000", "robustbench-imagenet-5000:N", "first-N")
+
+
 def read_subset_file(path: str | Path) -> list[str]:
-    """The entries of a subset file: one sample id or relative path per line; blank lines and ``#``
-    comments ignored."""
+    """The entries of a built-in subset (:func:`builtin_subset`, resolved before any file) or of a subset
+    file: one sample id or relative path per line; blank lines and ``#`` comments ignored."""
+    builtin = builtin_subset(str(path))
+    if builtin is not None:
+        return builtin
     path = Path(path)
     if not path.is_file():
-        raise SubsetError(f"--subset {path}: file not found")
+        raise SubsetError(f"--subset {path}: file not found (built-in subsets: {', '.join(BUILTIN_SUBSETS)})")
     entries = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
     entries = [e for e in entries if e]
     if not entries:
