@@ -101,7 +101,7 @@ def threat_text(params: dict) -> str:
     """The one sentence on an attack's threat model (protocol card, headline notes)."""
     space, clip, labels, accuracy = threat_of(params)
     return "; ".join([
-        "eps in the model's normalized input (x - mean) / std" if space == "normalized"
+        "eps in normalized input units (x - mean) / std of the model" if space == "normalized"
         else "eps in pixel units (images in [0, 1])",
         "clipped to [0, 1]" if clip else "no clipping (adversarial images may leave [0, 1])",
         "attacking the model's clean predictions" if labels == "predicted" else "attacking the true labels",

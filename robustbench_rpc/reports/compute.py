@@ -5,7 +5,6 @@ depending on an incomplete pair is missing (NaN / None), never a number from a p
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 
@@ -13,120 +12,11 @@ import numpy as np
 import pandas as pd
 
 from .. import metrics
-from .data import RunData, eps_key, format_eps, is_imagenet, paired
+from ..evalspec import THREAT_DEFAULTS, eps_label as format_eps, threat_of
+from .data import RunData, eps_key, is_imagenet, paired
+from .protocol import eval_label
 
 NAN = float("nan")
-
-
-def eval_label(info: dict) -> str:
-    p = info.get("params") or {}
-    kind = info.get("kind")
-    if kind == "attack":
-        label = f"{info['name']} {p.get('norm', '?')} eps={format_eps(p.get('eps'))}"
-        steps = p.get("steps")
-        return label + (f" ({steps} step{'' if steps == 1 else 's'})" if steps is not None else "")
-    if kind == "corruption":
-        return f"{p.get('corruption', info['name'])} s{p.get('severity', '?')}"
-    return str(info["name"])
-
-
-# -------------------------------------------------------------------------------------- protocol
-def subset_text(info: dict) -> str:
-    p = info.get("params") or {}
-    size = info.get("dataset_size", p.get("dataset_size"))
-    n = info.get("n_samples")
-    how = info.get("subset")
-    if isinstance(how, dict) and size and n != size:
-        if how.get("method") == "stratified":
-            return f"{n} of {size}, spread evenly over the classes (--limit {how.get('limit')})"
-        if how.get("method") == "file":
-            return f"{n} of {size}, listed in {how.get('file')} (sha256 {str(how.get('sha256'))[:12]})"
-    if size:
-        return "full set" if n == size else f"subset of {size}"
-    if info.get("subset") is not None:
-        return ("subset" if info["subset"] else "full set") if isinstance(info["subset"], bool) \
-            else f"subset: {info['subset']}"
-    if p.get("limit") is not None:
-        return f"subset (limit={p['limit']})"
-    return "subset or full not recorded"
-
-
-def dataset_lines(data: RunData, evals: pd.DataFrame) -> list[str]:
-    lines = []
-    if evals.empty:
-        return lines
-    for dataset in dict.fromkeys(evals["dataset"]):
-        group = evals[evals["dataset"] == dataset]
-        ns = sorted(set(int(n) for n in group["n_samples"]))
-        n_text = f"{ns[0]} images" if len(ns) == 1 else f"{ns[0]}-{ns[-1]} images"
-        subsets = sorted({subset_text(data.info(k)) for k in group["eval_key"]})
-        h = data.sample_id_hash(dataset)
-        lines.append(f"Dataset {dataset}: {n_text} per evaluation ({'; '.join(subsets)})"
-                     + (f"; sample-id sha256 {h}" if h else ""))
-    return lines
-
-
-def common_lines(data: RunData) -> list[str]:
-    return ["Accuracy in %, as value [lo, hi] with the 95% Wilson score interval",
-            data.seeds_text(),
-            "Incomplete (model, evaluation) pairs are shown as missing, never as 0"]
-
-
-def params_text(params: dict, skip: tuple = ()) -> str:
-    items = [f"{k}={_short(v)}" for k, v in sorted(params.items()) if k not in skip]
-    return ", ".join(items) if items else "default parameters"
-
-
-def _short(v, limit: int = 160) -> str:
-    text = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def incomplete_notes(data: RunData, pairs: list[tuple[str, str]]) -> list[str]:
-    notes = []
-    for m, e in pairs:
-        r = data.agg_row(m, e)
-        if not r["complete"]:
-            notes.append(f"{data.name(m)} on {eval_label(data.info(e))}: {r['n']}/{r['n_expected']} "
-                         f"samples ({data.complete_pct(m, e):.0f}% complete) - shown as missing")
-    return notes
-
-
-# ------------------------------------------------------------------------------------- threat model
-#: what an attack evaluation without these parameters means (the standard pixel threat model)
-THREAT_DEFAULTS = {"space": "pixel", "clip": True, "labels": "true", "accuracy": "robust"}
-
-
-def threat_of(params: dict) -> tuple:
-    """(space, clip, labels, accuracy) of an attack evaluation: attacks are comparable only within one."""
-    return tuple(params.get(k, v) for k, v in THREAT_DEFAULTS.items())
-
-
-def threat_text(params: dict) -> str:
-    """The protocol card's sentence on an attack's threat model."""
-    space, clip, labels, accuracy = threat_of(params)
-    return "; ".join([
-        "eps in the model's normalized input (x - mean) / std" if space == "normalized"
-        else "eps in pixel units (images in [0, 1])",
-        "clipped to [0, 1]" if clip else "no clipping (adversarial images may leave [0, 1])",
-        "attacking the model's clean predictions" if labels == "predicted" else "attacking the true labels",
-        "plain accuracy (top-1/top-5 of model(x_adv) against the true label)" if accuracy == "plain"
-        else "robust accuracy (correct on the clean image AND under attack)"])
-
-
-def pixel_equivalents(data: RunData, params: dict) -> list[str]:
-    """For a Linf eps in normalized units: the per-channel pixel budget eps * std_c of each model."""
-    eps = params.get("eps")
-    if threat_of(params)[0] != "normalized" or not isinstance(eps, (int, float)) \
-            or params.get("norm", "Linf") != "Linf":
-        return []
-    out = []
-    for m in data.model_keys:
-        std = (data.store.model_info(m) or {}).get("std")
-        if std:
-            out.append(f"pixel-equivalent eps for {data.name(m)} at {format_eps(eps)}: "
-                       + " / ".join(f"{eps * s * 255:.3g}/255" for s in std) + " per channel (R/G/B)")
-    return out
 
 
 # ----------------------------------------------------------------------------------------- worst case

@@ -1,7 +1,6 @@
 """Everything a report reads, loaded from ``run_dir/results.sqlite`` (read-only) and nothing else."""
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,19 +12,6 @@ import pandas as pd
 from ..store import ResultsStore
 
 STORE_FILENAME = "results.sqlite"
-
-
-def format_eps(eps: Any) -> str:
-    """8/255 for multiples of 1/255 (to 1e-6), else a short decimal; '?' when unknown."""
-    if eps is None or (isinstance(eps, float) and math.isnan(eps)):
-        return "?"
-    eps = float(eps)
-    if eps == 0:
-        return "0"
-    k = eps * 255
-    if abs(k - round(k)) < 1e-6 * max(1.0, abs(k)):
-        return f"{int(round(k))}/255"
-    return f"{eps:.4g}"
 
 
 def eps_key(eps: Any) -> float:

@@ -13,9 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .. import metrics  # noqa: E402
+from ..evalspec import eps_label as format_eps, threat_of  # noqa: E402
 from .compute import (CE_MIN_REF_ERROR, CE_MIN_REF_ERRORS, acc_stats, corruption_results, pairwise,  # noqa: E402
-                      severity_curve, threat_of, worst_case, worst_groups)
-from .data import RunData, eps_key, format_eps, slug  # noqa: E402
+                      severity_curve, worst_case, worst_groups)
+from .data import RunData, eps_key, slug  # noqa: E402
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.grid": True, "grid.alpha": 0.3,
                      "svg.hashsalt": "robustbench-rpc", "svg.fonttype": "none"})

@@ -6,10 +6,12 @@ import json
 import numpy as np
 import pandas as pd
 
-from .compute import (BOOT_SEED, N_BOOT, NAN, acc_stats, finite, common_lines, corruption_results, dataset_lines, eval_label,
-                      incomplete_notes, ood_result, pairwise, params_text, pixel_equivalents, threat_of, threat_text,
-                      THREAT_DEFAULTS, worst_case, worst_groups)
-from .data import RunData, eps_key, format_eps, slug
+from ..evalspec import THREAT_DEFAULTS, eps_label as format_eps, threat_of, threat_text
+from .compute import BOOT_SEED, N_BOOT, NAN, acc_stats, corruption_results, finite, ood_result, pairwise, worst_case, \
+    worst_groups
+from .data import RunData, eps_key, slug
+from .headline import headline_table
+from .protocol import common_lines, dataset_lines, eval_label, incomplete_notes, params_text, pixel_equivalents
 from .render import Table, fmt_ci, fmt_delta, fmt_num, fmt_p, pct
 
 NA = "n/a"  # not applicable (as opposed to None = missing result)
@@ -356,170 +358,6 @@ def checks_table(data: RunData) -> Table:
 
 
 # ---------------------------------------------------------------------------------------- headline
-_ATTACK_NAMES = {"pgd": "PGD", "fgsm": "FGSM", "square": "Square", "autoattack": "AutoAttack", "spsa": "SPSA",
-                 "cw": "CW", "cw-cleverhans": "CW", "apgd": "APGD", "apgd-ce": "APGD-CE", "apgd-t": "APGD-T",
-                 "sld": "SLD", "mim": "MIM", "deepfool": "DeepFool"}
-
-
-def attack_display(name: str) -> str:
-    return _ATTACK_NAMES.get(str(name).lower(), str(name))
-
-
-def threat_suffix(params: dict) -> str:
-    """What a headline column says about a non-default threat model, e.g. ' (norm.)' for a budget in
-    normalized input units or ' (plain acc.)' for plain accuracy: two columns never differ silently."""
-    space, clip, labels, accuracy = threat_of(params)
-    tags = (["norm."] if space == "normalized" else []) + (["no clip"] if not clip else []) \
-        + (["pred. labels"] if labels == "predicted" else []) + (["plain acc."] if accuracy == "plain" else [])
-    return f" ({', '.join(tags)})" if tags else ""
-
-
-def _threat_sentence(params: dict) -> str:
-    space, clip, labels, accuracy = threat_of(params)
-    return ("eps in normalized input units (x - mean) / std" if space == "normalized" else "eps in pixel units ([0, 1] images)") \
-        + ("; clipped to [0, 1]" if clip else "; not clipped to [0, 1]") \
-        + ("; attacking the model's clean predictions" if labels == "predicted" else "; attacking the true labels") \
-        + ("; plain accuracy (model(x_adv) vs true label)" if accuracy == "plain"
-           else "; robust accuracy (correct on the clean image and under attack)")
-
-
-def _headline_clean_evals(data: RunData) -> list[str]:
-    """Clean evaluations shown in the headline: all but the class-masked in-distribution sets of an OOD
-    protocol (e.g. the 200 ImageNet-O classes), which are not a model's clean accuracy."""
-    masked_in = {data.info(e)["params"].get("in_eval_key") for e in data.evals_of("ood")["eval_key"]
-                 if data.info(e)["params"].get("class_mask")}
-    return [e for e in data.evals_of("clean")["eval_key"] if e not in masked_in]
-
-
-def headline_table(data: RunData) -> Table | None:
-    """The paper's table shape, first in the report: one row per model; columns clean top-1, robust
-    top-1 at each attack budget (the attack, or the per-sample worst case when several attacks share the
-    budget), AutoAttack, mCE, shift top-1 and OOD AUPR, every cell with its 95% CI. Each cell is the
-    same number as in the detailed table it comes from (named in the tidy CSV's ``source``)."""
-    if not data.model_keys:
-        return None
-    cols: list[tuple[str, str, object]] = []   # (header, source table, getter(model) -> (text, value, lo, hi))
-    protocol: list[str] = []
-    clean = _headline_clean_evals(data)
-    multi_ds = len({data.info(e)["dataset"] for e in clean}) > 1
-
-    def acc_getter(e):
-        def get(m):
-            r = data.agg_row(m, e)
-            if not r["complete"]:
-                return None, NAN, NAN, NAN
-            return fmt_ci(r["top1"], r["top1_lo"], r["top1_hi"]), r["top1"], r["top1_lo"], r["top1_hi"]
-        return get
-
-    for e in clean:
-        cols.append(("Clean" + (f" {data.info(e)['dataset']}" if multi_ds else ""), "clean", acc_getter(e), e))
-    # attacks: one column per budget (dataset, norm, threat, eps); AutoAttack in its own columns
-    ev = data.evals_of("attack")
-    if not ev.empty:
-        norms = {str(data.info(k)["params"].get("norm", "?")) for k in ev["eval_key"]}
-        a_multi_ds = ev["dataset"].nunique() > 1
-        budgets: dict[tuple, list[str]] = {}
-        for e in ev["eval_key"]:
-            info = data.info(e)
-            p = info["params"]
-            key = (info["dataset"], str(p.get("norm", "?")), str(threat_of(p)), eps_key(p.get("eps")))
-            budgets.setdefault(key, []).append(e)
-        groups = {(g.dataset, g.norm, str(g.threat), g.eps): g for g in worst_groups(data)}
-        robust_cols, aa_cols, threats = [], [], {}
-
-        def where(dataset, norm, eps, p):
-            return ((f"{dataset} " if a_multi_ds else "") + (f"{norm} " if len(norms) > 1 else "")
-                    + format_eps(eps) + threat_suffix(p))
-
-        for key in sorted(budgets, key=lambda k: (k[0], k[1], k[2], k[3])):
-            dataset, norm, _, eps = key
-            keys = budgets[key]
-            p = data.info(keys[0])["params"]
-            threats.setdefault(_threat_sentence(p), []).append(where(dataset, norm, eps, p))
-            names = [data.info(k)["name"] for k in keys]
-            if all(str(n).lower() == "autoattack" for n in names) and len(keys) == 1:
-                pass  # only AutoAttack at this budget: its own column below
-            elif len(keys) == 1:
-                st = p.get("steps")
-                label = attack_display(names[0]) + (f"-{st}" if st is not None and st != 1 else "")
-                robust_cols.append((f"{label} {where(dataset, norm, eps, p)}", "attacks", acc_getter(keys[0]), keys[0]))
-            else:
-                g = groups[key]
-
-                def get(m, g=g):
-                    wc, _ = worst_case(data, m, g)
-                    if wc is None:
-                        return None, NAN, NAN, NAN
-                    a = acc_stats(wc["correct1"])
-                    return fmt_ci(*a), *a
-                combined = ", ".join(attack_display(n) for n in dict.fromkeys(names))
-                robust_cols.append((f"Robust {where(dataset, norm, eps, p)} (worst of {combined})", "attacks", get,
-                                    None))
-            for k, n in zip(keys, names):
-                if str(n).lower() == "autoattack":
-                    pk = data.info(k)["params"]
-                    version = pk.get("version")
-                    tag = f" ({version})" if version and version != "standard" else ""
-                    aa_cols.append((f"AutoAttack{tag} {where(dataset, norm, eps, pk)}", "attacks", acc_getter(k), k))
-        cols += robust_cols + aa_cols
-        for sentence, where_list in threats.items():
-            protocol.append(f"Threat model of {', '.join(where_list)}: {sentence}")
-        if groups:
-            protocol.append("Robust ... (worst of A, B): per sample, correct only if correct under every listed attack "
-                            "at that budget (the worst-case rows of the attack table)")
-    for res in corruption_results(data):
-        multi = len(corruption_results(data)) > 1
-        normalized = res.baseline is not None
-        header = ("mCE" if normalized else "mean CE, unnormalized") + (f" {res.dataset}" if multi else "")
-
-        def get(m, res=res, normalized=normalized):
-            row = res.rows[data.model_keys.index(m)]
-            if not normalized:
-                return fmt_num(row["unnormalized_mce"]), row["unnormalized_mce"], NAN, NAN
-            if not finite(row["mce"]):
-                return None, NAN, NAN, NAN
-            lo, hi = row["mce_ci"]
-            return (fmt_ci(row["mce"], lo, hi) if finite(lo) else fmt_num(row["mce"])), row["mce"], lo, hi
-        cols.append((header, f"corruptions_{slug(res.dataset)}", get, None))
-        protocol.append(f"{header}: lower is better; baseline {res.baseline_label}; "
-                        f"{len(res.in_mce)} corruptions, severities {', '.join(map(str, res.severities))}"
-                        + (f"; {len(res.unstable)} CE ratios unstable (reference error too small, see the corruption "
-                           "table)" if res.unstable else ""))
-    for e in data.evals_of("shift")["eval_key"]:
-        cols.append((eval_label(data.info(e)), "shift", acc_getter(e), e))
-    from ..ood import protocol_of
-    for e in data.evals_of("ood")["eval_key"]:
-        info = data.info(e)
-
-        def get(m, e=e):
-            res, _ = ood_result(data, m, e)
-            if res is None:
-                return None, NAN, NAN, NAN
-            return fmt_ci(res["aupr"], res["aupr_lo"], res["aupr_hi"]), res["aupr"], res["aupr_lo"], res["aupr_hi"]
-        cols.append((f"AUPR {info['name']}", "ood", get, e))
-        protocol.append(f"AUPR {info['name']}: OOD detection with -max softmax as the score, protocol "
-                        f"{protocol_of(info['params'])}; higher is better")
-    if len(cols) == 0:
-        return None
-    columns = ["Model"] + [h for h, *_ in cols]
-    rows, tidy = [], []
-    for m in data.model_keys:
-        row = [data.name(m)]
-        for (h, src, get, e) in cols:
-            text, v, lo, hi = get(m)
-            row.append(text)
-            tidy.append({"model": data.name(m), "model_key": m, "column": h, "source": src,
-                         "eval_key": e, "value_pct": pct(v), "lo_pct": pct(lo), "hi_pct": pct(hi)})
-        rows.append(row)
-    protocol = ["All numbers in %, as value [lo, hi]: top-1 accuracies with the 95% Wilson interval, mCE and AUPR "
-                "with 95% bootstrap intervals; each number is the one in the detailed table below"] \
-        + protocol + [data.reference_note, data.seeds_text()]
-    notes = []
-    if any(v is None for r in rows for v in r):
-        notes.append("— marks a missing or incomplete result (never 0)")
-    return Table("headline", "Headline results", columns, rows, pd.DataFrame(tidy), protocol, notes, lead=True)
-
-
 def checks_summary(data: RunData) -> tuple[str, list[str]]:
     """(one line of counts, one line per check that did not pass), for the console and the page top.
     The line reads 'all N passed' when every check passed."""
