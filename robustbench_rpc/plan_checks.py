@@ -5,14 +5,15 @@ from __future__ import annotations
 import difflib
 import inspect
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .evalspec import SuiteError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .plan import ModelSpec, Plan, RunConfig
+# The arguments are plan.Plan / plan.ModelSpec / plan.RunConfig objects; typed Any so that this module,
+# which plan.py uses, never imports plan.py back.
+Plan = ModelSpec = RunConfig = Any
 
 
 def close_matches(word: str, known: list[str]) -> str:
