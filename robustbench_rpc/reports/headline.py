@@ -18,86 +18,91 @@ def _headline_clean_evals(data: RunData) -> list[str]:
     return [e for e in data.evals_of("clean")["eval_key"] if e not in masked_in]
 
 
-def headline_table(data: RunData) -> Table | None:
-    """The paper's table shape, first in the report: one row per model; columns clean top-1, robust
-    top-1 at each attack budget (the attack, or the per-sample worst case when several attacks share the
-    budget), AutoAttack, mCE, shift top-1 and OOD AUPR, every cell with its 95% CI. Each cell is the
-    same number as in the detailed table it comes from (named in the tidy CSV's ``source``)."""
-    if not data.model_keys:
-        return None
-    cols: list[tuple[str, str, object]] = []   # (header, source table, getter(model) -> (text, value, lo, hi))
-    protocol: list[str] = []
+#: one headline column: (header, source table, getter(model key) -> (text, value, lo, hi), eval key or None)
+Column = tuple
+
+
+def _acc_getter(data: RunData, e: str):
+    def get(m):
+        r = data.agg_row(m, e)
+        if not r["complete"]:
+            return None, NAN, NAN, NAN
+        return fmt_ci(r["top1"], r["top1_lo"], r["top1_hi"]), r["top1"], r["top1_lo"], r["top1_hi"]
+    return get
+
+
+def _worst_getter(data: RunData, g):
+    def get(m):
+        wc, _ = worst_case(data, m, g)
+        if wc is None:
+            return None, NAN, NAN, NAN
+        a = acc_stats(wc["correct1"])
+        return fmt_ci(*a), *a
+    return get
+
+
+def clean_columns(data: RunData) -> list[Column]:
     clean = _headline_clean_evals(data)
     multi_ds = len({data.info(e)["dataset"] for e in clean}) > 1
+    return [("Clean" + (f" {data.info(e)['dataset']}" if multi_ds else ""), "clean", _acc_getter(data, e), e)
+            for e in clean]
 
-    def acc_getter(e):
-        def get(m):
-            r = data.agg_row(m, e)
-            if not r["complete"]:
-                return None, NAN, NAN, NAN
-            return fmt_ci(r["top1"], r["top1_lo"], r["top1_hi"]), r["top1"], r["top1_lo"], r["top1_hi"]
-        return get
 
-    for e in clean:
-        cols.append(("Clean" + (f" {data.info(e)['dataset']}" if multi_ds else ""), "clean", acc_getter(e), e))
-    # attacks: one column per budget (dataset, norm, threat, eps); AutoAttack in its own columns
+def attack_columns(data: RunData) -> tuple[list[Column], list[str]]:
+    """One column per budget (dataset, norm, threat, eps): the attack, or the per-sample worst case when
+    several share the budget; AutoAttack in its own columns. Returns (columns, protocol lines)."""
     ev = data.evals_of("attack")
-    if not ev.empty:
-        norms = {str(data.info(k)["params"].get("norm", "?")) for k in ev["eval_key"]}
-        a_multi_ds = ev["dataset"].nunique() > 1
-        budgets: dict[tuple, list[str]] = {}
-        for e in ev["eval_key"]:
-            info = data.info(e)
-            p = info["params"]
-            key = (info["dataset"], str(p.get("norm", "?")), str(threat_of(p)), eps_key(p.get("eps")))
-            budgets.setdefault(key, []).append(e)
-        groups = {(g.dataset, g.norm, str(g.threat), g.eps): g for g in worst_groups(data)}
-        robust_cols, aa_cols, threats = [], [], {}
+    if ev.empty:
+        return [], []
+    norms = {str(data.info(k)["params"].get("norm", "?")) for k in ev["eval_key"]}
+    a_multi_ds = ev["dataset"].nunique() > 1
+    budgets: dict[tuple, list[str]] = {}
+    for e in ev["eval_key"]:
+        info = data.info(e)
+        p = info["params"]
+        budgets.setdefault((info["dataset"], str(p.get("norm", "?")), str(threat_of(p)), eps_key(p.get("eps"))),
+                           []).append(e)
+    groups = {(g.dataset, g.norm, str(g.threat), g.eps): g for g in worst_groups(data)}
+    robust_cols, aa_cols, threats = [], [], {}
 
-        def where(dataset, norm, eps, p):
-            return ((f"{dataset} " if a_multi_ds else "") + (f"{norm} " if len(norms) > 1 else "")
-                    + format_eps(eps) + threat_suffix(p))
+    def where(dataset, norm, eps, p):
+        return ((f"{dataset} " if a_multi_ds else "") + (f"{norm} " if len(norms) > 1 else "")
+                + format_eps(eps) + threat_suffix(p))
 
-        for key in sorted(budgets, key=lambda k: (k[0], k[1], k[2], k[3])):
-            dataset, norm, _, eps = key
-            keys = budgets[key]
-            p = data.info(keys[0])["params"]
-            threats.setdefault(threat_text(p), []).append(where(dataset, norm, eps, p))
-            names = [data.info(k)["name"] for k in keys]
-            if all(str(n).lower() == "autoattack" for n in names) and len(keys) == 1:
-                pass  # only AutoAttack at this budget: its own column below
-            elif len(keys) == 1:
-                st = p.get("steps")
-                label = attack_display(names[0]) + (f"-{st}" if st is not None and st != 1 else "")
-                robust_cols.append((f"{label} {where(dataset, norm, eps, p)}", "attacks", acc_getter(keys[0]), keys[0]))
-            else:
-                g = groups[key]
+    for key in sorted(budgets):
+        dataset, norm, _, eps = key
+        keys = budgets[key]
+        p = data.info(keys[0])["params"]
+        threats.setdefault(threat_text(p), []).append(where(dataset, norm, eps, p))
+        names = [data.info(k)["name"] for k in keys]
+        if len(keys) == 1 and str(names[0]).lower() != "autoattack":
+            st = p.get("steps")
+            label = attack_display(names[0]) + (f"-{st}" if st is not None and st != 1 else "")
+            robust_cols.append((f"{label} {where(dataset, norm, eps, p)}", "attacks", _acc_getter(data, keys[0]),
+                                keys[0]))
+        elif len(keys) > 1:
+            combined = ", ".join(attack_display(n) for n in dict.fromkeys(names))
+            robust_cols.append((f"Robust {where(dataset, norm, eps, p)} (worst of {combined})", "attacks",
+                                _worst_getter(data, groups[key]), None))
+        for k, n in zip(keys, names):  # AutoAttack also on its own, so it can be set beside published numbers
+            if str(n).lower() == "autoattack":
+                pk = data.info(k)["params"]
+                version = pk.get("version")
+                tag = f" ({version})" if version and version != "standard" else ""
+                aa_cols.append((f"AutoAttack{tag} {where(dataset, norm, eps, pk)}", "attacks", _acc_getter(data, k), k))
+    protocol = [f"Threat model of {', '.join(w)}: {sentence}" for sentence, w in threats.items()]
+    if groups:
+        protocol.append("Robust ... (worst of A, B): per sample, correct only if correct under every listed attack "
+                        "at that budget (the worst-case rows of the attack table)")
+    return robust_cols + aa_cols, protocol
 
-                def get(m, g=g):
-                    wc, _ = worst_case(data, m, g)
-                    if wc is None:
-                        return None, NAN, NAN, NAN
-                    a = acc_stats(wc["correct1"])
-                    return fmt_ci(*a), *a
-                combined = ", ".join(attack_display(n) for n in dict.fromkeys(names))
-                robust_cols.append((f"Robust {where(dataset, norm, eps, p)} (worst of {combined})", "attacks", get,
-                                    None))
-            for k, n in zip(keys, names):
-                if str(n).lower() == "autoattack":
-                    pk = data.info(k)["params"]
-                    version = pk.get("version")
-                    tag = f" ({version})" if version and version != "standard" else ""
-                    aa_cols.append((f"AutoAttack{tag} {where(dataset, norm, eps, pk)}", "attacks", acc_getter(k), k))
-        cols += robust_cols + aa_cols
-        for sentence, where_list in threats.items():
-            protocol.append(f"Threat model of {', '.join(where_list)}: {sentence}")
-        if groups:
-            protocol.append("Robust ... (worst of A, B): per sample, correct only if correct under every listed attack "
-                            "at that budget (the worst-case rows of the attack table)")
-    for res in corruption_results(data):
-        multi = len(corruption_results(data)) > 1
+
+def corruption_columns(data: RunData) -> tuple[list[Column], list[str]]:
+    cols, protocol = [], []
+    results = corruption_results(data)
+    for res in results:
         normalized = res.baseline is not None
-        header = ("mCE" if normalized else "mean CE, unnormalized") + (f" {res.dataset}" if multi else "")
+        header = ("mCE" if normalized else "mean CE, unnormalized") + (f" {res.dataset}" if len(results) > 1 else "")
 
         def get(m, res=res, normalized=normalized):
             row = res.rows[data.model_keys.index(m)]
@@ -112,9 +117,14 @@ def headline_table(data: RunData) -> Table | None:
                         f"{len(res.in_mce)} corruptions, severities {', '.join(map(str, res.severities))}"
                         + (f"; {len(res.unstable)} CE ratios unstable (reference error too small, see the corruption "
                            "table)" if res.unstable else ""))
-    for e in data.evals_of("shift")["eval_key"]:
-        cols.append((eval_label(data.info(e)), "shift", acc_getter(e), e))
+    return cols, protocol
+
+
+def shift_and_ood_columns(data: RunData) -> tuple[list[Column], list[str]]:
     from ..ood import protocol_of
+
+    cols = [(eval_label(data.info(e)), "shift", _acc_getter(data, e), e) for e in data.evals_of("shift")["eval_key"]]
+    protocol = []
     for e in data.evals_of("ood")["eval_key"]:
         info = data.info(e)
 
@@ -126,7 +136,22 @@ def headline_table(data: RunData) -> Table | None:
         cols.append((f"AUPR {info['name']}", "ood", get, e))
         protocol.append(f"AUPR {info['name']}: OOD detection with -max softmax as the score, protocol "
                         f"{protocol_of(info['params'])}; higher is better")
-    if len(cols) == 0:
+    return cols, protocol
+
+
+def headline_table(data: RunData) -> Table | None:
+    """The paper's table shape, first in the report: one row per model; columns clean top-1, robust
+    top-1 at each attack budget (the attack, or the per-sample worst case when several attacks share the
+    budget), AutoAttack, mCE, shift top-1 and OOD AUPR, every cell with its 95% CI. Each cell is the
+    same number as in the detailed table it comes from (named in the tidy CSV's ``source``)."""
+    if not data.model_keys:
+        return None
+    cols, protocol = clean_columns(data), []
+    for build in (attack_columns, corruption_columns, shift_and_ood_columns):
+        more, lines = build(data)
+        cols += more
+        protocol += lines
+    if not cols:
         return None
     columns = ["Model"] + [h for h, *_ in cols]
     rows, tidy = [], []
@@ -141,7 +166,5 @@ def headline_table(data: RunData) -> Table | None:
     protocol = ["All numbers in %, as value [lo, hi]: top-1 accuracies with the 95% Wilson interval, mCE and AUPR "
                 "with 95% bootstrap intervals; each number is the one in the detailed table below"] \
         + protocol + [data.reference_note, data.seeds_text()]
-    notes = []
-    if any(v is None for r in rows for v in r):
-        notes.append("— marks a missing or incomplete result (never 0)")
+    notes = ["— marks a missing or incomplete result (never 0)"] if any(v is None for r in rows for v in r) else []
     return Table("headline", "Headline results", columns, rows, pd.DataFrame(tidy), protocol, notes, lead=True)
