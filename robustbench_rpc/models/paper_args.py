@@ -104,32 +104,54 @@ def resolve_model(name: str, checkpoint: str | Path | None = None, kwargs: Mappi
         if args is not None and args.get("nb_classes") is None:
             head_rows = _head_rows(obj, checkpoint)
     depth = int(kwargs.get("depth", ARCHS[entry.arch]["depth"]))
-
-    # (key, file value, how the file says it) for every setting the file carries
-    from_file: dict[str, tuple[Any, str]] = {}
-    if args is not None:
-        if entry.attention in ("symmetric", "rpc") and "robust" in args:
-            robust, layer = bool(args["robust"]), int(args.get("layer", 0))
-            blocks = paper_pap_blocks(robust, layer, depth)
-            how = f"robust={robust}" + (f", layer={layer}" if robust else "")
-            from_file["rpc_layers"] = (blocks, how)
-            if blocks:
-                from_file["rpc_iters"] = (int(args["num_iter"]), f"num_iter={args['num_iter']}")
-                from_file["rpc_lambda"] = (float(args["lambd"]), f"lambd={args['lambd']}")
-            else:  # no PAP block: iterations and lambda are unused, and asking for them contradicts the file
-                from_file["rpc_iters"] = (None, how + ": PAP runs in no block")
-                from_file["rpc_lambda"] = (None, how + ": PAP runs in no block")
-        if entry.attention == "scaled" and "s_scalar" in args:
-            form = "scalar" if args["s_scalar"] else "matrix"
-            from_file["scaled_form"] = (form, f"s_scalar={bool(args['s_scalar'])}")
-        if args.get("nb_classes") is not None:
-            from_file["num_classes"] = (int(args["nb_classes"]), f"nb_classes={args['nb_classes']}")
-        elif head_rows is not None:
-            from_file["num_classes"] = (head_rows, "head.weight rows")
-
-    rpc_keys = ["rpc_iters", "rpc_lambda", "rpc_layers"]
-    keys = ["num_classes"] + (["scaled_form"] if entry.attention == "scaled" else rpc_keys
+    from_file = _settings_in_file(args, entry, depth, head_rows) if args is not None else {}
+    keys = ["num_classes"] + (["scaled_form"] if entry.attention == "scaled" else ["rpc_iters", "rpc_lambda", "rpc_layers"]
                               if entry.attention == "rpc" or "rpc_layers" in from_file else [])
+    settings, final = _merge(name, entry, keys, kwargs, from_file, override_checkpoint_args, depth, checkpoint)
+    if args is not None and "input_size" in args:
+        size = int(args["input_size"])
+        if "img_size" in kwargs:
+            settings["img_size"] = {"value": kwargs["img_size"], "source": FROM_ARGUMENT,
+                                    "checkpoint args": f"input_size={size}"}
+        else:
+            final["img_size"] = size
+            settings["img_size"] = {"value": size, "source": f"{FROM_FILE} (input_size={size})"}
+    if args is not None and args.get("model") is not None:
+        settings["paper_model"] = {"value": args["model"], "source": f"{FROM_FILE} (model)"}
+    return _build_target(name, entry, checkpoint, {k: v for k, v in kwargs.items() if k not in keys}, final,
+                         settings, from_file, depth)
+
+
+def _settings_in_file(args: dict[str, Any], entry: ModelEntry, depth: int,
+                      head_rows: int | None) -> dict[str, tuple[Any, str]]:
+    """{key: (value, how the file says it)} for every model setting the paper's ``args`` carry."""
+    from_file: dict[str, tuple[Any, str]] = {}
+    if entry.attention in ("symmetric", "rpc") and "robust" in args:
+        robust, layer = bool(args["robust"]), int(args.get("layer", 0))
+        blocks = paper_pap_blocks(robust, layer, depth)
+        how = f"robust={robust}" + (f", layer={layer}" if robust else "")
+        from_file["rpc_layers"] = (blocks, how)
+        if blocks:
+            from_file["rpc_iters"] = (int(args["num_iter"]), f"num_iter={args['num_iter']}")
+            from_file["rpc_lambda"] = (float(args["lambd"]), f"lambd={args['lambd']}")
+        else:  # no PAP block: iterations and lambda are unused, and asking for them contradicts the file
+            from_file["rpc_iters"] = (None, how + ": PAP runs in no block")
+            from_file["rpc_lambda"] = (None, how + ": PAP runs in no block")
+    if entry.attention == "scaled" and "s_scalar" in args:
+        form = "scalar" if args["s_scalar"] else "matrix"
+        from_file["scaled_form"] = (form, f"s_scalar={bool(args['s_scalar'])}")
+    if args.get("nb_classes") is not None:
+        from_file["num_classes"] = (int(args["nb_classes"]), f"nb_classes={args['nb_classes']}")
+    elif head_rows is not None:
+        from_file["num_classes"] = (head_rows, "head.weight rows")
+    return from_file
+
+
+def _merge(name: str, entry: ModelEntry, keys: list[str], kwargs: dict[str, Any],
+           from_file: dict[str, tuple[Any, str]], override: bool, depth: int,
+           checkpoint: Any) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """(settings with their sources, final values): the file wins over arguments and presets unless
+    ``override``; a contradiction without it raises naming both values, the file and a fitting model."""
     settings: dict[str, dict[str, Any]] = {}
     final: dict[str, Any] = {}
     conflicts: list[str] = []
@@ -137,13 +159,12 @@ def resolve_model(name: str, checkpoint: str | Path | None = None, kwargs: Mappi
         given, preset = key in kwargs, key in entry.defaults
         if key in from_file:
             fval, how = from_file[key]
-            src_file = {"value": fval, "source": f"{FROM_FILE} ({how})"}
             other = ((kwargs[key], f"argument {key}={kwargs[key]!r} was given", FROM_ARGUMENT) if given else
                      (entry.defaults[key], f"{name} presets {key}={entry.defaults[key]!r}", f"{FROM_PRESET} {name}")
                      if preset else None)
             if other is None or _same(key, fval, other[0], depth):
-                settings[key], final[key] = src_file, fval
-            elif override_checkpoint_args:
+                settings[key], final[key] = {"value": fval, "source": f"{FROM_FILE} ({how})"}, fval
+            elif override:
                 settings[key] = {"value": other[0], "source": f"{other[2]} (overrides {FROM_FILE} {how})"}
                 final[key] = other[0]
             else:
@@ -167,20 +188,15 @@ def resolve_model(name: str, checkpoint: str | Path | None = None, kwargs: Mappi
             "\n  The file's args decide by default: drop the contradicting argument(s)"
             + (f", load it as {' or '.join(fits[:3])}" if fits else "")
             + ", or pass override_checkpoint_args=True (CLI: --override-checkpoint-args) to run what you gave.")
+    return settings, final
 
-    if args is not None and "input_size" in args:
-        size = int(args["input_size"])
-        if "img_size" in kwargs:
-            settings["img_size"] = {"value": kwargs["img_size"], "source": FROM_ARGUMENT,
-                                    "checkpoint args": f"input_size={size}"}
-        else:
-            final["img_size"] = size
-            settings["img_size"] = {"value": size, "source": f"{FROM_FILE} (input_size={size})"}
-    if args is not None and args.get("model") is not None:
-        settings["paper_model"] = {"value": args["model"], "source": f"{FROM_FILE} (model)"}
 
+def _build_target(name: str, entry: ModelEntry, checkpoint: Any, out: dict[str, Any], final: dict[str, Any],
+                  settings: dict[str, dict[str, Any]], from_file: dict[str, tuple[Any, str]],
+                  depth: int) -> ResolvedModel:
+    """The factory to build (a ``symvit_*`` meeting a robust file becomes its ``rpc_`` counterpart) and its
+    kwargs; the attention setting says which blocks run PAP."""
     build = entry.name
-    out = {k: v for k, v in kwargs.items() if k not in keys}
     if entry.attention in ("symmetric", "rpc"):
         layers = final.get("rpc_layers", RPC_DEFAULTS["rpc_layers"] if entry.attention == "rpc" else "none")
         pap = _layers_list(layers, depth)
@@ -204,10 +220,9 @@ def resolve_model(name: str, checkpoint: str | Path | None = None, kwargs: Mappi
                                          "source": f"{FROM_FILE} ({from_file['rpc_layers'][1]})"}
     elif "scaled_form" in final:
         out["scaled_form"] = final["scaled_form"]
-    if "num_classes" in final:
-        out["num_classes"] = final["num_classes"]
-    if "img_size" in final:
-        out["img_size"] = final["img_size"]
+    for key in ("num_classes", "img_size"):
+        if key in final:
+            out[key] = final[key]
     return ResolvedModel(build, out, settings)
 
 
