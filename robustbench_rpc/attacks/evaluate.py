@@ -2,8 +2,9 @@
 
 Robust accuracy never comes from an attack's own bookkeeping: ``attack_outcomes`` runs the attack,
 checks the returned images against the threat model (``BudgetError`` if they leave [0, 1] when the
-attack clips, or its eps ball, in the attack's ``space``, with a 1e-5 tolerance), and classifies clean
-and adversarial images again with the model in eval mode.
+attack clips, or its eps ball, measured in the attack's ``space`` with a derived float rounding bound,
+``budget.measure_budget``; ``NonFiniteAdversarialError`` for NaN/inf images), and classifies clean and
+adversarial images again with the model in eval mode.
 
 Two accuracy definitions are kept for every sample:
 * robust (``adv_correct1/5``): correct clean AND correct under attack (RobustBench's);
@@ -20,11 +21,60 @@ import torch.nn as nn
 import contextlib
 
 from .base import ModelOutputError, check_logits, eval_mode, model_device, normalization_of
-from .budget import BUDGET_TOL, budget_violations, perturbation_norms
+from .budget import BudgetReport, measure_budget, perturbation_norms
 
 
 class BudgetError(RuntimeError):
-    """An attack returned images outside [0, 1] or beyond its eps budget."""
+    """An attack's output breaks its threat model: beyond its eps budget, outside [0, 1] although it
+    clips, NaN/inf, or not a tensor of the images' shape. One line naming the attack and what it broke;
+    the fields say it for programs: ``attack`` (name), ``eps``, ``norm``, ``units`` ("pixel" |
+    "normalized"), ``total`` (samples checked), ``count`` (samples that broke it), ``worst`` (largest
+    measured norm), ``excess`` (worst - eps), ``tolerance`` (rounding bound allowed), ``problems`` (the
+    parts of the message). Fields that do not apply are None / 0."""
+
+    def __init__(self, attack: str, problems: list[str], *, report: BudgetReport | None = None):
+        self.attack, self.problems = attack, list(problems)
+        r = report
+        self.eps, self.norm = (r.eps, r.norm) if r else (None, None)
+        self.units = r.units if r else None
+        self.total = r.total if r else 0
+        over = r is not None and r.over_budget > 0
+        self.count = (r.nonfinite or r.outside_box or r.over_budget) if r else 0
+        self.worst = r.worst if over else None
+        self.excess = r.worst_excess if over else None
+        self.tolerance = float(r.tolerance[r.over].max()) if over else None
+        budget = f" (eps {r.eps:.6g}, norm {r.norm}, {r.units} units)" if r and r.eps is not None else ""
+        super().__init__(f"attack '{attack}'{budget} broke its threat model: " + "; ".join(self.problems))
+
+
+class NonFiniteAdversarialError(BudgetError):
+    """The attack returned NaN or inf adversarial images (``count`` of ``total`` samples)."""
+
+
+def attack_name(attack) -> str:
+    return str(getattr(attack, "name", None) or getattr(attack, "__name__", None) or type(attack).__name__)
+
+
+def check_threat_model(model: nn.Module, attack, images: torch.Tensor, x_adv, eps: float | None,
+                       norm: str | None, tol: float = 0.0) -> None:
+    """Raise ``BudgetError`` (``NonFiniteAdversarialError`` for NaN/inf) unless ``x_adv`` is a tensor of
+    the images' shape within the attack's threat model, measured in its ``space`` on its device."""
+    name = attack_name(attack)
+    if not isinstance(x_adv, torch.Tensor):
+        raise BudgetError(name, [f"returned {type(x_adv).__name__}, expected a tensor of adversarial images"])
+    if x_adv.shape != images.shape:
+        raise BudgetError(name, [f"returned shape {tuple(x_adv.shape)}, expected {tuple(images.shape)}"])
+    mean = std = None
+    if getattr(attack, "space", "pixel") == "normalized":
+        mean, std = normalization_of(model)
+    device = model_device(model, x_adv.device)
+    x_adv = x_adv.detach().to(device)
+    report = measure_budget(images.detach().to(device, x_adv.dtype), x_adv, eps, norm,
+                            clip=bool(getattr(attack, "clip", True)), mean=mean, std=std, extra_tol=tol)
+    if report.nonfinite:
+        raise NonFiniteAdversarialError(name, report.problems()[:1], report=report)
+    if not report.ok:
+        raise BudgetError(name, report.problems(), report=report)
 
 
 class NonFiniteLogitsError(ModelOutputError):
@@ -110,32 +160,26 @@ def _logits(model: nn.Module, x: torch.Tensor, batch_size: int | None, amp: torc
 
 
 def attack_outcomes(model: nn.Module, attack, images: torch.Tensor, labels: torch.Tensor, *, topk: int = 5,
-                    eps: float | None = None, norm: str | None = None, tol: float = BUDGET_TOL,
+                    eps: float | None = None, norm: str | None = None, tol: float = 0.0,
                     amp: torch.dtype | None = None) -> AttackOutcomes:
     """Run ``attack(model, images, labels)`` and recompute the per-sample outcomes from its output.
 
     The budget checked is ``eps`` / ``norm`` when given, else the attack's own ``eps`` / ``norm``
     attributes (an attack with ``eps=None``, e.g. unbounded CW, is only checked for [0, 1]), in the
-    attack's ``space`` (normalized units divide by the model's std); [0, 1] is checked when the attack
-    clips. Per-sample norms are in the same units. NaN/inf logits raise ``NonFiniteLogitsError`` with the
+    attack's ``space`` (normalized units: around the clean image as the attack converts it), allowing the
+    derived float rounding bound plus ``tol``; [0, 1] is checked when the attack clips
+    (``check_threat_model``: ``BudgetError``, ``NonFiniteAdversarialError`` for NaN/inf images). Per-sample
+    norms are in the same units. NaN/inf logits raise ``NonFiniteLogitsError`` with the
     number of samples affected. ``amp``: autocast dtype of the two classification
     passes (the paper classifies under fp16 autocast; attacks choose their own precision).
     """
     eps = getattr(attack, "eps", None) if eps is None else float(eps)
     norm = getattr(attack, "norm", None) if norm is None else norm
-    clip = bool(getattr(attack, "clip", True))
     labels = torch.as_tensor(labels)
-    std = normalization_of(model)[1] if getattr(attack, "space", "pixel") == "normalized" else None
+    mean, std = normalization_of(model) if getattr(attack, "space", "pixel") == "normalized" else (None, None)
     x_adv = attack(model, images, labels)
-    if not isinstance(x_adv, torch.Tensor):
-        raise BudgetError(f"attack {getattr(attack, 'name', attack)!r} returned {type(x_adv).__name__}, "
-                          "expected a tensor of adversarial images")
+    check_threat_model(model, attack, images, x_adv, eps, norm, tol)
     x = images.detach().to(x_adv.device, x_adv.dtype)
-    problems = budget_violations(x, x_adv.detach(), eps, norm, tol, clip=clip, std=std)
-    if problems:
-        raise BudgetError(f"attack {getattr(attack, 'name', attack)!r} broke its threat model "
-                          f"(eps={eps}, norm={norm}, space={getattr(attack, 'space', 'pixel')}): "
-                          + "; ".join(problems))
     device = model_device(model, x.device)
     batch_size = getattr(attack, "batch_size", None)
     with eval_mode(model):
@@ -158,8 +202,6 @@ def attack_outcomes(model: nn.Module, attack, images: torch.Tensor, labels: torc
         plain_correct1=plain_c1,
         plain_correct5=plain_c5,
         adv_confidence=adv.softmax(dim=1).amax(dim=1),
-        linf=perturbation_norms(xc, xa, "Linf", std).float(),
-        l2=perturbation_norms(xc, xa, "L2", std).float(),
-        l1=perturbation_norms(xc, xa, "L1", std).float(),
+        **{k.lower(): v.float() for k, v in perturbation_norms(xc, xa, ("Linf", "L2", "L1"), mean, std).items()},
     )
     return AttackOutcomes(**{k: v.detach().cpu() for k, v in out.as_dict().items()})
