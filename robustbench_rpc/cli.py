@@ -1,5 +1,5 @@
-"""``robustbench-rpc``: models | run | report | compare | verify | train | diagnose | train-head | heads-report.
-Each subcommand is a small function."""
+"""``robustbench-rpc``: models | run | report | compare | verify | train | diagnose | train-head | heads-report |
+leaderboard. Each subcommand is a small function."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +41,11 @@ Writes diagnostics.csv (one row per model, input, layer, head, iteration), diagn
 heads: linear, mlp, attention, gated_attention, mixer (robustbench_rpc.heads; --plugin adds @register_head ones)""",
     "heads-report": """examples:
   robustbench-rpc heads-report reports/convex-heads     # per-head table (CIs, ranks, certificates) + plots""",
+    "leaderboard": """examples:
+  robustbench-rpc leaderboard runs/a runs/b --out board            # board/index.html, leaderboard.md/.csv/.tex
+  robustbench-rpc leaderboard runs/c --out board                   # adds runs/c; runs/a, b are not read again
+  robustbench-rpc leaderboard runs/rb --out board --published robustbench/model_info/imagenet/Linf \\
+      --export-model-info                                          # RobustBench's rows beside yours, and back""",
     "models": """examples:
   robustbench-rpc models
   robustbench-rpc models 'rpc_*'""",
@@ -286,6 +291,26 @@ def cmd_train_head(args: argparse.Namespace) -> int:
     return 0 if (not cert or cert["converged"]) else 1
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    """Merge run folders (and published RobustBench model_info JSONs) into one board folder."""
+    from .leaderboard import LeaderboardError, build_leaderboard
+
+    try:
+        res = build_leaderboard(args.runs, args.out, published=args.published or [], rank_by=args.rank_by,
+                                title=args.title, export_model_info=args.export_model_info)
+    except LeaderboardError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for i, b in enumerate(res["boards"], 1):
+        top = ", ".join(f"{r['rank']}. {b.rows[r['row']].name}" for r in b.ranking[:3])
+        print(f"board {i}: {b.title}: {len(b.rows)} rows x {len(b.columns)} columns"
+              + (f"; by {b.rank_column.label}: {top}" if b.rank_column and top else ""))
+    if res["exported"]:
+        print(f"model_info: {len(res['exported'])} JSON file(s) under {Path(args.out) / 'model_info'}")
+    print(f"leaderboard: {res['paths']['html']}")
+    return 0
+
+
 def cmd_heads_report(args: argparse.Namespace) -> int:
     from .heads.summary import heads_report
 
@@ -445,6 +470,18 @@ def build_parser() -> argparse.ArgumentParser:
     hr = add("heads-report", cmd_heads_report, "per-head table and plots of a run over backbone+head models")
     hr.add_argument("run_dir")
     hr.add_argument("--out", help="folder for the table and plots (default RUN_DIR/heads)")
+
+    lb = add("leaderboard", cmd_leaderboard, "one board across many run folders: columns by protocol fingerprint, "
+             "ranks with Wilson and bootstrap rank intervals, Holm-corrected McNemar tests, flags")
+    lb.add_argument("runs", nargs="*", metavar="RUN", help="run folders (read-only); rerun with one more to add it")
+    lb.add_argument("--out", required=True, help="board folder (index.html, leaderboard.md/.csv/.tex, outcomes)")
+    lb.add_argument("--published", action="append", metavar="JSON|DIR",
+                    help="RobustBench model_info JSON file(s) or folder(s): reference rows marked published")
+    lb.add_argument("--rank-by", metavar="COLUMN", help="column label to rank by (default: AutoAttack standard, "
+                    "else the first attack, else clean)")
+    lb.add_argument("--title", help="page title")
+    lb.add_argument("--export-model-info", action="store_true",
+                    help="also write every measured row as RobustBench model_info JSON under OUT/model_info/")
     return p
 
 
