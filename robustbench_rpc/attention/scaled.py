@@ -29,6 +29,8 @@ from .symmetric import SymmetricAttention
 @register_attention("scaled")
 class ScaledAttention(nn.Module):
     needs_num_tokens = True
+    dynamic = False  # one attention pass per forward (``adaptive_protocol``)
+    dynamic_why = "one attention pass per forward (no optimization loop)"
 
     def __init__(
         self,

@@ -16,6 +16,10 @@ from .base import _sdpa_or_explicit, register_attention
 
 @register_attention("symmetric")
 class SymmetricAttention(nn.Module):
+    #: static: one attention pass, no optimization or autograd inside forward (``adaptive_protocol``)
+    dynamic = False
+    dynamic_why = "one attention pass per forward (no optimization loop)"
+
     def __init__(
         self,
         dim: int,
