@@ -90,6 +90,10 @@ FAST = {
     "noise": dict(eps=4 / 255),
     "autoattack": dict(eps=4 / 255, version="custom", attacks_to_run=["apgd-ce", "apgd-t", "fab-t", "square"],
                        n_iter=3, n_queries=20),
+    "apgd": dict(eps=4 / 255, n_iter=3, n_restarts=2),
+    # the MLP declares no BPDA approximation: undeclared="exact" runs the base (tests/test_adaptive.py: RPC)
+    "bpda": dict(eps=4 / 255, approximation="symmetric", undeclared="exact", base_args={"steps": 3}),
+    "transfer": dict(eps=4 / 255, base_args={"steps": 3}),  # self:no-pap of a model without PAP: itself
 }
 
 
@@ -97,7 +101,7 @@ def test_builtin_attacks_registered():
     assert set(FAST) <= set(list_attacks())
     assert list_attacks("pg*") == ["pgd"]
     grad = {n for n in FAST if is_gradient_based(n)}
-    assert grad == {"fgsm", "pgd", "cw", "sld", "autoattack"}
+    assert grad == {"fgsm", "pgd", "cw", "sld", "autoattack", "apgd", "bpda"}  # transfer: the surrogate's
 
 
 @pytest.mark.parametrize("name", list_attacks())
@@ -555,7 +559,8 @@ def test_worst_case():
 
 # -- presets ------------------------------------------------------------------------------------------
 def test_presets():
-    assert list_presets() == ["paper", "paper-extras", "pixel", "robustbench-cifar10", "robustbench-imagenet"]
+    assert list_presets() == ["adaptive", "paper", "paper-extras", "pixel", "robustbench-cifar10",
+                              "robustbench-imagenet"]
     pixel = get_preset("pixel")
     pgd = [s for s in pixel if s["name"] == "pgd"]
     fgsm = [s for s in pixel if s["name"] == "fgsm"]

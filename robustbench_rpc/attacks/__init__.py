@@ -4,9 +4,10 @@ Models take [0, 1] images (they normalize inside) and return (B, C) logits; ``ep
 or in the model's normalized input with ``space="normalized"`` (see ``base.Attack``).
 Every attack is a plug-in of the ``attack`` registry (``register_attack``); ``list_attacks()`` shows
 them. See ``evaluate`` (recomputed per-sample outcomes), ``presets`` (named attack lists) and ``checks``
-(trust checks: monotonicity, large eps, gradient masking, differentiability, stochasticity).
+(trust checks: monotonicity, large eps, gradient masking, differentiability, stochasticity) and
+``adaptive`` (bpda, transfer, model_dynamics and the adaptive-evaluation checks).
 """
-from . import autoattack, cw, cw_cleverhans, fgsm, noise, pgd, sld, spsa, square  # noqa: F401  (registers the attacks)
+from . import apgd, autoattack, cw, cw_cleverhans, fgsm, noise, pgd, sld, spsa, square  # noqa: F401  (registers the attacks)
 from .autoattack import AutoAttack, FewClassesWarning
 from .base import (
     ATTACKS,
@@ -36,11 +37,17 @@ from .fgsm import FGSM
 from .noise import UniformNoise
 from .pgd import PGD
 from .presets import PRESETS, eps_grid, get_preset, list_presets, register_preset
+from .apgd import APGD
+from . import adaptive  # noqa: E402  (registers bpda and transfer; imports the attacks above)
+from .adaptive import (BPDA, Transfer, check_adaptive_gap, check_eps_zero_identity, check_softmax_output,
+                       model_dynamics)
 from .sld import SparseL1Descent
 from .spsa import SPSA
 from .square import Square
 
 __all__ = [
+    "APGD", "BPDA", "Transfer", "check_adaptive_gap", "check_eps_zero_identity", "check_softmax_output",
+    "model_dynamics",
     "ATTACKS", "NORMS", "PRESETS", "CW", "CWCleverhans", "FGSM", "PGD", "SPSA", "Attack", "AttackOutcomes", "AutoAttack",
     "BudgetError", "CheckResult", "EOTModel", "FewClassesWarning", "GradientAttack", "ModelOutputError",
     "SparseL1Descent", "Square", "UniformNoise", "attack_class", "attack_outcomes", "budget_violations",

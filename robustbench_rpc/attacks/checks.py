@@ -29,6 +29,10 @@ from .evaluate import attack_outcomes
 from .stochastic import EOTModel, detect_stochastic
 
 STATUSES = ("pass", "warn", "fail")
+#: what a failed gradient check tells the user to run instead (attacks.adaptive)
+ADAPTIVE_HINT = ("evaluate it with the adaptive attacks: 'bpda' (declare a differentiable backward for that layer, "
+                 "robustbench_rpc.adaptive_protocol) or 'transfer' (surrogate=MODEL[:CHECKPOINT] or self:no-pap), "
+                 "e.g. the 'adaptive' preset")
 __all__ = ["CheckResult", "EOTModel", "check_chance_level", "check_differentiability", "check_gradient_masking", "check_large_eps",
            "check_monotone_in_eps", "detect_stochastic"]
 
@@ -251,12 +255,13 @@ def check_differentiability(model: nn.Module, images: torch.Tensor, labels: torc
                "grad_norms": [float(t) for t in gnorm]}
     if zero_frac >= 0.5:
         return CheckResult(name, "fail", f"input gradients are zero for {zero_frac:.0%} of samples: a "
-                           "non-differentiable layer (quantization, .detach(), argmax) masks gradients; use BPDA "
-                           "or fix the model", details)
+                           "non-differentiable layer (quantization, .detach(), argmax) masks gradients, so gradient "
+                           f"attacks overstate robustness: {ADAPTIVE_HINT}", details)
     if mis_frac >= 0.5:
         return CheckResult(name, "fail", f"autograd and finite-difference derivatives disagree for {mis_frac:.0%} of "
                            f"samples (median relative error {details['median_relative_error']:.3g}): gradients are "
-                           "masked or wrong (.detach(), straight-through missing, custom backward)", details)
+                           f"masked or wrong (.detach(), straight-through missing, custom backward): {ADAPTIVE_HINT}",
+                           details)
     if mis_frac >= 0.25 or zero_frac > 0:
         return CheckResult(name, "warn", f"derivatives disagree for {mis_frac:.0%} and vanish for {zero_frac:.0%} "
                            "of samples", details)

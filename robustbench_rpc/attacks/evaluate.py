@@ -159,9 +159,23 @@ def _logits(model: nn.Module, x: torch.Tensor, batch_size: int | None, amp: torc
     return logits
 
 
+def _worst_draw(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None,
+                amp: torch.dtype | None, topk: int, repeats: int, what: str):
+    """(logits, top-1 correct, top-k correct) over ``repeats`` classifications of ``x``: correct only if
+    correct in every draw; the logits of each sample's first wrong draw (else of the first draw)."""
+    logits = _logits(model, x, batch_size, amp, what)
+    c1, ck = logits.argmax(1) == y, _in_topk(logits, y, topk)
+    for _ in range(repeats - 1):
+        again = _logits(model, x, batch_size, amp, what)
+        a1 = again.argmax(1) == y
+        logits = torch.where((c1 & ~a1)[:, None], again, logits)  # the first draw that is wrong is kept
+        c1, ck = c1 & a1, ck & _in_topk(again, y, topk)
+    return logits, c1, ck
+
+
 def attack_outcomes(model: nn.Module, attack, images: torch.Tensor, labels: torch.Tensor, *, topk: int = 5,
                     eps: float | None = None, norm: str | None = None, tol: float = 0.0,
-                    amp: torch.dtype | None = None) -> AttackOutcomes:
+                    amp: torch.dtype | None = None, repeats: int = 1) -> AttackOutcomes:
     """Run ``attack(model, images, labels)`` and recompute the per-sample outcomes from its output.
 
     The budget checked is ``eps`` / ``norm`` when given, else the attack's own ``eps`` / ``norm``
@@ -172,7 +186,14 @@ def attack_outcomes(model: nn.Module, attack, images: torch.Tensor, labels: torc
     norms are in the same units. NaN/inf logits raise ``NonFiniteLogitsError`` with the
     number of samples affected. ``amp``: autocast dtype of the two classification
     passes (the paper classifies under fp16 autocast; attacks choose their own precision).
+
+    ``repeats`` (stochastic models): the clean and the adversarial images are classified ``repeats`` times and
+    each sample keeps its worst case: correct (top-1 / top-5) only if correct in every draw, its prediction
+    and confidence from the first draw that got it wrong. One draw would let a lucky draw count as robust
+    (auto-attack PRs #104/#105, which average the draws instead; the worst case is the stricter reading).
     """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
     eps = getattr(attack, "eps", None) if eps is None else float(eps)
     norm = getattr(attack, "norm", None) if norm is None else norm
     labels = torch.as_tensor(labels)
@@ -182,15 +203,13 @@ def attack_outcomes(model: nn.Module, attack, images: torch.Tensor, labels: torc
     x = images.detach().to(x_adv.device, x_adv.dtype)
     device = model_device(model, x.device)
     batch_size = getattr(attack, "batch_size", None)
-    with eval_mode(model):
-        clean = _logits(model, x.to(device), batch_size, amp, "on the clean images")
-        adv = _logits(model, x_adv.detach().to(device), batch_size, amp,
-                      f"on the adversarial images of {getattr(attack, 'name', 'the attack')}")
     y = labels.to(device).long()
-    clean_c1 = clean.argmax(1) == y
-    clean_c5 = _in_topk(clean, y, topk)
-    plain_c1 = adv.argmax(1) == y
-    plain_c5 = _in_topk(adv, y, topk)
+    what = f"on the adversarial images of {getattr(attack, 'name', 'the attack')}"
+    with eval_mode(model):
+        clean, clean_c1, clean_c5 = _worst_draw(model, x.to(device), y, batch_size, amp, topk, repeats,
+                                                "on the clean images")
+        adv, plain_c1, plain_c5 = _worst_draw(model, x_adv.detach().to(device), y, batch_size, amp, topk, repeats,
+                                              what)
     xa, xc = x_adv.detach().to(device), x.to(device)
     out = AttackOutcomes(
         clean_pred=clean.argmax(1),

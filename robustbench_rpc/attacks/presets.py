@@ -18,6 +18,15 @@
 * ``pixel``: the same attack families in the standard pixel threat model (eps in [0, 1] pixel units,
   clipped, true labels, robust accuracy): FGSM and PGD at 1..6/255, SPSA 1/255, SLD (L1 12), CW-L2,
   uniform noise 1..6/255, AutoAttack standard 1/255. (This was called ``paper`` before version 0.2.)
+* ``adaptive``: the adaptive evaluation of one budget (Linf 1/255 unless the suite sets ``eps``): APGD-CE
+  and APGD-DLR (100 iterations, 5 restarts each, on the exact unrolled backward), Square with AutoAttack
+  standard's settings (5000 queries, p_init 0.8, no rescaled schedule), ``bpda`` (APGD-CE, 100 iterations,
+  through each RPC approximation: ``symmetric``, ``no-threshold``, ``straight-through``; on a model that
+  declares none it runs with exact gradients) and ``transfer`` from ``self:no-pap`` (APGD-CE, 100
+  iterations, 5 restarts, on the same weights with PAP off). All in the standard pixel threat model, robust
+  accuracy. Cost per image, in forward+backward passes: 5 x 100 x 2 (APGD) + 3 x 100 (BPDA) + 5 x 100
+  (transfer, on the surrogate) = 1800, plus up to 5000 forward passes for Square; the APGD restarts, Square
+  and BPDA stop on a sample once it is fooled (robust accuracy allows it).
 * ``robustbench-imagenet``: AutoAttack standard, Linf 4/255.
 * ``robustbench-cifar10``: AutoAttack standard, Linf 8/255.
 
@@ -120,3 +129,22 @@ def _robustbench_imagenet() -> list[dict[str, Any]]:
 @register_preset("robustbench-cifar10")
 def _robustbench_cifar10() -> list[dict[str, Any]]:
     return [{"name": "autoattack", "norm": "Linf", "eps": 8 / 255, "version": "standard"}]
+
+
+#: RPC attention's BPDA approximations (attention/rpc.py), each its own evaluation in the adaptive preset
+RPC_APPROXIMATIONS = ("symmetric", "no-threshold", "straight-through")
+
+
+@register_preset("adaptive")
+def _adaptive() -> list[dict[str, Any]]:
+    eps = 1 / 255
+    apgd = {"name": "apgd", "norm": "Linf", "eps": eps, "n_iter": 100, "n_restarts": 5}
+    return [
+        {**apgd, "loss": "ce"},
+        {**apgd, "loss": "dlr"},
+        {"name": "square", "norm": "Linf", "eps": eps, "n_queries": 5000, "p_init": 0.8, "resc_schedule": False},
+        *({"name": "bpda", "norm": "Linf", "eps": eps, "approximation": a, "base": "apgd-ce",
+           "base_args": {"n_iter": 100}, "undeclared": "exact"} for a in RPC_APPROXIMATIONS),
+        {"name": "transfer", "norm": "Linf", "eps": eps, "surrogate": "self:no-pap", "base": "apgd-ce",
+         "base_args": {"n_iter": 100, "n_restarts": 5}},
+    ]
