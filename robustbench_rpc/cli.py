@@ -65,20 +65,10 @@ def _model_kwargs(items: list[str], flag: str = "--model-arg") -> dict:
 
 
 def load_plugin(spec: str) -> None:
-    """Import a user module (dotted name or .py file) so its @register_* decorators run."""
-    import importlib
-    import importlib.util
+    """Import a user module (dotted name or .py file) so its @register_* decorators run (faults: one line)."""
+    from .plugins import load_plugin as load
 
-    if spec.endswith(".py"):
-        path = Path(spec)
-        if not path.is_file():
-            raise FileNotFoundError(f"--plugin file not found: {path}")
-        mod_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(mod_spec)
-        sys.modules[path.stem] = module
-        mod_spec.loader.exec_module(module)
-    else:
-        importlib.import_module(spec)
+    load(spec)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -495,13 +485,14 @@ def main(argv: list[str] | None = None) -> int:
     from .registry import UnknownNameError
     from .store import StoreError
     from .evalspec import SuiteError
+    from .plugins import PluginError
 
     try:
         for plugin in args.plugin:
             load_plugin(plugin)
         return int(args.fn(args) or 0)
     except (SuiteError, UnknownNameError, CheckpointError, FileNotFoundError, DataRootError,
-            UnreadableImageError, ClassMismatchError, ModelContractError) as e:
+            UnreadableImageError, ClassMismatchError, ModelContractError, PluginError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (RankFailure, StoreError, ModelOutputError) as e:  # faults during a run: NaN logits, a full disk, ...

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import os
+import sys
 from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -26,12 +28,40 @@ class UnknownNameError(KeyError):
         return self.args[0]
 
 
+class DuplicateNameError(ValueError):
+    """A name registered a second time (without ``overwrite=True``); the message names both registrants."""
+
+    def __init__(self, kind: str, name: str, first: str, second: str):
+        self.kind, self.name, self.first, self.second = kind, name, first, second
+        super().__init__(f"{kind} '{name}' is already registered by {first}; {second} registers it again: "
+                         "choose another name")
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def registrant(depth: int = 2) -> str:
+    """Where a registration comes from, as ``module (file:line)``: the innermost calling frame that is
+    outside this package (a plug-in file, a test, a script) or is a module's top-level code (a built-in
+    registration), so the registry's own helpers and decorators in between are skipped."""
+    frame = sys._getframe(depth)
+    while frame is not None:
+        file = frame.f_code.co_filename
+        if not file.startswith("<") and (frame.f_code.co_name == "<module>"
+                                         or not os.path.abspath(file).startswith(_PACKAGE_DIR)):
+            return f"{frame.f_globals.get('__name__', '?')} ({file}:{frame.f_lineno})"
+        frame = frame.f_back
+    return "?"
+
+
 class Registry(Generic[T]):
-    """Name -> object mapping with a decorator for registration and did-you-mean errors."""
+    """Name -> object mapping with a decorator for registration and did-you-mean errors. Each name
+    remembers who registered it (:meth:`registered_by`), so a clash names both sides."""
 
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._origins: dict[str, str] = {}
 
     def register(self, name: str, *, overwrite: bool = False) -> Callable[[T], T]:
         if not name or not isinstance(name, str):
@@ -39,11 +69,18 @@ class Registry(Generic[T]):
 
         def deco(obj: T) -> T:
             if name in self._items and not overwrite and self._items[name] is not obj:
-                raise ValueError(f"{self.kind} '{name}' is already registered")
+                raise DuplicateNameError(self.kind, name, self.registered_by(name), registrant())
+            if name not in self._items or self._items[name] is not obj:
+                self._origins[name] = registrant()
             self._items[name] = obj
             return obj
 
         return deco
+
+    def registered_by(self, name: str) -> str:
+        """``module (file:line)`` of the registration that holds ``name``."""
+        self.get(name)
+        return self._origins.get(name, "?")
 
     def add(self, name: str, obj: T, *, overwrite: bool = False) -> T:
         return self.register(name, overwrite=overwrite)(obj)

@@ -1,0 +1,142 @@
+"""Input that is half right (issue 21, section 7): plug-ins that do not import, subset files that list an
+image twice, checkpoints that inflate, unreadable and 16-bit images, and a resume that adds
+--skip-unreadable. Each fault gets one line naming the thing, and loses nothing."""
+from __future__ import annotations
+
+import inspect
+import re
+import textwrap
+
+import pytest
+
+from robustbench_rpc.cli import main
+from robustbench_rpc.registry import DuplicateNameError, Registry
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+def _plugin(tmp_path, name: str, body: str):
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+# ------------------------------------------------------------------------------------------ plug-ins
+
+def test_plugin_with_a_syntax_error_names_file_and_line(tmp_path, capsys):
+    path = _plugin(tmp_path, "issue21_syntax", """\
+        import torch
+
+        def broken(:
+            pass
+        """)
+    assert main(["--plugin", str(path), "models"]) == 2
+    err = _one_error_line(capsys)
+    assert f"syntax error at {path}:3" in err
+
+
+def test_plugin_raising_at_import_names_its_line_and_the_exception(tmp_path, capsys):
+    path = _plugin(tmp_path, "issue21_raises", """\
+        import json
+
+
+        def settings():
+            return json.loads("{not json")
+
+
+        SETTINGS = settings()
+        """)
+    assert main(["--plugin", str(path), "models"]) == 2
+    err = _one_error_line(capsys)
+    # the innermost line of the plug-in file (inside json the error is raised deeper), and the text
+    assert f"(at {path}:5)" in err and "JSONDecodeError: Expecting property name" in err
+    import sys
+
+    assert "issue21_raises" not in sys.modules  # a failed import leaves nothing half-loaded behind
+
+    path2 = _plugin(tmp_path, "issue21_raises_top", "x = 1\nraise RuntimeError('no GPU here\\nat all')\n")
+    assert main(["--plugin", str(path2), "models"]) == 2
+    err = _one_error_line(capsys)
+    assert f"RuntimeError: no GPU here at all (at {path2}:2)" in err
+
+
+def test_plugin_registering_an_existing_name_names_both_registrants(tmp_path, capsys):
+    import robustbench_rpc.attacks.pgd as pgd_module
+
+    path = _plugin(tmp_path, "issue21_dup_attack", """\
+        from robustbench_rpc.attacks import register_attack
+
+
+        @register_attack("pgd")
+        def my_pgd(**kwargs):
+            raise NotImplementedError
+        """)
+    assert main(["--plugin", str(path), "models"]) == 2
+    err = _one_error_line(capsys)
+    first_line = next(i for i, ln in enumerate(inspect.getsource(pgd_module).splitlines(), 1)
+                      if ln.startswith('@register_attack("pgd")'))
+    assert f"attack 'pgd' is already registered by robustbench_rpc.attacks.pgd ({pgd_module.__file__}:" \
+           f"{first_line})" in err
+    assert f"issue21_dup_attack ({path}:4) registers it again" in err
+    from robustbench_rpc.attacks import get_attack
+
+    assert type(get_attack("pgd", eps=0.01)).__module__ == "robustbench_rpc.attacks.pgd"  # the original kept
+
+    path2 = _plugin(tmp_path, "issue21_dup_attention", """\
+        from robustbench_rpc.attention import SymmetricAttention, register_attention
+        register_attention("rpc")(SymmetricAttention)
+        """)
+    assert main(["--plugin", str(path2), "models"]) == 2
+    err = _one_error_line(capsys)
+    assert re.search(r"attention variant 'rpc' is already registered by robustbench_rpc\.attention\.\w+ \(", err)
+    assert f"({path2}:2) registers it again" in err
+
+
+def test_plugin_module_not_found_and_the_same_file_twice(tmp_path, capsys, monkeypatch):
+    assert main(["--plugin", "issue21_no_such_module", "models"]) == 2
+    assert "no module named 'issue21_no_such_module'" in _one_error_line(capsys)
+    from robustbench_rpc.attacks import ATTACKS
+    from robustbench_rpc.plugins import PluginError, load_plugin
+
+    path = _plugin(tmp_path, "issue21_twice", """\
+        from robustbench_rpc.attacks import register_attack
+
+
+        @register_attack("issue21-twice")
+        def make(**kwargs):
+            raise NotImplementedError
+        """)
+    try:
+        load_plugin(str(path))
+        load_plugin(str(path))  # imported once, as `import` would: no clash with itself
+        assert ATTACKS.registered_by("issue21-twice") == f"issue21_twice ({path}:4)"
+        other = tmp_path / "elsewhere"
+        other.mkdir()
+        (other / "issue21_twice.py").write_text("")
+        with pytest.raises(PluginError, match="a module named 'issue21_twice' is already loaded"):
+            load_plugin(str(other / "issue21_twice.py"))
+    finally:
+        ATTACKS._items.pop("issue21-twice", None)
+        import sys
+
+        sys.modules.pop("issue21_twice", None)
+
+
+def test_registry_records_registrants_and_overwrite_still_replaces():
+    reg: Registry[object] = Registry("thing")
+    first, second = object(), object()
+    reg.add("a", first); line_first = inspect.currentframe().f_lineno  # noqa: E702
+    with pytest.raises(DuplicateNameError) as e:
+        reg.add("a", second)
+    here = __file__
+    assert e.value.first == f"{__name__} ({here}:{line_first})"
+    assert e.value.second == f"{__name__} ({here}:{line_first + 2})"
+    assert isinstance(e.value, ValueError) and reg.get("a") is first
+    reg.add("a", first)  # the same object again is no clash
+    reg.add("a", second, overwrite=True); line_over = inspect.currentframe().f_lineno  # noqa: E702
+    assert reg.get("a") is second and reg.registered_by("a") == f"{__name__} ({here}:{line_over})"
