@@ -120,6 +120,8 @@ class Runner:
             "init_seed": None if m.checkpoint and not m.reinit else self.plan.seed,
             "settings": {**(getattr(model, "model_settings", None) or {}), **m.settings},
             "contract": model.data_config.get("contract_source"),
+            "input_size": [int(v) for v in model.data_config.get("input_size", ())],
+            "interpolation": model.data_config.get("interpolation"), "crop_pct": model.data_config.get("crop_pct"),
             "attention_reinit": m.reinit or None,
         }
         if m.sweep:

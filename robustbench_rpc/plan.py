@@ -413,6 +413,11 @@ class Plan:
                 "subset": self.subset_info(), "seed": self.seed}
         if e.key in self.resolved:  # params as declared; resolved: every parameter the attack ran with
             info["resolved"] = self.resolved[e.key]
+        from .data.robustbench import describe_preprocessing  # what the images went through (leaderboard)
+
+        on_disk = e.kind == "corruption" and e.params["source"] != "on-the-fly"
+        info["preprocessing"] = describe_preprocessing(self.data_config, e.params["source"] if on_disk else
+                                                       self.dataset if e.kind == "corruption" else e.dataset)
         return info
 
     def sample_ids(self) -> dict[str, list[int]]:

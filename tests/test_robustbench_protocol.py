@@ -178,6 +178,8 @@ def test_imagenet_and_imagenet_c_selection_and_preprocessing_equal_load_imagenet
         x, y, _ = ours[rel]
         assert torch.equal(x, x_rb[i]) and y == int(y_rb[i]), rel
     clean_ids = {rel: sid for rel, (_, _, sid) in ours.items()}
+    prep = {e.kind: plan.eval_info(e)["preprocessing"]["robustbench"] for e in plan.evals}
+    assert prep == {"clean": "Res256Crop224", "corruption": "Res224"}  # recorded for the leaderboard
     for e in plan.evals:
         if e.kind != "corruption":
             continue
@@ -263,6 +265,7 @@ def test_cifar10_and_cifar10c_selection_equal_robustbenchs_loaders(tmp_path, cif
     plan = _plan(tmp_path, CIFAR_SUITE, models=["symvit_micro_patch4_32:packaged"], subset=f"first-{n}",
                  data_roots={"cifar10": str(data_dir), "cifar10-c": str(c_dir)})
     clean = plan.base_dataset("cifar10")
+    assert {plan.eval_info(e)["preprocessing"]["transform"] for e in plan.evals} == {"ToTensor"}
     x_rb, y_rb = rb.load_cifar10(n_examples=n, data_dir=str(data_dir))
     assert sample_ids(clean) == list(range(n))
     for i in range(n):

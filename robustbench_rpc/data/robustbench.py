@@ -105,11 +105,21 @@ def robustbench_preprocessing(data_config: Mapping[str, Any]) -> str | None:
 
 
 def describe_preprocessing(data_config: Mapping[str, Any] | None, dataset: str) -> dict[str, Any]:
-    """What a run feeds its models, for the protocol fingerprint: the contract's resize/crop/interpolation
-    for on-disk ImageNet-style sets (and the RobustBench name it equals), ``ToTensor`` for CIFAR and the
-    in-memory sets."""
-    if dataset in ("cifar10", "cifar100", "digits32", "digits32-train") or not data_config:
-        return {"transform": "ToTensor", "robustbench": "None" if dataset.startswith("cifar") else None}
+    """What a run feeds its models, for the protocol fingerprint (``Plan.eval_info`` records it): the
+    contract's resize/crop/interpolation for on-disk ImageNet-style sets and the RobustBench preprocessing it
+    equals, the released ImageNet-C files as they are at 224 px (= RobustBench's ``Res224`` on them),
+    ``ToTensor`` for CIFAR and CIFAR-C, no transform for the in-memory sets."""
+    from .resolve import NEEDS_ROOT
+
+    if dataset in ("cifar10", "cifar100", "cifar10-c", "cifar100-c") or dataset not in NEEDS_ROOT or not data_config:
+        return {"transform": "ToTensor" if dataset.startswith("cifar") else "in-memory tensors, no resize",
+                "robustbench": "None" if dataset.startswith("cifar") else None}
+    if dataset == "imagenet-c":  # the harness keeps the released 224 px files as they are at 224, else resizes
+        size = int(data_config.get("input_size", (3, 224, 224))[-1])
+        if size == 224:
+            return {"transform": "as released (centre crop 224)", "robustbench": "Res224"}
+        return {"resize": size, "crop": size, "interpolation": data_config.get("interpolation", "bilinear"),
+                "robustbench": None}
     t = transform_from_data_config(data_config)
     return {"resize": t.resize, "crop": t.crop, "interpolation": t.interpolation,
             "robustbench": robustbench_preprocessing(data_config)}
