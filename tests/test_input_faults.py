@@ -140,3 +140,50 @@ def test_registry_records_registrants_and_overwrite_still_replaces():
     reg.add("a", first)  # the same object again is no clash
     reg.add("a", second, overwrite=True); line_over = inspect.currentframe().f_lineno  # noqa: E702
     assert reg.get("a") is second and reg.registered_by("a") == f"{__name__} ({here}:{line_over})"
+
+
+# ------------------------------------------------------------------------------------------ folders
+
+CLEAN_SUITE = 'name = "issue21"\n[defaults]\nbatch_size = 4\n[[evaluation]]\nkind = "clean"\n'
+
+
+def _image_folder(root, classes: int = 10, per_class: int = 2, ext: str = "png"):
+    """``root/c<k>/img<j>.<ext>``: small RGB images, a dataset ``folder`` for the 10-class micro models."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k in range(classes):
+        (root / f"c{k}").mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / f"c{k}" / f"img{j}.{ext}")
+    return root
+
+
+def _run_folder(tmp_path, root, out, *extra):
+    suite = tmp_path / "issue21.toml"
+    suite.write_text(CLEAN_SUITE)
+    return main(["run", "--suite", str(suite), "--model", "symvit_micro_patch4_32:packaged", "--dataset", "folder",
+                 "--data-root", f"folder={root}", "--out", str(out), "--no-progress", "--no-report",
+                 "--device", "cpu", *extra])
+
+
+# ------------------------------------------------------------------------------------------ subset files
+
+def test_subset_file_listing_an_image_twice_is_refused(tmp_path, capsys):
+    root = _image_folder(tmp_path / "imgs")
+    subset = tmp_path / "subset.txt"
+    subset.write_text("# four entries, three images\n3\nc1/img0.png\n\n007\n3  # again\n")
+    assert _run_folder(tmp_path, root, tmp_path / "o", "--subset", str(subset)) == 2
+    err = _one_error_line(capsys)
+    assert f"--subset {subset}: '3' is listed twice (lines 2 and 6)" in err
+    assert not (tmp_path / "o").exists()  # refused while planning: nothing written
+
+    subset.write_text("c0/img1.png\n./c0/img1.png\n")  # one path, two spellings
+    assert _run_folder(tmp_path, root, tmp_path / "o", "--subset", str(subset)) == 2
+    assert "'./c0/img1.png' is listed twice (lines 1 and 2)" in _one_error_line(capsys)
+
+    subset.write_text("5\nc3/img0.png\nc2/img1.png\n")  # an id and a path naming the same image
+    assert _run_folder(tmp_path, root, tmp_path / "o", "--subset", str(subset)) == 2
+    err = _one_error_line(capsys)
+    assert "'5' and 'c2/img1.png' (lines 1 and 3) are the same image (sample id 5)" in err

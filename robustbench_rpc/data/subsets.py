@@ -100,20 +100,54 @@ def builtin_subset(name: str) -> list[str] | None:
 BUILTIN_SUBSETS = ("robustbench-imagenet-5000", "robustbench-imagenet-5000:N", "first-N")
 
 
+class SubsetEntries(list):
+    """A subset file's entries (a list of str) with the line each came from (``lines``), so an error about
+    an entry can name its line."""
+
+    def __init__(self, entries: Sequence[str], lines: Sequence[int]):
+        super().__init__(entries)
+        self.lines = list(lines)
+
+
+def _entry_key(entry: str) -> str:
+    """One spelling per entry: ``007`` and ``7`` are the same id, ``./a/b.png`` and ``a/b.png`` the same path."""
+    return str(int(entry)) if entry.lstrip("-").isdigit() else Path(entry).as_posix()
+
+
 def read_subset_file(path: str | Path) -> list[str]:
     """The entries of a built-in subset (:func:`builtin_subset`, resolved before any file) or of a subset
-    file: one sample id or relative path per line; blank lines and ``#`` comments ignored."""
+    file: one sample id or relative path per line; blank lines and ``#`` comments ignored. An entry listed
+    twice is an error naming both lines (the run would evaluate it once while its settings counted it twice)."""
     builtin = builtin_subset(str(path))
     if builtin is not None:
         return builtin
     path = Path(path)
     if not path.is_file():
         raise SubsetError(f"--subset {path}: file not found (built-in subsets: {', '.join(BUILTIN_SUBSETS)})")
-    entries = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
-    entries = [e for e in entries if e]
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SubsetError(f"--subset {path}: cannot read it as text ({err})") from None
+    entries, lines, first_line, repeated = [], [], {}, []
+    for number, line in enumerate(text.splitlines(), 1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        key = _entry_key(entry)
+        if key in first_line:
+            repeated.append((entry, first_line[key], number))
+            continue
+        first_line[key] = number
+        entries.append(entry)
+        lines.append(number)
+    if repeated:
+        entry, a, b = repeated[0]
+        more = f" ({len(repeated)} repeated entries in all)" if len(repeated) > 1 else ""
+        raise SubsetError(f"--subset {path}: '{entry}' is listed twice (lines {a} and {b}){more}; list each "
+                          "image once")
     if not entries:
         raise SubsetError(f"--subset {path}: the file lists no sample ids or paths")
-    return entries
+    return SubsetEntries(entries, lines)
 
 
 def subset_from_entries(ds: Dataset, entries: Sequence[str], where: str) -> list[int]:
@@ -127,17 +161,24 @@ def subset_from_entries(ds: Dataset, entries: Sequence[str], where: str) -> list
             parts = Path(rel).parts
             by_path[Path(rel).as_posix()] = pos
             by_path.setdefault("/".join(parts[-2:]), pos)
-    picked, missing = set(), []
-    for entry in entries:
+    picked: dict[int, int] = {}  # position -> index of the entry that picked it
+    missing = []
+    lines = getattr(entries, "lines", None)
+    for i, entry in enumerate(entries):
         if entry.lstrip("-").isdigit() and int(entry) in by_id:
-            picked.add(by_id[int(entry)])
-            continue
-        key = Path(entry).as_posix()
-        pos = by_path.get(key, by_path.get("/".join(Path(entry).parts[-2:])))
+            pos = by_id[int(entry)]
+        else:
+            key = Path(entry).as_posix()
+            pos = by_path.get(key, by_path.get("/".join(Path(entry).parts[-2:])))
         if pos is None:
             missing.append(entry)
+        elif pos in picked:  # an id and a path (or two paths) naming one image
+            j = picked[pos]
+            at = f" (lines {lines[j]} and {lines[i]})" if lines else ""
+            raise SubsetError(f"{where}: '{entries[j]}' and '{entry}'{at} are the same image (sample id "
+                              f"{ids[pos]}); list each image once")
         else:
-            picked.add(pos)
+            picked[pos] = i
     if missing:
         raise SubsetError(f"{where}: {len(missing)} of {len(entries)} entries match no sample of the dataset "
                           f"(by sample id or relative path), e.g. {', '.join(missing[:5])}")
