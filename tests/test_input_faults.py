@@ -187,3 +187,78 @@ def test_subset_file_listing_an_image_twice_is_refused(tmp_path, capsys):
     assert _run_folder(tmp_path, root, tmp_path / "o", "--subset", str(subset)) == 2
     err = _one_error_line(capsys)
     assert "'5' and 'c2/img1.png' (lines 1 and 3) are the same image (sample id 5)" in err
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+def _rezip(src, dst, deflate_member: str | None = None, inflated_zeros: int = 0, compress_all: bool = False):
+    """Rewrite a torch.save zip: the member ending in ``deflate_member`` becomes ``inflated_zeros`` zero bytes,
+    deflated (~1000x), or with ``compress_all`` every member is deflated as it is (an honest re-zip)."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(dst, "w") as b:
+        for info in a.infolist():
+            if deflate_member and info.filename.endswith(deflate_member):
+                zi = zipfile.ZipInfo(info.filename, date_time=info.date_time)
+                zi.compress_type = zipfile.ZIP_DEFLATED
+                with b.open(zi, "w", force_zip64=True) as f:
+                    chunk = bytes(1 << 20)
+                    for _ in range(inflated_zeros >> 20):
+                        f.write(chunk)
+            else:
+                b.writestr(info, a.read(info.filename),
+                           compress_type=zipfile.ZIP_DEFLATED if compress_all else zipfile.ZIP_STORED)
+
+
+def test_a_checkpoint_member_that_inflates_1000x_is_refused_before_torch_reads_it(tmp_path, capsys, monkeypatch):
+    import time
+    import zipfile
+
+    import torch
+
+    from robustbench_rpc.models import CheckpointError, create_model, read_checkpoint_file
+
+    torch.save(create_model("symvit_micro_patch4_32").state_dict(), tmp_path / "real.pth")
+    bomb = tmp_path / "bomb.pth"
+    _rezip(tmp_path / "real.pth", bomb, deflate_member="/data/0", inflated_zeros=96 << 20)
+    member = next(m for m in zipfile.ZipFile(bomb).infolist() if m.filename.endswith("/data/0"))
+    assert member.file_size == 96 << 20 and member.file_size > 1000 * member.compress_size  # a 1000x member
+
+    def no_torch_load(*args, **kwargs):
+        raise AssertionError("torch.load was reached: the member would have been inflated in memory")
+
+    monkeypatch.setattr(torch, "load", no_torch_load)
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint_file(bomb)
+    assert time.perf_counter() - t0 < 0.5  # the central directory only; nothing inflated
+    assert f"{bomb}: compressed member {member.filename} inflates" in str(e.value) and "96.0 MiB" in str(e.value)
+    with pytest.raises(CheckpointError, match="zip bomb"):
+        read_checkpoint_file(bomb, mmap=True)
+
+    # the user's path: one line naming the file, the member and its sizes; nothing run
+    assert main(["run", "--model", f"symvit_micro_patch4_32:{bomb}", "--out", str(tmp_path / "o"),
+                 "--no-progress", "--no-report", "--device", "cpu"]) == 2
+    err = _one_error_line(capsys)
+    assert str(bomb) in err and member.filename in err and "-> 96.0 MiB" in err
+
+
+def test_real_torch_save_files_load_and_rezips_within_the_bound(tmp_path):
+    import torch
+
+    from robustbench_rpc.models import create_model, read_checkpoint_file
+
+    model = create_model("symvit_micro_patch4_32")
+    # the paper's layout, with a large zero buffer: stored by torch.save, so never refused whatever its size
+    torch.save({"model": model.state_dict(), "zeros": torch.zeros(20 << 20)}, tmp_path / "paper.pth")
+    obj = read_checkpoint_file(tmp_path / "paper.pth")
+    assert obj["zeros"].numel() == 20 << 20
+    _rezip(tmp_path / "paper.pth", tmp_path / "rezipped.pth", compress_all=True)  # zeros 80 MiB -> 80 KB: refused
+    from robustbench_rpc.models import CheckpointError
+
+    with pytest.raises(CheckpointError, match="zip bomb"):
+        read_checkpoint_file(tmp_path / "rezipped.pth")
+    torch.save(model.state_dict(), tmp_path / "weights.pth")  # random weights deflate ~1.1x: read as before
+    _rezip(tmp_path / "weights.pth", tmp_path / "weights_deflated.pth", compress_all=True)
+    sd = read_checkpoint_file(tmp_path / "weights_deflated.pth")
+    assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())

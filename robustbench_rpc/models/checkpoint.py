@@ -98,12 +98,61 @@ def _refused_global(err: BaseException, path: Path) -> str | None:
     return None
 
 
+# torch.save (PyTorchFileWriter) stores every member of its zip uncompressed (ZIP_STORED; torch's
+# caffe2/serialize/inline_container.h: "All files are stored uncompressed"): a member's size in memory is its
+# size in the file, so reading it never allocates more than the file holds, however large the checkpoint (the
+# paper's files are such zips). A compressed member comes from another zip tool, and torch.load allocates its
+# declared size and inflates it whole before any key is checked: deflate reaches ~1032x, so a 10 MB file could
+# ask for 10 GB. Honest compression of checkpoints gains little (float weights ~1.1x, pickles 3-10x); only runs
+# of equal bytes (zero buffers) go beyond. So compressed members may inflate to 32x what they take in the file,
+# or to 64 MiB in all whatever their ratio; anything beyond is refused before torch.load.
+MAX_INFLATION = 32
+INFLATION_ALLOWANCE = 64 * 2**20
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
+
+
+def check_zip_members(path: Path) -> None:
+    """Refuse a zip-format checkpoint whose members would make torch.load allocate far more than the file
+    holds (see MAX_INFLATION): read from the archive's central directory only, nothing is inflated."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return  # legacy (pre-1.6) torch format or not a checkpoint: torch.load decides
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: a damaged zip archive ({err}); expected a file written by torch.save") from None
+    inflated = packed = 0
+    for m in members:
+        if m.header_offset + m.compress_size > size:
+            raise CheckpointError(f"{path}: member {m.filename} claims {_mib(m.compress_size)} at offset "
+                                  f"{m.header_offset} of a {_mib(size)} file (truncated or forged)")
+        if m.compress_type == zipfile.ZIP_STORED:
+            if m.file_size != m.compress_size:
+                raise CheckpointError(f"{path}: stored member {m.filename} declares {_mib(m.file_size)} but holds "
+                                      f"{_mib(m.compress_size)} (a forged archive)")
+            continue
+        inflated, packed = inflated + m.file_size, packed + m.compress_size
+        if inflated > max(MAX_INFLATION * packed, INFLATION_ALLOWANCE):
+            raise CheckpointError(
+                f"{path}: compressed member {m.filename} inflates {_mib(m.compress_size)} to {_mib(m.file_size)} "
+                f"({m.file_size / max(m.compress_size, 1):.0f}x; compressed members in all: {_mib(packed)} -> "
+                f"{_mib(inflated)}): refused before reading it, as a zip bomb (torch.save stores members "
+                f"uncompressed; re-save the weights with torch.save)")
+
+
 def read_checkpoint_file(path: str | Path, *, mmap: bool = False, trusted_globals: Iterable[Any] | None = None) -> Any:
     """Deserialize a checkpoint without executing arbitrary pickled code.
 
     ``mmap=True`` maps a (zip-format) ``.pth`` instead of reading it, for a cheap look at its ``args`` and
     shapes; legacy-format files are then read normally. ``trusted_globals``: extra globals (dotted names or
-    objects) the file may construct, for files you trust (CLI ``--trust-global``)."""
+    objects) the file may construct, for files you trust (CLI ``--trust-global``). A zip whose members would
+    inflate far beyond the file's size is refused before it is read (:func:`check_zip_members`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
@@ -114,6 +163,7 @@ def read_checkpoint_file(path: str | Path, *, mmap: bool = False, trusted_global
             return load_file(str(path), device="cpu")
         except Exception as e:  # noqa: BLE001 - re-raised with the file name
             raise CheckpointError(f"{path}: not a readable safetensors file ({_torch_reason(e)})") from None
+    check_zip_members(path)
     extra = resolve_trusted_globals(trusted_globals)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS + extra):
