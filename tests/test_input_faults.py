@@ -262,3 +262,57 @@ def test_real_torch_save_files_load_and_rezips_within_the_bound(tmp_path):
     _rezip(tmp_path / "weights.pth", tmp_path / "weights_deflated.pth", compress_all=True)
     sd = read_checkpoint_file(tmp_path / "weights_deflated.pth")
     assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
+
+
+# ------------------------------------------------------------------------------------------ 16-bit images
+
+def _sixteen_bit_folder(root):
+    """c0/gray16.png (PIL mode I;16, mean 0.27) and c1/rgb48.png (48-bit, channel means 0.27/0.135/0.09)."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.linspace(0.0, 0.54, 32 * 32).reshape(32, 32)  # mean 0.27
+    gray = np.rint(ramp * 65535).astype(np.uint16)
+    (root / "c0").mkdir(parents=True)
+    (root / "c1").mkdir()
+    Image.fromarray(gray).save(root / "c0" / "gray16.png")
+    rgb = np.stack([gray, gray // 2, gray // 3], axis=-1)
+    assert cv2.imwrite(str(root / "c1" / "rgb48.png"), rgb[..., ::-1])  # OpenCV writes BGR
+    return gray.astype(np.float64) / 65535, rgb.astype(np.float64) / 65535
+
+
+def test_sixteen_bit_pngs_decode_as_value_over_65535(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from robustbench_rpc.data.folders import ClassFolder, load_rgb
+
+    gray, rgb = _sixteen_bit_folder(tmp_path / "imgs")
+    assert Image.open(tmp_path / "imgs" / "c0" / "gray16.png").mode == "I;16"
+    assert Image.open(tmp_path / "imgs" / "c1" / "rgb48.png").mode == "RGB"  # PIL: 8 bits kept of 16
+    ds = ClassFolder(str(tmp_path / "imgs"), resize=None, crop=None)
+    x_gray, x_rgb = ds[0][0], ds[1][0]
+    assert x_gray.shape == x_rgb.shape == (3, 32, 32)
+    assert abs(float(x_gray.mean()) - gray.mean()) < 1e-6 and abs(gray.mean() - 0.27) < 1e-3  # was 0.996
+    np.testing.assert_allclose(x_gray[1].numpy(), gray, atol=1e-6)
+    np.testing.assert_allclose(x_rgb.numpy().transpose(1, 2, 0), rgb, atol=1e-6)  # not only the high byte
+    # the 8-bit path (corruptions, training, custom transforms): rounded, not clipped
+    np.testing.assert_array_equal(ds.uint8_item(0)[0], np.rint(np.repeat(gray[..., None], 3, 2) * 255))
+    assert abs(np.asarray(load_rgb(ds.samples[1][0]), dtype=np.float64).mean() / 255 - rgb.mean()) < 1 / 510
+    # the model's preprocessing (resize + crop) on 16-bit planes keeps the mean
+    small = ClassFolder(str(tmp_path / "imgs"), resize=16, crop=12)
+    assert small[0][0].shape == (3, 12, 12) and abs(float(small[0][0].mean()) - 0.27) < 0.02
+
+
+def test_float_pixels_are_refused_in_one_line(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from robustbench_rpc.data.folders import UnreadableImageError, load_rgb
+
+    path = tmp_path / "float.tif"
+    Image.fromarray(np.full((8, 8), 3.5, dtype=np.float32)).save(path)
+    with pytest.raises(UnreadableImageError) as e:
+        load_rgb(str(path))
+    assert str(path) in str(e.value) and "no known range" in str(e.value) and "\n" not in str(e.value)

@@ -78,15 +78,23 @@ class EvalTransform:
             raise ValueError(f"unknown interpolation '{self.interpolation}'; use one of "
                              f"{', '.join(_INTERPOLATIONS)}")
 
-    def pil(self, img: Image.Image) -> Image.Image:
+    def pil(self, img: Image.Image | np.ndarray) -> Image.Image:
         """Resize and crop only: the 8-bit image (what ImageNet-C corruptions take)."""
+        if isinstance(img, np.ndarray):  # a 16-bit source (decode_image): its 8-bit rounding
+            img = Image.fromarray(to_uint8(img))
+        return self._geometry(img)
+
+    def _geometry(self, img: Image.Image) -> Image.Image:
         if self.resize is not None:
             img = TF.resize(img, self.resize, interpolation=_INTERPOLATIONS[self.interpolation])
         if self.crop is not None:
             img = TF.center_crop(img, self.crop)
         return img
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
+    def __call__(self, img: Image.Image | np.ndarray) -> torch.Tensor:
+        if isinstance(img, np.ndarray):  # 16 bits per channel: resized per channel in PIL's float mode
+            planes = [self._geometry(Image.fromarray(np.ascontiguousarray(img[..., c]))) for c in range(3)]
+            return torch.cat([TF.to_tensor(p) for p in planes]).clamp_(0.0, 1.0)
         return TF.to_tensor(self.pil(img))
 
 
@@ -161,13 +169,57 @@ def scan_class_folders(root: str, expected_classes: Iterable[str] | None = None,
     return classes, samples
 
 
-def load_rgb(path: str) -> Image.Image:
-    """Open and fully decode an image as RGB; failures raise :class:`UnreadableImageError`."""
+_GRAY16 = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _high_depth(img: Image.Image) -> bool:
+    """16 bits per sample, which ``convert("RGB")`` would clip (``I;16``: mean 0.27 became 0.996) or cut to
+    their high byte (48/64-bit RGB(A) PNGs, which PIL opens as 8-bit ``RGB``/``RGBA``)."""
+    return img.mode in _GRAY16 or img.mode in ("I", "F") or any(";16" in str(t.args) for t in img.tile or ())
+
+
+def _sixteen_bit(path: str, img: Image.Image) -> np.ndarray:
+    """float32 HxWx3 in [0, 1] = value / 65535 of a 16-bit image (grayscale via PIL, colour via OpenCV,
+    since PIL has no 16-bit colour mode); float or out-of-range integer pixels are refused."""
+    if img.mode == "F":
+        raise ValueError("32-bit float pixels have no known range; convert the file to 8 or 16 bits")
+    if img.mode in _GRAY16 or img.mode == "I":
+        gray = np.asarray(img).astype(np.float32)
+        if gray.size and (gray.min() < 0 or gray.max() > 65535):
+            raise ValueError(f"32-bit integer pixels ({gray.min():.0f}..{gray.max():.0f}) outside 16 bits")
+        return np.repeat((gray / 65535.0)[..., None], 3, axis=2)
+    import cv2
+
+    raw = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"OpenCV cannot decode its {img.mode} 16-bit samples")
+    arr = raw.astype(np.float32) / float(np.iinfo(raw.dtype).max)
+    if arr.ndim == 2 or arr.shape[2] <= 2:  # gray (+ alpha): alpha dropped, as convert("RGB") does
+        gray = arr if arr.ndim == 2 else arr[..., 0]
+        return np.repeat(gray[..., None], 3, axis=2)
+    return np.ascontiguousarray(arr[..., 2::-1])  # BGR(A) -> RGB, alpha dropped
+
+
+def decode_image(path: str) -> Image.Image | np.ndarray:
+    """Open and fully decode an image: an 8-bit RGB PIL image, or for a 16-bit file a float32 HxWx3 array
+    in [0, 1] (value / 65535, see :func:`_high_depth`); failures raise :class:`UnreadableImageError`."""
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return _sixteen_bit(path, img) if _high_depth(img) else img.convert("RGB")
     except Exception as exc:  # PIL raises several types for bad files
         raise UnreadableImageError(path, exc) from exc
+
+
+def to_uint8(arr: np.ndarray) -> np.ndarray:
+    """[0, 1] floats -> uint8, rounded."""
+    return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Open and fully decode an image as 8-bit RGB (a 16-bit file rounded from value / 65535, not clipped);
+    failures raise :class:`UnreadableImageError`."""
+    img = decode_image(path)
+    return Image.fromarray(to_uint8(img)) if isinstance(img, np.ndarray) else img
 
 
 def is_readable(path: str) -> bool:
@@ -215,8 +267,8 @@ class ImageSampleFolder(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        path, label, sample_id = self.samples[i]
-        img = self.transform(load_rgb(path))
+        path, label, sample_id = self.samples[i]  # our transform keeps a 16-bit file's precision
+        img = self.transform(decode_image(path) if isinstance(self.transform, EvalTransform) else load_rgb(path))
         return img, label, sample_id
 
     def uint8_item(self, i: int):
