@@ -177,15 +177,23 @@ class BudgetReport:
     eps: float | None
     norm: str | None
     units: str                        # "pixel" | "normalized"
-    nonfinite: int                    # samples with a NaN/inf value
-    outside_box: int                  # samples leaving [0, 1] (only counted when the attack clips)
-    box_range: tuple[float, float]    # (min, max) of the adversarial images
+    nonfinite_mask: torch.Tensor      # (B,) samples with a NaN/inf value
+    outside_mask: torch.Tensor        # (B,) samples leaving [0, 1] (only when the attack clips)
+    box_range: tuple[float, float]    # (min, max) of the finite adversarial values
     total: int
+
+    @property
+    def nonfinite(self) -> int:
+        return int(self.nonfinite_mask.sum())
+
+    @property
+    def outside_box(self) -> int:
+        return int(self.outside_mask.sum())
 
     @property
     def over(self) -> torch.Tensor:
         if self.norms is None:
-            return torch.zeros(self.total, dtype=torch.bool)
+            return torch.zeros_like(self.outside_mask)
         return self.norms > self.eps + self.tolerance
 
     @property
@@ -202,8 +210,14 @@ class BudgetReport:
         return self.worst - self.eps if self.norms is not None else 0.0
 
     @property
+    def broken(self) -> int:
+        """Samples that break any part of the threat model."""
+        over = self.over.to(self.outside_mask.device)
+        return int((self.nonfinite_mask | self.outside_mask | over).sum())
+
+    @property
     def ok(self) -> bool:
-        return not (self.nonfinite or self.outside_box or self.over_budget)
+        return self.broken == 0
 
     def problems(self) -> list[str]:
         out = []
@@ -269,18 +283,15 @@ def measure_budget(x: torch.Tensor, x_adv: torch.Tensor, eps: float | None, norm
     """
     total = int(x.shape[0])
     u = unit_roundoff(x_adv.dtype)
-    finite = torch.isfinite(x_adv).reshape(total, -1).all(dim=1) if total else torch.ones(0, dtype=torch.bool)
-    nonfinite = int((~finite).sum())
-    lo = float(x_adv[finite].min()) if bool(finite.any()) else 0.0
-    hi = float(x_adv[finite].max()) if bool(finite.any()) else 0.0
+    flat = x_adv.flatten(1)
+    finite = torch.isfinite(flat).all(dim=1)
+    values = flat[finite]
+    lo, hi = (float(values.min()), float(values.max())) if values.numel() else (0.0, 0.0)
     slack = 4 * u if std is not None else 0.0
-    outside = 0
-    if clip and total:
-        flat = x_adv.reshape(total, -1)
-        outside = int((finite & ((flat < -slack) | (flat > 1 + slack)).any(dim=1)).sum())
+    outside = finite & ((flat < -slack) | (flat > 1 + slack)).any(dim=1) if clip else torch.zeros_like(finite)
     units = "normalized" if std is not None else "pixel"
-    if eps is None or norm is None or nonfinite:
-        return BudgetReport(None, None, eps, norm, units, nonfinite, outside, (lo, hi), total)
+    if eps is None or norm is None or not bool(finite.all()) or not total:
+        return BudgetReport(None, None, eps, norm, units, ~finite, outside, (lo, hi), total)
     z, w_adv, std64 = _working(x, x_adv, mean, std)
     delta = w_adv - z
     n = delta[0].numel() if total else 0
@@ -290,7 +301,7 @@ def measure_budget(x: torch.Tensor, x_adv: torch.Tensor, eps: float | None, norm
     rho = 2 * u if norm == "Linf" else 2 * u + NORM_LAMBDA * math.sqrt(n) * u
     tolerance = (rho * eps + 1.001 * u * lp_norms(scale, norm)
                  + 4 * n * u64 * (norms + lp_norms(w_adv.abs() + z.abs(), norm)) + float(extra_tol))
-    return BudgetReport(norms, tolerance, float(eps), norm, units, 0, outside, (lo, hi), total)
+    return BudgetReport(norms, tolerance, float(eps), norm, units, ~finite, outside, (lo, hi), total)
 
 
 def budget_violations(x: torch.Tensor, x_adv: torch.Tensor, eps: float | None, norm: str | None,

@@ -39,7 +39,7 @@ class BudgetError(RuntimeError):
         self.units = r.units if r else None
         self.total = r.total if r else 0
         over = r is not None and r.over_budget > 0
-        self.count = (r.nonfinite or r.outside_box or r.over_budget) if r else 0
+        self.count = r.broken if r else 0
         self.worst = r.worst if over else None
         self.excess = r.worst_excess if over else None
         self.tolerance = float(r.tolerance[r.over].max()) if over else None
