@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean heads heads-demo
+.PHONY: demo test install bench clean heads heads-demo checkpoints checkpoints-pgdat
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,19 @@ heads: $(STAMP)
 heads-demo: $(STAMP)
 	$(VENV)/bin/robustbench-rpc run --suite convex-heads --out reports/convex-heads
 	$(VENV)/bin/robustbench-rpc heads-report reports/convex-heads
+
+# Retrain the shipped micro checkpoints from their recipes (robustbench_rpc/training/recipes/<name>.toml) into
+# runs/train/<name>, then copy each last.safetensors over the shipped file. Deterministic on CPU for a torch
+# version and thread count (the shipped *_pgdat files: OMP_NUM_THREADS=1); rerunning resumes, never restarts.
+CLEAN_MICRO := vit_micro_patch4_32 symvit_micro_patch4_32 rpc_symvit_micro_patch4_32 rpc_keyscale_symvit_micro_patch4_32
+PGDAT_MICRO := symvit_micro_patch4_32_pgdat rpc_symvit_micro_patch4_32_pgdat rpc_keyscale_symvit_micro_patch4_32_pgdat
+checkpoints: $(STAMP)
+	for m in $(CLEAN_MICRO); do $(VENV)/bin/robustbench-rpc train --recipe $$m --out runs/train/$$m --no-progress \
+	  && cp runs/train/$$m/last.safetensors robustbench_rpc/checkpoints/$$m.safetensors || exit 1; done
+
+checkpoints-pgdat: $(STAMP)
+	for m in $(PGDAT_MICRO); do OMP_NUM_THREADS=1 $(VENV)/bin/robustbench-rpc train --recipe $$m --out runs/train/$$m \
+	  --no-progress && cp runs/train/$$m/last.safetensors robustbench_rpc/checkpoints/$$m.safetensors || exit 1; done
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

@@ -23,8 +23,14 @@ A run killed at any moment resumes when rerun with the same --out: finished unit
     "verify": """examples:
   robustbench-rpc verify reports/quick /mnt/other-machine/reports/quick   # exit 1 if not reproduced""",
     "train": """examples:
-  robustbench-rpc train --model rpc_symvit_micro_patch4_32          # rewrites the shipped checkpoint
-  robustbench-rpc train --model symvit_micro_patch4_32 --epochs 5 --out /tmp/s.safetensors""",
+  robustbench-rpc train --recipe symvit_micro_patch4_32_pgdat --out runs/train/sym_pgdat   # a shipped recipe
+  robustbench-rpc train --model symvit_micro_patch4_32 --objective pgd-at --eps 8/255 --epochs 10 --out runs/t
+  robustbench-rpc --plugin my_attn.py train --model symvit_micro_patch4_32 --attention my_attn \\
+      --attention-arg tau=2 --objective trades --set objective.beta=6 --out runs/mine
+  robustbench-rpc train --model symvit_micro_patch4_32 --dataset folder --data-root my_images --out runs/f
+  torchrun --standalone --nproc_per_node 2 -m robustbench_rpc train --recipe my.toml --out runs/ddp
+  robustbench-rpc run --model symvit_micro_patch4_32:runs/t/last.safetensors        # evaluate it
+The same command into the same --out resumes after the last finished epoch (kill -9 at any moment is safe).""",
     "diagnose": """examples:
   robustbench-rpc diagnose --model rpc_symvit_micro_patch4_32:packaged --limit 64 --out runs/diag
   robustbench-rpc diagnose --model rpc_symvit_micro_patch4_32:packaged --model symvit_micro_patch4_32:packaged \
@@ -187,17 +193,64 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, train
+#: train flag (argparse dest) -> the recipe key it overrides
+TRAIN_FLAGS = {"model": "model.name", "init": "model.init", "attention": "model.attention",
+               "attention_layers": "model.attention_layers", "attention_reinit": "model.attention_reinit",
+               "dataset": "data.dataset", "epochs": "optim.epochs", "batch_size": "optim.batch_size", "lr": "optim.lr",
+               "warmup_epochs": "optim.warmup_epochs", "objective": "objective.name", "eps": "objective.eps",
+               "seed": "seed"}
 
-    cfg = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      model_kwargs=_model_kwargs(args.model_arg))
-    if args.init:
-        cfg.init = args.init
-    if args.warmup_epochs is not None:
-        cfg.warmup_epochs = args.warmup_epochs
-    res = train(cfg, out=args.out)
-    print(f"checkpoint: {res['path']}  test acc {res['test_acc']:.4f}")
+
+def _train_overrides(args: argparse.Namespace) -> tuple[dict, dict, str | None]:
+    """(recipe overrides, the flag that gave each, the dataset named by --data-root NAME=PATH)."""
+    from .training.recipe import RecipeError, parse_value
+
+    over, flags = {}, {}
+    for dest, key in TRAIN_FLAGS.items():
+        value = getattr(args, dest)
+        if value is not None and value is not False:
+            over[key], flags[key] = value, "--" + dest.replace("_", "-")
+    for flag, dest, key in (("--model-arg", "model_arg", "model.kwargs"),
+                            ("--attention-arg", "attention_arg", "model.attention_args")):
+        if getattr(args, dest):
+            over[key], flags[key] = _model_kwargs(getattr(args, dest)), flag
+    named = None
+    for item in args.data_root or []:
+        name, sep, path = item.partition("=")
+        name, path = (name, path) if sep else (None, item)
+        key = "data.val_root" if name == "val" else "data.root"
+        named = named if name in (None, "val") else name
+        over[key], flags[key] = path, "--data-root"
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"--set expects SECTION.KEY=VALUE (e.g. optim.lr=1e-3), got {item!r}")
+        over[key.strip()], flags[key.strip()] = parse_value(value.strip()), f"--set {key.strip()}"
+    return over, flags, named
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import RecipeError, Settings, build_recipe, train
+
+    try:
+        over, flags, named = _train_overrides(args)
+        recipe = build_recipe(args.recipe, over, flags)
+        if named is not None and named != recipe.data.dataset:
+            raise RecipeError(f"--data-root {named}=...: the recipe trains on '{recipe.data.dataset}' (use "
+                              f"--data-root PATH, or --dataset {named})")
+        out = Path(args.out) if args.out else Path("runs") / "train" / recipe.name
+        plugins = [str(Path(p).resolve()) if p.endswith(".py") else p for p in args.plugin]
+        res = train(recipe, out, Settings(device=args.device, amp=args.amp, workers=args.workers,
+                                          progress=False if args.no_progress else None,
+                                          rank_timeout=args.rank_timeout, plugins=plugins))
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if os.environ.get("RANK", "0") == "0":
+        acc = f"clean {100 * res['clean_acc']:.1f}%" if res.get("clean_acc") is not None else ""
+        acc += f", pgd {100 * res['pgd_acc']:.1f}%" if res.get("pgd_acc") is not None else ""
+        print(f"checkpoint: {res['last_checkpoint']}" + (f" ({acc} on the validation images)" if acc else "") +
+              (f"; best: {res['best_checkpoint']} (epoch {res['best_epoch']})" if res.get("best_checkpoint") else ""))
     return 0
 
 
@@ -397,17 +450,42 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("run_a", help="reference run folder (or its manifest.json)")
     v.add_argument("run_b", help="the rerun to check (folder or manifest.json)")
 
-    t = add("train", cmd_train, "reproducibly train an embedded-default model on the digits32 data")
-    t.add_argument("--model", required=True)
-    t.add_argument("--model-arg", action="append", metavar="KEY=JSON")
-    t.add_argument("--epochs", type=int, default=60)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", help="checkpoint path (default: the package's checkpoints/<model>.safetensors)")
-    t.add_argument("--init", metavar="CKPT",
-                   help="fine-tune: start from this checkpoint (a packaged file name or a path; recorded in the recipe)")
-    t.add_argument("--warmup-epochs", type=int, help="learning-rate warm-up epochs (default 2)")
+    t = add("train", cmd_train, "train any registered model (standard, PGD-AT or TRADES) from a recipe; "
+            "resumable, torchrun")
+    t.add_argument("--recipe", metavar="NAME|FILE.toml",
+                   help="a shipped recipe (robustbench_rpc/training/recipes/NAME.toml) or a TOML file; flags override it")
+    t.add_argument("--model", metavar="NAME", help="model to train: a registered name, timm:<name>, or a --plugin's")
+    t.add_argument("--model-arg", action="append", metavar="KEY=JSON", help="model kwarg, e.g. num_classes=4")
+    t.add_argument("--attention", metavar="VARIANT", help="patch this attention variant in before training (as in run)")
+    t.add_argument("--attention-layers", metavar="LAYERS", help="blocks to patch: all, first, last or indices like 0,3")
+    t.add_argument("--attention-arg", action="append", metavar="KEY=JSON", help="variant parameter, e.g. n_iter=2")
+    t.add_argument("--attention-reinit", action="store_true", default=None,
+                   help="let --attention re-initialise weights whose shapes do not fit the variant")
+    t.add_argument("--init", metavar="CKPT", help="fine-tune: start from this checkpoint (a file, a shipped file name, "
+                   "or 'packaged'); its sha256 is recorded")
+    t.add_argument("--dataset", metavar="NAME", help="digits32 (default), folder, imagenet, cifar10, cifar100")
+    t.add_argument("--data-root", action="append", metavar="[NAME=]PATH",
+                   help="the dataset's folder (folder: PATH/<class>/<images>; imagenet: PATH/train/<wnid>/*.JPEG; "
+                        "cifar: the folder holding cifar-10-batches-py); val=PATH: a validation folder")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--warmup-epochs", type=int, help="learning-rate warm-up epochs")
+    t.add_argument("--objective", metavar="NAME", help="standard, pgd-at or trades")
+    t.add_argument("--eps", metavar="EPS", help="L-inf budget of pgd-at / trades (and of the validation PGD), e.g. 8/255")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="any recipe key, e.g. objective.steps=10, optim.ema_decay=0.999 (repeatable)")
+    t.add_argument("--out", help="output folder (default runs/train/<recipe name>); the same command into the same "
+                   "folder resumes")
+    t.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    t.add_argument("--amp", default="fp32", help="CUDA mixed precision: fp32 (default), bf16, fp16")
+    t.add_argument("--workers", type=int, default=2, help="image decoding workers for on-disk datasets (default 2)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from .dist import DEFAULT_TIMEOUT_S as _TIMEOUT
+
+    t.add_argument("--rank-timeout", type=float, default=_TIMEOUT, metavar="SECONDS",
+                   help="torchrun: a rank silent this long ends the job with an error naming it")
 
     dg = add("diagnose", cmd_diagnose, "PAP iterates (S, L, mu, threshold) and KPCA checks per layer, head and "
              "iteration, on clean, attacked and corrupted inputs of the same images")

@@ -133,6 +133,31 @@ def run_everywhere(fn: Callable[[], T], what: str, gather: bool = False) -> Any:
     return [p[1] for p in gathered] if gather else result
 
 
+def collective(op: Callable[[], T], what: str) -> T:
+    """Run ``op``, which runs collectives of its own (e.g. a DistributedDataParallel backward), so that a
+    timeout or a vanished peer raises ``RankFailure`` naming the ranks that had not reached it."""
+    return _collective(op, what) if active() else op()
+
+
+def all_ok(error: BaseException | None, what: str, device: str | torch.device = "cpu") -> None:
+    """One cheap round (an integer all-reduce): every rank says whether its step went well. If any rank
+    passes an ``error``, every rank raises ``RankFailure`` naming it (training steps, where the other ranks
+    would otherwise wait in the gradient all-reduce for a rank that will never arrive). One process: the
+    error itself is raised."""
+    if not active():
+        if error is not None:
+            raise error
+        return
+    flag = torch.tensor([0 if error is None else 1], device=device)
+    _collective(lambda: dist.all_reduce(flag), what)
+    if int(flag.item()):
+        def report() -> None:
+            if error is not None:
+                raise error
+
+        run_everywhere(report, what)
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -84,7 +84,12 @@ def check_model(m: "ModelSpec", cfg: "RunConfig") -> dict[str, Any]:
     attacks. Returns the model's evaluation contract."""
     from .models import PRETRAINED, ModelContractError, create_model, create_pretrained, data_config_of, resolve_model
 
+    from .models.trained import apply_recorded_attention, build_kwargs, recorded_build
+
     kw = dict(m.kwargs)  # a paper checkpoint's args configure the model (classes, PAP) here too
+    build = recorded_build(m.weights_file)  # so do the kwargs and attention patch `train` recorded
+    if build is not None:
+        kw = build_kwargs(m.name, build, kw, m.checkpoint)
     resolved = resolve_model(m.name, m.checkpoint, kw, override_checkpoint_args=bool(
         kw.pop("override_checkpoint_args", False)), trusted_globals=cfg.trusted_globals)
     m.settings = resolved.settings
@@ -96,6 +101,8 @@ def check_model(m: "ModelSpec", cfg: "RunConfig") -> dict[str, Any]:
         except TypeError as err:  # an unknown --model-arg: the factory's own words, named
             given = ", ".join(f"{k}={v!r}" for k, v in m.kwargs.items()) or "no arguments"
             raise SuiteError(f"model {m.spec}: cannot be built with {given}: {err}") from None
+        if build is not None:
+            apply_recorded_attention(net, build, m.checkpoint, m.name)
         if m.attention:
             _patch_meta(net, m, cfg)
         try:

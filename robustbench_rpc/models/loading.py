@@ -23,6 +23,7 @@ from .contract import CONTRACT_FLAGS, CONTRACT_KEYS, HOW_TO_DECLARE, REQUIRED, M
     normalize_contract
 from .normalize import Normalized
 from .paper_args import ResolvedModel, resolve_model, size_hint
+from .trained import apply_recorded_attention, build_kwargs, recorded_build
 from .vit import MODELS
 
 
@@ -165,9 +166,14 @@ def load_model(name: str, checkpoint: str | Path | None = None, *, device: str |
         model = create_pretrained(name, **resolved.kwargs)
     else:
         obj = read_checkpoint_file(checkpoint, trusted_globals=trusted_globals) if checkpoint is not None else None
+        build = recorded_build(checkpoint)  # written by `train`: its model kwargs and attention patch decide
+        if build is not None:
+            kwargs = build_kwargs(name, build, kwargs, checkpoint)
         resolved = resolve_model(name, checkpoint, kwargs, override_checkpoint_args=override_checkpoint_args,
                                  checkpoint_obj=obj)
         model = create_model(resolved.name, **resolved.kwargs)
+        if build is not None:
+            apply_recorded_attention(model, build, checkpoint, name)
         if checkpoint is not None:
             sd = extract_state_dict(obj, checkpoint, prefer_ema=prefer_ema)
             load_state_dict_checked(model, sd, checkpoint, hint=size_hint(name, sd))

@@ -156,6 +156,15 @@ _register("rpc_symvit_micro_patch4_32", "micro", "rpc",
 _register("rpc_keyscale_symvit_micro_patch4_32", "micro", "rpc_keyscale",
           "embedded: RPC-SymViT with the scale-aware PAP threshold (rpc_keyscale; issue 10), fine-tuned from SymViT",
           rpc_iters=2, rpc_lambda=8.0, rpc_layers="first")
+# The same three architectures adversarially trained (PGD-AT, training/recipes/<name>.toml): the shipped
+# checkpoint of each is checkpoints/<name>.safetensors, so NAME:packaged evaluates it.
+_register("symvit_micro_patch4_32_pgdat", "micro", "symmetric",
+          "embedded: SymViT micro, PGD-AT on digits32 (eps 8/255; recipe symvit_micro_patch4_32_pgdat)")
+_register("rpc_symvit_micro_patch4_32_pgdat", "micro", "rpc",
+          "embedded: RPC-SymViT micro (4 iters, first layer), PGD-AT on digits32 (eps 8/255)")
+_register("rpc_keyscale_symvit_micro_patch4_32_pgdat", "micro", "rpc_keyscale",
+          "embedded: RPC-SymViT with the scale-aware threshold (lambda 8, 2 iters), PGD-AT on digits32 (eps 8/255)",
+          rpc_iters=2, rpc_lambda=8.0, rpc_layers="first")
 
 # The paper's configurations as named presets ("layer 1" = the first block, the paper's layer=0). The small
 # presets use the paper's small (348 dims), so the paper's checkpoints load into them.
