@@ -342,8 +342,12 @@ class Plan:
 
     def base_dataset(self, name: str) -> Dataset:
         if name not in self._datasets:
-            ds = get_dataset(name, self.roots, self.data_config, skip_unreadable=self.cfg.skip_unreadable)
-            self._datasets[name] = self.choose(ds, name)
+            from .data.images import check_readable
+
+            ds = get_dataset(name, self.roots, self.data_config)  # every file listed: the choice never
+            # depends on which decode, so --skip-unreadable on a resume moves no finished unit's images
+            self._datasets[name] = check_readable(self.choose(ds, name), skip=self.cfg.skip_unreadable,
+                                                  what=f"dataset '{name}'")
         return self._datasets[name]
 
     def dataset_for(self, e: EvalSpec) -> Dataset:
@@ -375,8 +379,7 @@ class Plan:
                 from .data.folders import eval_transform
 
                 transform = eval_transform(size, size, str(self.data_config.get("interpolation", "bilinear")))
-            ds = corruptions.ImageNetCFolder(root, p["corruption"], p["severity"], transform=transform,
-                                             skip_unreadable=self.cfg.skip_unreadable)
+            ds = corruptions.ImageNetCFolder(root, p["corruption"], p["severity"], transform=transform)
         else:
             ds = corruptions.CIFARCNpy(root, p["corruption"], p["severity"])
         if self.subset_entries is not None or self.limit is not None:  # the clean subset's images
@@ -388,7 +391,10 @@ class Plan:
                                                                f"{p['source']} {p['corruption']} s{p['severity']}"))
             except subsets.SubsetError as err:
                 raise SuiteError(str(err)) from None
-        return ds
+        from .data.images import check_readable
+
+        return check_readable(ds, skip=self.cfg.skip_unreadable, what=f"{p['source']} {p['corruption']} "
+                                                                      f"s{p['severity']}")
 
     def eval_info(self, e: EvalSpec) -> dict[str, Any]:
         """What the store records about one evaluation (kind, name, dataset, params as declared and as run)."""
@@ -405,12 +411,16 @@ class Plan:
         elif e.kind == "corruption":  # released files: their own parameters, whatever the model's input size
             params["severity_table"] = f"{e.params['source']} (files on disk)"
         ds = self.dataset_for(e)
-        skipped = getattr(innermost(ds), "skipped_paths", None)
+        from .data.images import skipped_files
+
+        skipped = skipped_files(ds)
         if skipped:  # recorded with the results, so a table built on fewer files says so
             params["skipped_unreadable"] = len(skipped)
         info = {"kind": e.kind, "name": e.name, "dataset": e.dataset, "params": params,
                 "n_samples": len(ds), "dataset_size": len(innermost(ds)),
                 "subset": self.subset_info(), "seed": self.seed}
+        if skipped:  # which ones: a resume that skips more is checked against the finished units (store)
+            info["skipped_sample_ids"] = sorted(sid for _, sid in skipped if sid is not None)
         if e.key in self.resolved:  # params as declared; resolved: every parameter the attack ran with
             info["resolved"] = self.resolved[e.key]
         from .data.robustbench import describe_preprocessing  # what the images went through (leaderboard)

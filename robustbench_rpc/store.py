@@ -49,6 +49,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from .store_skips import newly_skipped, skip_conflict
+
 SCHEMA_VERSION = 2
 _MIGRATIONS = {1: ("ALTER TABLE samples ADD COLUMN clean_correct5 INTEGER CHECK (clean_correct5 IN (0, 1))",
                    "ALTER TABLE samples ADD COLUMN plain_correct1 INTEGER CHECK (plain_correct1 IN (0, 1))",
@@ -453,7 +455,8 @@ class ResultsStore:
 
         info: kind (clean|attack|corruption|ood|shift), name, dataset, params (dict), n_samples (int),
         optionally group (for plotting) and any other JSON value. An entry stored by an older version
-        that lacks fields this one records (e.g. ``resolved``) is completed with them, never changed.
+        that lacks fields this one records (e.g. ``resolved``) is completed with them, never changed; a
+        resume that only leaves more unreadable files out updates it while no finished unit moves.
         """
         info = _normalize_info(info)
         if info.get("kind") not in EVAL_KINDS:
@@ -467,7 +470,17 @@ class ResultsStore:
         n = info.get("n_samples")
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"evaluation info 'n_samples' must be a non-negative int, got {n!r}")
-        self._register("evaluations", "eval_key", eval_key, info)
+        old = self.evaluation_info(eval_key)
+        added = newly_skipped(old, info) if old is not None and old != info else None
+        if added is not None:  # a resume that leaves more unreadable files out (store_skips.py)
+            with self._transaction() as con:
+                last = con.execute("SELECT MAX(sample_id) FROM samples WHERE eval_key = ?", (eval_key,)).fetchone()[0]
+                conflict = skip_conflict(eval_key, str(self.path), added, last)
+                if conflict:
+                    raise StoreConflictError(conflict)
+                con.execute("UPDATE evaluations SET info_json = ? WHERE eval_key = ?", (canonical_json(info), eval_key))
+        else:
+            self._register("evaluations", "eval_key", eval_key, info)
 
     def _info(self, table: str, key_col: str, key: str) -> dict | None:
         row = self._query(f"SELECT info_json FROM {table} WHERE {key_col} = ?", (key,))

@@ -316,3 +316,117 @@ def test_float_pixels_are_refused_in_one_line(tmp_path):
     with pytest.raises(UnreadableImageError) as e:
         load_rgb(str(path))
     assert str(path) in str(e.value) and "no known range" in str(e.value) and "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------ unreadable images
+
+def _break_png_stream(path):
+    """Damage the compressed pixels of a PNG, keeping its header and IEND: the quick scan passes it,
+    decoding fails (a file that breaks mid-run)."""
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IDAT") + 20
+    data[start:start + 40] = b"\xab" * 40
+    path.write_bytes(bytes(data))
+
+
+def _samples(out):
+    from robustbench_rpc.store import ResultsStore
+
+    with ResultsStore(out / "results.sqlite", readonly=True) as store:
+        evals = store.evaluations()
+        key = evals["eval_key"][0]
+        info = store.evaluation_info(key)
+        samples = store.samples(store.models()["model_key"][0], key)
+    return info, samples.sort_values("sample_id").reset_index(drop=True)
+
+
+def test_unreadable_files_are_found_before_compute_and_the_flag_is_named(tmp_path, capsys):
+    root = _image_folder(tmp_path / "imgs")
+    (root / "c3" / "img0.png").write_bytes(b"not a png at all")
+    truncated = root / "c5" / "img1.png"
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    assert _run_folder(tmp_path, root, tmp_path / "o") == 2
+    err = _one_error_line(capsys)
+    assert "dataset 'folder': 2 of the 20 image files the run reads cannot be decoded" in err
+    assert str(root / "c3" / "img0.png") in err and str(truncated) in err and "--skip-unreadable" in err
+    assert not (tmp_path / "o").exists()  # before any compute: nothing written
+
+    assert _run_folder(tmp_path, root, tmp_path / "o", "--skip-unreadable") == 0
+    info, samples = _samples(tmp_path / "o")
+    assert info["params"]["skipped_unreadable"] == 2 and info["n_samples"] == 18 and len(samples) == 18
+    assert info["skipped_sample_ids"] == [6, 11] and not {6, 11} & set(samples["sample_id"])
+
+
+def test_a_resume_may_add_skip_unreadable_after_a_file_broke_mid_run(tmp_path, capsys):
+    root = _image_folder(tmp_path / "imgs")
+    broken = root / "c6" / "img1.png"  # sample id 13: unit 3 of 5 (batch size 4)
+    _break_png_stream(broken)
+    out = tmp_path / "o"
+    assert _run_folder(tmp_path, root, out, "--workers", "1") == 2
+    err = _one_error_line(capsys)  # also when a data worker hit it
+    assert f"unreadable image {broken}: OSError: broken data stream" in err and "--skip-unreadable" in err
+    before_info, before = _samples(out)
+    assert list(before["sample_id"]) == list(range(12))  # units 0-2 finished
+
+    assert _run_folder(tmp_path, root, out, "--skip-unreadable") == 0  # was: "already registered with different info"
+    info, after = _samples(out)
+    assert info["params"]["skipped_unreadable"] == 1 and info["n_samples"] == 19 == len(after)
+    assert info["skipped_sample_ids"] == [13] and 13 not in set(after["sample_id"])
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(after.iloc[:12].drop(columns=["unit"], errors="ignore"),
+                                  before.drop(columns=["unit"], errors="ignore"))  # the finished units, unmoved
+    assert {k: v for k, v in info.items() if k not in ("n_samples", "skipped_sample_ids", "params")} == \
+        {k: v for k, v in before_info.items() if k not in ("n_samples", "params")}
+
+
+def test_the_store_refuses_a_skip_that_would_move_finished_units(tmp_path):
+    from robustbench_rpc.store import ResultsStore, StoreConflictError
+
+    info = {"kind": "clean", "name": "clean", "dataset": "folder", "params": {}, "n_samples": 8}
+    rows = lambda ids: {"sample_id": ids, "label": [0] * len(ids), "pred": [0] * len(ids),  # noqa: E731
+                        "correct1": [1] * len(ids), "correct5": [1] * len(ids), "confidence": [0.9] * len(ids)}
+    with ResultsStore(tmp_path / "results.sqlite") as store:
+        store.register_model("m", {"name": "m"})
+        store.register_evaluation("e", info)
+        store.write_unit("m", "e", 0, rows([0, 1, 2, 3]))
+        skip = lambda ids, n: {**info, "n_samples": n, "params": {"skipped_unreadable": len(ids)},  # noqa: E731
+                               "skipped_sample_ids": ids}
+        with pytest.raises(StoreConflictError, match=r"sample ids 2\), but finished units already hold images up to "
+                                                     r"sample id 3"):
+            store.register_evaluation("e", skip([2], 7))  # a file inside a finished unit
+        with pytest.raises(StoreConflictError, match="already registered"):
+            store.register_evaluation("e", {**skip([5], 7), "dataset": "other"})  # anything else: a conflict
+        with pytest.raises(StoreConflictError, match="already registered"):
+            store.register_evaluation("e", skip([5], 6))  # counts that do not add up
+        store.register_evaluation("e", skip([5], 7))  # after every finished unit: accepted
+        store.register_evaluation("e", skip([5, 6], 6))  # and once more
+        assert store.evaluation_info("e")["n_samples"] == 6
+        with pytest.raises(StoreConflictError, match="already registered"):
+            store.register_evaluation("e", info)  # files back again: the finished units would move
+
+
+def test_the_quick_scan_flags_damaged_files_and_never_a_readable_one(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from robustbench_rpc.data.images import unreadable_reason
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    img.save(tmp_path / "ok.jpg", quality=90)
+    data = (tmp_path / "ok.jpg").read_bytes()
+    (tmp_path / "trailing.jpg").write_bytes(data + bytes(4096))  # bytes after EOI: decodes, so not flagged
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) * 2 // 3])
+    (tmp_path / "empty.png").write_bytes(b"")
+    img.save(tmp_path / "ok.png")
+    img.save(tmp_path / "ok.bmp")
+    for name in ("ok.jpg", "trailing.jpg", "ok.png", "ok.bmp"):
+        assert unreadable_reason(str(tmp_path / name)) is None, name
+    assert "truncated" in unreadable_reason(str(tmp_path / "truncated.jpg"))
+    assert "cannot identify image file" in unreadable_reason(str(tmp_path / "empty.png"))
+    broken = tmp_path / "broken.png"
+    img.save(broken)
+    _break_png_stream(broken)
+    assert unreadable_reason(str(broken)) is None  # header and IEND intact: only decoding tells
+    assert "broken data stream" in unreadable_reason(str(broken), thorough=True)

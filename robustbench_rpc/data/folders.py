@@ -9,8 +9,9 @@ ImageNet val) gets the same ids as the clean images it was made from.
 Problems surface at construction, before any compute: a missing root names the path; class folders
 that do not match the expected classes (the 1000 ImageNet wnids, the 200 of ImageNet-A/R/O, or a
 given list) raise :class:`ClassMismatchError` listing the differences and naming the root.  An unreadable image raises
-:class:`UnreadableImageError` naming its path; with ``skip_unreadable=True`` every file is test-decoded
-at construction, unreadable ones are left out and counted (``n_skipped``, ``skipped_paths``).
+:class:`UnreadableImageError` naming its path and ``--skip-unreadable``; with ``skip_unreadable=True`` every
+file is test-decoded at construction, unreadable ones are left out and counted (``n_skipped``,
+``skipped_paths``). A run scans the files it will read before compute instead (:mod:`.images`).
 
 Checked against the released layouts and the RPC-Attention paper's code (``Robust/eval_OOD.py`` of
 rachtsy/KPCA_code): ImageNet-A, -R and -O are each ``root/<wnid>/*.jpg`` with 200 wnid folders (files
@@ -28,28 +29,16 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
+from .images import UnreadableImageError, decode_image, is_readable, load_rgb, to_uint8, unreadable_reason  # noqa: F401
 from .imagenet_classes import (IMAGENET_A_INDICES, IMAGENET_A_WNIDS, IMAGENET_O_INDICES,
                                IMAGENET_O_WNIDS, IMAGENET_R_INDICES, IMAGENET_R_WNIDS, IMAGENET_WNIDS)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never silently padded
-
-
-class UnreadableImageError(OSError):
-    """An image file that cannot be decoded; the message names the path."""
-
-    def __init__(self, path: str, cause: BaseException | None = None):
-        self.path = path
-        reason = f": {type(cause).__name__}: {cause}" if cause is not None else ""
-        super().__init__(f"unreadable image {path}{reason} (pass skip_unreadable=True to skip and "
-                         f"count unreadable files)")
-
 
 class ClassMismatchError(ValueError):
     """Class folders differ from the expected classes; raised at construction, before compute."""
@@ -169,70 +158,6 @@ def scan_class_folders(root: str, expected_classes: Iterable[str] | None = None,
     return classes, samples
 
 
-_GRAY16 = ("I;16", "I;16B", "I;16L", "I;16N")
-
-
-def _high_depth(img: Image.Image) -> bool:
-    """16 bits per sample, which ``convert("RGB")`` would clip (``I;16``: mean 0.27 became 0.996) or cut to
-    their high byte (48/64-bit RGB(A) PNGs, which PIL opens as 8-bit ``RGB``/``RGBA``)."""
-    return img.mode in _GRAY16 or img.mode in ("I", "F") or any(";16" in str(t.args) for t in img.tile or ())
-
-
-def _sixteen_bit(path: str, img: Image.Image) -> np.ndarray:
-    """float32 HxWx3 in [0, 1] = value / 65535 of a 16-bit image (grayscale via PIL, colour via OpenCV,
-    since PIL has no 16-bit colour mode); float or out-of-range integer pixels are refused."""
-    if img.mode == "F":
-        raise ValueError("32-bit float pixels have no known range; convert the file to 8 or 16 bits")
-    if img.mode in _GRAY16 or img.mode == "I":
-        gray = np.asarray(img).astype(np.float32)
-        if gray.size and (gray.min() < 0 or gray.max() > 65535):
-            raise ValueError(f"32-bit integer pixels ({gray.min():.0f}..{gray.max():.0f}) outside 16 bits")
-        return np.repeat((gray / 65535.0)[..., None], 3, axis=2)
-    import cv2
-
-    raw = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if raw is None or raw.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"OpenCV cannot decode its {img.mode} 16-bit samples")
-    arr = raw.astype(np.float32) / float(np.iinfo(raw.dtype).max)
-    if arr.ndim == 2 or arr.shape[2] <= 2:  # gray (+ alpha): alpha dropped, as convert("RGB") does
-        gray = arr if arr.ndim == 2 else arr[..., 0]
-        return np.repeat(gray[..., None], 3, axis=2)
-    return np.ascontiguousarray(arr[..., 2::-1])  # BGR(A) -> RGB, alpha dropped
-
-
-def decode_image(path: str) -> Image.Image | np.ndarray:
-    """Open and fully decode an image: an 8-bit RGB PIL image, or for a 16-bit file a float32 HxWx3 array
-    in [0, 1] (value / 65535, see :func:`_high_depth`); failures raise :class:`UnreadableImageError`."""
-    try:
-        with Image.open(path) as img:
-            return _sixteen_bit(path, img) if _high_depth(img) else img.convert("RGB")
-    except Exception as exc:  # PIL raises several types for bad files
-        raise UnreadableImageError(path, exc) from exc
-
-
-def to_uint8(arr: np.ndarray) -> np.ndarray:
-    """[0, 1] floats -> uint8, rounded."""
-    return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
-
-
-def load_rgb(path: str) -> Image.Image:
-    """Open and fully decode an image as 8-bit RGB (a 16-bit file rounded from value / 65535, not clipped);
-    failures raise :class:`UnreadableImageError`."""
-    img = decode_image(path)
-    return Image.fromarray(to_uint8(img)) if isinstance(img, np.ndarray) else img
-
-
-def is_readable(path: str) -> bool:
-    """Test-decode a file cheaply (JPEG draft mode decodes the whole stream at reduced scale)."""
-    try:
-        with Image.open(path) as img:
-            img.draft("RGB", (64, 64))
-            img.load()
-        return True
-    except Exception:
-        return False
-
-
 class ImageSampleFolder(Dataset):
     """Shared machinery: a fixed list of ``(path, label, sample_id)`` read on demand."""
 
@@ -253,6 +178,13 @@ class ImageSampleFolder(Dataset):
                     self.skipped_paths.append(s[0])
             samples = kept
         self.samples = samples
+
+    def unreadable(self, positions: Iterable[int] | None = None, thorough: bool = False) -> list[tuple[int, str]]:
+        """``(position, reason)`` of the files at ``positions`` (default: all) that would not decode, by
+        :func:`unreadable_reason`; nothing is decoded in full unless a file looks damaged or ``thorough``."""
+        todo = range(len(self.samples)) if positions is None else positions
+        found = ((i, unreadable_reason(self.samples[i][0], thorough)) for i in todo)
+        return [(i, why) for i, why in found if why is not None]
 
     @property
     def n_skipped(self) -> int:
