@@ -16,13 +16,16 @@ from .base import (
     summarize_attention,
     variant_of,
 )
-from .rpc import RPCAttention, RPCKeyScaleAttention, soft_threshold
+from .fan import FANAttention
+from .fan_rpc import FANRPCAttention
+from .rpc import PrincipalAttentionPursuit, RPCAttention, RPCKeyScaleAttention, soft_threshold
 from .scaled import ScaledAttention, ScaledSymmetricAttention
 from .softmax import SoftmaxAttention
 from .symmetric import SymmetricAttention
 
 __all__ = [
-    "ATTENTIONS", "AttentionReinitError", "RPCAttention", "RPCKeyScaleAttention", "ScaledAttention",
+    "ATTENTIONS", "AttentionReinitError", "FANAttention", "FANRPCAttention", "PrincipalAttentionPursuit",
+    "RPCAttention", "RPCKeyScaleAttention", "ScaledAttention",
     "ScaledSymmetricAttention", "SoftmaxAttention", "SymmetricAttention", "UnknownVariantArgumentError",
     "attention_variant_params", "build_like", "check_variant_args", "describe_attention", "get_attention",
     "list_attentions",

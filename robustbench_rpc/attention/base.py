@@ -54,7 +54,11 @@ def attention_variant_params(module: nn.Module) -> dict[str, Any]:
 
 
 def _constructor_args(attn: nn.Module) -> dict[str, Any]:
-    """Read timm's attention constructor arguments back off a built module."""
+    """Read timm's attention constructor arguments back off a built module (a module whose projections are
+    not timm's ``qkv``, e.g. FAN's ``q`` + ``kv``, says them itself: ``constructor_args()``)."""
+    own = getattr(attn, "constructor_args", None)
+    if callable(own):
+        return dict(own())
     for attr in ("qkv", "proj", "num_heads"):
         if not hasattr(attn, attr):
             raise TypeError(

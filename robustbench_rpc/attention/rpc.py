@@ -39,8 +39,9 @@ Adaptive evaluation (issue 22; declarations read by ``attacks.adaptive``, see ``
   - ``symmetric``: the backward of plain symmetric attention on the final iterate,
     softmax(K2 K2^T / sqrt(d)) V with dK2 = dK: the unrolled loop before the last attention call (and
     mu, tau) is not differentiated.
-* ``without_pap()``: the same weights as plain symmetric attention (PAP off), the ``transfer`` attack's
-  ``surrogate = "self:no-pap"``.
+  (``final-iterate`` for a host other than symmetric attention, e.g. ``rpc_fan``: its own attention.)
+* ``without_pap()``: the same weights as the host's plain attention (PAP off; symmetric attention for
+  ``rpc``), the ``transfer`` attack's ``surrogate = "self:no-pap"``.
 """
 from __future__ import annotations
 
@@ -140,18 +141,25 @@ class _PAPStep(torch.autograd.Function):
         return grad_r, grad_p, grad_l, grad_tau, None, None
 
 
-@register_attention("rpc")
-class RPCAttention(SymmetricAttention):
-    """PAP inside symmetric attention (module docstring). Dynamic for ``n_iter > 1`` (an unrolled ADMM
-    optimization runs in every forward); declares the BPDA approximations ``straight-through``,
-    ``no-threshold`` and ``symmetric`` (module docstring) for the ``bpda`` attack."""
+class PrincipalAttentionPursuit:
+    """PAP's loop and threshold, shared by the variants that run it: ``rpc`` (the cleaned keys attend to
+    themselves) and ``rpc_fan`` (FAN's queries attend to the cleaned keys, ``attention/fan_rpc.py``). The host
+    is an attention ``nn.Module`` that calls :meth:`init_pursuit` in its constructor and :meth:`pursue` in its
+    mixing.
+
+    Dynamic for ``n_iter > 1`` (an unrolled ADMM optimization runs in every forward); declares the BPDA
+    approximations ``straight-through``, ``no-threshold`` and the final-iterate one (``symmetric`` for
+    ``rpc``, ``final-iterate`` for other hosts) for the ``bpda`` attack; ``without_pap()`` is the host's
+    plain attention with the same weights (module docstring)."""
 
     exposes_iterates = True  # diagnostics may set ``iterate_recorder`` (see the module docstring)
+    #: the backward of the host's plain attention on the final iterate (named for what the host attends with)
+    final_iterate_approximation = "final-iterate"
     bpda_approximations = {
         "straight-through": "PAP's soft-threshold backward is the identity (the clamped part passes no gradient)",
         "no-threshold": "the threshold clamp's backward is the identity (as if no key entry were an outlier)",
-        "symmetric": "backward of plain symmetric attention on PAP's final iterate, softmax(K2 K2^T/sqrt(d)) V "
-                     "with dK2 = dK (the loop is not differentiated)",
+        "final-iterate": "backward of the plain attention on PAP's final iterate (dK2 = dK; the loop is not "
+                         "differentiated)",
     }
     bpda_backward: str | None = None  # set by the bpda attack (adaptive_protocol.approximation_active)
 
@@ -166,23 +174,36 @@ class RPCAttention(SymmetricAttention):
                     "loop: each attention input depends on the previous attention output)")
         return "n_iter=1: one soft-threshold and one attention pass, a fixed function (no optimization loop)"
 
-    def without_pap(self) -> SymmetricAttention:
-        """The same weights as plain symmetric attention (PAP off)."""
-        return build_like(self, "symmetric")
+    def without_pap(self):
+        """The host's plain attention variant (the registered base after this mixin) with the same weights."""
+        mro = type(self).__mro__
+        for cls in mro[mro.index(PrincipalAttentionPursuit) + 1:]:
+            if "variant_name" in vars(cls):
+                return build_like(self, cls.variant_name)
+        raise TypeError(f"{type(self).__name__} has no registered plain attention to fall back on")
 
-    def __init__(self, dim: int, num_heads: int = 8, n_iter: int = 4, lam: float = 4.0, **kwargs) -> None:
-        super().__init__(dim, num_heads=num_heads, **kwargs)
+    def _backward_mode(self) -> tuple[str | None, str]:
+        """(approximation in use or None, the clamp's backward) from ``bpda_backward``."""
+        bpda = self.bpda_backward
+        if bpda is not None and bpda not in self.bpda_approximations:
+            raise ValueError(f"{getattr(self, 'variant_name', type(self).__name__)} attention has no BPDA "
+                             f"approximation {bpda!r}; declared: {', '.join(self.bpda_approximations)}")
+        return bpda, (bpda if bpda in CLAMP_BACKWARDS else "exact")
+
+    def init_pursuit(self, dim: int, n_iter: int, lam: float) -> None:
+        name = getattr(self, "variant_name", "rpc")
         if int(n_iter) < 1:
-            raise ValueError(f"rpc n_iter must be >= 1, got {n_iter}")
+            raise ValueError(f"{name} n_iter must be >= 1, got {n_iter}")
         if float(lam) <= 0:
-            raise ValueError(f"rpc lambda must be > 0, got {lam}")
+            raise ValueError(f"{name} lambda must be > 0, got {lam}")
         self.n_iter = int(n_iter)
         self.lam = float(lam)
         self.embed_dim = dim
         self.iterate_recorder = None
 
-    def mix(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        p = self.attn_drop.p if self.training else 0.0
+    def pursue(self, k: torch.Tensor, attend) -> torch.Tensor:
+        """PAP on the keys ``k`` (B, H, N, d); ``attend(k2)`` is the attention output L for the cleaned keys
+        ``k2`` (same shape as k). Returns the last L."""
         mu, tau = self.mu_and_threshold(k)
         # The loop tracks Z = Y/mu (mu is fixed across iterations). With C = clamp(K - L + Z, -tau, tau),
         # S = (K - L + Z) - C, and substituting S into the paper's updates gives
@@ -191,15 +212,12 @@ class RPCAttention(SymmetricAttention):
         # K2 = C + 3 L - 2 P: :class:`_PAPStep` runs that as one node. First iteration: L = Z = 0, so K2 = C =
         # clamp(K) and P = C. The last Z cannot change the output and is not computed.
         rec = self.iterate_recorder
-        bpda = self.bpda_backward
-        if bpda is not None and bpda not in self.bpda_approximations:
-            raise ValueError(f"rpc attention has no BPDA approximation {bpda!r}; "
-                             f"declared: {', '.join(self.bpda_approximations)}")
-        mode = bpda if bpda in CLAMP_BACKWARDS else "exact"
+        bpda, mode = self._backward_mode()
+        final = bpda is not None and bpda == self.final_iterate_approximation
         c = symmetric_clamp(k, tau, mode)
-        if bpda == "symmetric" and self.n_iter == 1:
+        if final and self.n_iter == 1:
             c = substitute_backward(c, k)
-        L = _sdpa_or_explicit(c, c, v, self.scale, self.fused_attn, p)
+        L = attend(c)
         if rec is not None:
             rec(1, k=k, S=k - c, L=L, Z=None, mu=mu, tau=tau)
         P = c
@@ -207,11 +225,11 @@ class RPCAttention(SymmetricAttention):
             last = it == self.n_iter
             if last:
                 k2 = _PAPStep.apply(k, P, L, tau, True, mode)
-                if bpda == "symmetric":  # the final iterate's attention, its input's gradient sent to K
+                if final:  # the final iterate's attention, its input's gradient sent to K
                     k2 = substitute_backward(k2, k)
             else:
                 k2, P_next = _PAPStep.apply(k, P, L, tau, False, mode)
-            L_next = _sdpa_or_explicit(k2, k2, v, self.scale, self.fused_attn, p)
+            L_next = attend(k2)
             if rec is not None:  # diagnostics only: recompute the iterates the step keeps to itself
                 with torch.no_grad():
                     r = k + P - 2 * L
@@ -229,6 +247,28 @@ class RPCAttention(SymmetricAttention):
 
     def variant_params(self) -> dict:
         return {"n_iter": self.n_iter, "lambda": self.lam}
+
+
+@register_attention("rpc")
+class RPCAttention(PrincipalAttentionPursuit, SymmetricAttention):
+    """PAP inside symmetric attention (module docstring); dynamic for n_iter > 1, BPDA approximations
+    ``straight-through``, ``no-threshold`` and ``symmetric`` (its final-iterate one)."""
+
+    final_iterate_approximation = "symmetric"
+    bpda_approximations = {
+        "straight-through": PrincipalAttentionPursuit.bpda_approximations["straight-through"],
+        "no-threshold": PrincipalAttentionPursuit.bpda_approximations["no-threshold"],
+        "symmetric": "backward of plain symmetric attention on PAP's final iterate, softmax(K2 K2^T/sqrt(d)) V "
+                     "with dK2 = dK (the loop is not differentiated)",
+    }
+
+    def __init__(self, dim: int, num_heads: int = 8, n_iter: int = 4, lam: float = 4.0, **kwargs) -> None:
+        super().__init__(dim, num_heads=num_heads, **kwargs)
+        self.init_pursuit(dim, n_iter, lam)
+
+    def mix(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        p = self.attn_drop.p if self.training else 0.0
+        return self.pursue(k, lambda k2: _sdpa_or_explicit(k2, k2, v, self.scale, self.fused_attn, p))
 
 
 @register_attention("rpc_keyscale")
