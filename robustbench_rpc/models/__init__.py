@@ -19,6 +19,7 @@ from .loading import (ModelForm, create_model, create_pretrained, data_config_of
 from .normalize import Normalized
 from .paper_args import ResolvedModel, resolve_model
 from .vit import ARCHS, MODELS, ModelEntry, list_models
+from . import fan  # noqa: E402,F401  FAN-ViT and RPC-FAN register themselves (models/fan.py)
 
 __all__ = [
     "ARCHS", "MODELS", "PACKAGED_DIR", "PRETRAINED", "CheckpointError", "ModelContractError", "ModelEntry",

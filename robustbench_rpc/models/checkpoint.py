@@ -189,7 +189,8 @@ def extract_state_dict(obj: Any, path: str | Path = "<checkpoint>", prefer_ema: 
     """Find the model weights inside any of the supported layouts and strip wrapper prefixes."""
     sd = obj
     if isinstance(obj, Mapping):
-        order = ("model_ema", "model", "state_dict", "module") if prefer_ema else ("model", "state_dict", "module", "model_ema")
+        order = (("model_ema", "state_dict_ema", "model", "state_dict", "module") if prefer_ema  # timm: *_ema
+                 else ("model", "state_dict", "module", "model_ema", "state_dict_ema"))
         for key in order:
             if key in obj and isinstance(obj[key], Mapping):
                 sd = obj[key]
@@ -276,8 +277,13 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, prefer_ema: bool = Fa
 
 def load_state_dict_checked(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str | Path, *,
                             strict: bool = True, hint: str | None = None) -> nn.Module:
-    """Load an extracted state dict (from ``path``) strictly, with :func:`match_state_dict`'s explanation."""
+    """Load an extracted state dict (from ``path``) strictly, with :func:`match_state_dict`'s explanation.
+    A model with its own loader conventions renames (or refuses, in one line) first: ``adapt_state_dict(sd,
+    path)``, as timm's ``pretrained_filter_fn`` (FAN's key filter, models/fan.py)."""
     target = _unwrap(model)
+    adapt = getattr(target, "adapt_state_dict", None)
+    if callable(adapt):
+        sd = adapt(sd, path)
     if strict:
         match_state_dict(target, sd, path, hint)
     ref = next(target.parameters())
