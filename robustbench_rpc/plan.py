@@ -209,12 +209,15 @@ class Plan:
         if self.subset_file:
             from .data.subsets import SubsetError, read_subset_file
 
-            if self.limit is not None:
+            first_n = self.limit is not None and cfg.limit is not None and not cfg.subset
+            if self.limit is not None and not first_n:
                 raise SuiteError("--subset and --limit both choose the images: pass one of them")
             try:
                 self.subset_entries = read_subset_file(self.subset_file)
             except SubsetError as err:
                 raise SuiteError(str(err)) from None
+            if first_n:  # --limit N under a suite that lists its images: the list's first N, in its order
+                self.subset_entries, self.limit = self.subset_entries[:self.limit], None
 
     # -- step 2: models -----------------------------------------------------------------------------------
     def _plan_models(self) -> None:
@@ -234,6 +237,7 @@ class Plan:
                 raise SuiteError(f"{self.suite.path}: a suite with [sweep] patches attention itself; drop --attention")
             self.models = sweep_models(self.models, self.suite.sweep, self.suite.path)
         self._choose_reference()
+        _refuse_twice(self.models)
         configs = {m.spec: check_model(m, cfg) for m in self.models}
         self.num_classes = {spec: int(c.get("num_classes") or 0) for spec, c in configs.items()}
         sizes = {spec: tuple(c["input_size"]) for spec, c in configs.items()}
@@ -307,10 +311,29 @@ class Plan:
 
     # -- what the run reads -------------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
-        """What must match for a rerun into the same folder to resume rather than mix two protocols."""
+        """What must match for a rerun into the same folder to resume rather than mix two protocols: every
+        setting that changes a number, and the data read (each dataset's root and listing fingerprint)."""
         return {"suite": self.suite.name, "suite_version": self.suite.version, "dataset": self.dataset,
                 "batch_size": self.batch_size, "limit": self.limit, "seed": self.seed, "amp": self.amp,
-                "subset": self.subset_info()}
+                "subset": self.subset_info(), "eot_samples": self.cfg.eot_samples, "data": self.data_read()}
+
+    def data_read(self) -> dict[str, dict[str, Any]]:
+        """{dataset: {"root": absolute path or None (shipped data), "listing_sha256": ...}} of every dataset
+        the run reads; released corruption files by their source."""
+        from .data.resolve import ROOT_OF
+        from .data.subsets import listing_fingerprint
+
+        out: dict[str, dict[str, Any]] = {}
+        for e in self.evals:
+            files = e.kind == "corruption" and e.params["source"] != "on-the-fly"
+            name = e.params["source"] if files else e.dataset
+            if name in out:
+                continue
+            root = self.roots.get(ROOT_OF.get(name, name))
+            ds = innermost(self.base_dataset(e.dataset)) if not files else None
+            out[name] = {"root": str(Path(root).expanduser().resolve()) if root else None,
+                         "listing_sha256": listing_fingerprint(ds) if ds is not None else None}
+        return out
 
     def subset_info(self) -> dict[str, Any]:
         """How the evaluated images were chosen (stored with the run, shown on the protocol card)."""
@@ -438,6 +461,20 @@ class Plan:
             if name not in out:
                 out[name] = _sample_ids(self.dataset_for(e))
         return out
+
+
+def _refuse_twice(models: list[ModelSpec]) -> None:
+    """The same model (name, checkpoint file, arguments, attention patch) listed twice would be evaluated
+    twice into one store row: refused now, not after the first copy's full evaluation."""
+    seen: dict[str, str] = {}
+    for m in models:
+        ckpt = str(Path(m.checkpoint).resolve()) if m.weights_file else m.checkpoint
+        ident = json.dumps([m.name, ckpt, m.kwargs, m.attention, m.sweep], sort_keys=True, default=str)
+        if ident in seen:
+            same = f"as {seen[ident]} and {m.spec}" if seen[ident] != m.spec else f"as {m.spec}"
+            raise SuiteError(f"model {m.name} is listed twice ({same}, same checkpoint and arguments): "
+                             "give each model once")
+        seen[ident] = m.spec
 
 
 def innermost(ds: Dataset) -> Dataset:

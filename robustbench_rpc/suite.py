@@ -96,6 +96,13 @@ def suite_from_dict(raw: dict[str, Any], path: str = "<suite>") -> Suite:
             raise SuiteError(f"{path}: missing required key '{req}'")
     defaults = dict(raw.get("defaults", {}))
     _check_keys(set(defaults), _DEFAULT_KEYS, f"{path} [defaults]")
+    models = defaults.get("models", [])
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise SuiteError(f"{path} [defaults] models must be a list of names such as [\"symvit_micro_patch4_32:packaged\"], "
+                         f"got {models!r}")
+    for key in ("dataset", "reference_model"):
+        if key in defaults and not isinstance(defaults[key], str):
+            raise SuiteError(f"{path} [defaults] {key} must be a string, got {defaults[key]!r}")
     evals = raw["evaluation"]
     if not isinstance(evals, list) or not evals:
         raise SuiteError(f"{path}: 'evaluation' must be a non-empty list of [[evaluation]] tables")
@@ -223,10 +230,15 @@ def expand(suite: Suite, dataset: str, amp: str | None = None) -> list[EvalSpec]
             names = ev.get("corruptions", "common")
             if isinstance(names, str):
                 names = corruptions.list_corruptions(names) if names in ("common", "extra", "all") else [names]
+            if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+                raise SuiteError(f"{where}: corruptions must be a name, a list of names, or common/extra/all, "
+                                 f"got {names!r}")
             for c in names:
                 _known(corruptions.CORRUPTIONS, c, where)
             severities = ev.get("severities", [1, 2, 3, 4, 5])
-            bad = [s for s in severities if s not in (1, 2, 3, 4, 5)]
+            if not isinstance(severities, list):
+                raise SuiteError(f"{where}: severities must be a list such as [1, 3, 5], got {severities!r}")
+            bad = [s for s in severities if isinstance(s, bool) or s not in (1, 2, 3, 4, 5)]
             if bad:
                 raise SuiteError(f"{where}: severities must be within 1..5, got {bad}")
             for c in names:

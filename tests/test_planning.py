@@ -118,3 +118,17 @@ def test_unknown_model_arg_is_one_line(tmp_path, capsys):
                "--limit", "8", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "bogus" in err and "symvit_micro_patch4_32" in err
+
+
+def test_limit_under_a_suite_that_lists_its_images_takes_the_lists_first_n(tmp_path):
+    """RobustBench's n_examples: the first N ids of its list, in the list's order (not a stratified draw)."""
+    listing = tmp_path / "ids.txt"
+    listing.write_text("\n".join(str(i) for i in (981, 5, 851, 12, 48, 1)) + "\n")
+    suite = tmp_path / "s.toml"
+    suite.write_text(f'name = "t"\n[defaults]\nmodels = ["symvit_micro_patch4_32:packaged"]\nsubset = "{listing}"\n'
+                     '[[evaluation]]\nkind = "clean"\n')
+    plan = Plan(RunConfig(suite=str(suite), limit=3, out=tmp_path / "o"), log=lambda *_: None)
+    assert plan.subset_entries == ["981", "5", "851"] and plan.limit is None
+    assert sorted(subsets.sample_ids(plan.base_dataset("digits32"))) == [5, 851, 981]
+    with pytest.raises(SuiteError, match="both choose the images"):
+        Plan(RunConfig(suite=str(suite), limit=3, subset=str(listing), out=tmp_path / "o"), log=lambda *_: None)

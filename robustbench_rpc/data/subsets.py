@@ -218,3 +218,25 @@ def take(ds: Dataset, positions: Sequence[int]) -> Dataset:
     """``ds`` restricted to ``positions`` (the whole dataset when they are all of it, in order)."""
     positions = list(positions)
     return ds if positions == list(range(len(ds))) else Subset(ds, positions)
+
+
+def listing_fingerprint(ds: Dataset) -> str:
+    """sha256 of what a dataset reads: for on-disk sets every file's relative path and size (the files
+    left out as unreadable included, so ``--skip-unreadable`` does not change it), else every item's sample
+    id and label. Other images under the same dataset name (another root, or files replaced in place by
+    ones of another size) give another fingerprint. One stat per file, no decoding."""
+    labels, ids, paths = _listing(ds)
+    digest = hashlib.sha256()
+    if paths is None:
+        for sid, label in zip(ids, labels):
+            digest.update(f"{sid}\t{label}\n".encode())
+        return digest.hexdigest()
+    root = getattr(ds, "root", None)
+    skipped = [os.path.relpath(p, root) if root else str(p) for p in (getattr(ds, "skipped_paths", None) or [])]
+    for rel in sorted(set(paths) | set(skipped)):
+        try:
+            size = os.path.getsize(os.path.join(root, rel) if root else rel)
+        except OSError:
+            size = "?"
+        digest.update(f"{Path(rel).as_posix()}\t{size}\n".encode())
+    return digest.hexdigest()
