@@ -129,6 +129,65 @@ def suite_from_dict(raw: dict[str, Any], path: str = "<suite>") -> Suite:
                  sweep)
 
 
+def _ood_specs(ev: dict[str, Any], where: str) -> list[EvalSpec]:
+    """An OOD evaluation, preceded by the in-distribution evaluation its protocol needs (if its own)."""
+    from . import ood
+
+    if "dataset" not in ev:
+        raise SuiteError(f"{where}: an ood evaluation needs 'dataset'")
+    spec = EvalSpec("ood", ev["dataset"], ev["dataset"], ood.ood_params(ev["dataset"], ev.get("protocol"), where))
+    in_spec = ood.in_distribution_spec(spec)  # its own in-distribution evaluation, planned with it
+    return ([in_spec] if in_spec is not None else []) + [spec]
+
+
+def _attack_evals(ev: dict[str, Any], dataset: str, amp: str | None, where: str) -> list[EvalSpec]:
+    """One evaluation per attack (a preset's rows) and budget, each attack resolved once."""
+    from . import attacks
+
+    out = []
+    for spec in _attack_specs(ev, where):
+        name = spec.pop("attack", None) or spec.pop("name", None)
+        if name is None:
+            raise SuiteError(f"{where}: attack spec without a name: {spec}")
+        _known(attacks.ATTACKS, name, where)
+        eps_list = spec.pop("eps", None)
+        if isinstance(eps_list, list) and not eps_list:
+            raise SuiteError(f"{where}: attack {name}: eps is an empty list; give at least one budget")
+        for eps in eps_list if isinstance(eps_list, list) else [eps_list]:
+            params = dict(spec)
+            if eps is not None:
+                params["eps"] = parse_eps(eps, where)
+            e = EvalSpec("attack", name, dataset, params)
+            out.append(replace(e, resolved=resolve_attack(e, amp, where)))
+    return out
+
+
+def _corruption_evals(ev: dict[str, Any], dataset: str, where: str) -> list[EvalSpec]:
+    """One evaluation per corruption and severity, names and severities checked."""
+    from . import corruptions
+
+    source = ev.get("source", "on-the-fly")
+    if source not in ("on-the-fly", "imagenet-c", "cifar10-c", "cifar100-c"):
+        raise SuiteError(f"{where}: source must be on-the-fly, imagenet-c, cifar10-c or cifar100-c, got {source!r}")
+    names = ev.get("corruptions", "common")
+    if isinstance(names, str):
+        names = corruptions.list_corruptions(names) if names in ("common", "extra", "all") else [names]
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+        raise SuiteError(f"{where}: corruptions must be a name, a list of names, or common/extra/all, got {names!r}")
+    for c in names:
+        _known(corruptions.CORRUPTIONS, c, where)
+    severities = ev.get("severities", [1, 2, 3, 4, 5])
+    if not isinstance(severities, list):
+        raise SuiteError(f"{where}: severities must be a list such as [1, 3, 5], got {severities!r}")
+    bad = [s for s in severities if isinstance(s, bool) or s not in (1, 2, 3, 4, 5)]
+    if bad:
+        raise SuiteError(f"{where}: severities must be within 1..5, got {bad}")
+    return [EvalSpec("corruption", c, dataset if source == "on-the-fly" else source,
+                     {"corruption": c, "severity": int(s), "source": source,
+                      "severity_table": ev.get("severity_table", "auto")})
+            for c in names for s in severities]
+
+
 def _attack_specs(ev: dict[str, Any], where: str) -> list[dict[str, Any]]:
     from . import attacks
 
@@ -183,8 +242,6 @@ def _diagnostics_spec(ev: dict[str, Any], dataset: str, where: str) -> EvalSpec:
 def expand(suite: Suite, dataset: str, amp: str | None = None) -> list[EvalSpec]:
     """Concrete evaluations in declaration order, with names validated against the registries; every
     attack is built once (with the run's ``amp``) and carries its parameters as they will run."""
-    from . import attacks, corruptions
-
     out: list[EvalSpec] = []
     for i, ev in enumerate(suite.evaluations):
         where = f"{suite.path} [[evaluation]] #{i + 1}"
@@ -196,56 +253,14 @@ def expand(suite: Suite, dataset: str, amp: str | None = None) -> list[EvalSpec]
                 raise SuiteError(f"{where}: a {kind} evaluation needs 'dataset'")
             out.append(EvalSpec(kind, ev["dataset"], ev["dataset"]))
         elif kind == "ood":
-            from . import ood
-
-            if "dataset" not in ev:
-                raise SuiteError(f"{where}: an ood evaluation needs 'dataset'")
-            spec = EvalSpec("ood", ev["dataset"], ev["dataset"], ood.ood_params(ev["dataset"], ev.get("protocol"), where))
-            in_spec = ood.in_distribution_spec(spec)  # its own in-distribution evaluation, planned with it
-            if in_spec is not None and in_spec not in out:
-                out.append(in_spec)
-            out.append(spec)
+            *in_spec, spec = _ood_specs(ev, where)
+            out += [s for s in in_spec if s not in out] + [spec]  # the in-distribution set once; the OOD set always
         elif kind == "attack":
-            for spec in _attack_specs(ev, where):
-                name = spec.pop("attack", None) or spec.pop("name", None)
-                if name is None:
-                    raise SuiteError(f"{where}: attack spec without a name: {spec}")
-                _known(attacks.ATTACKS, name, where)
-                eps_list = spec.pop("eps", None)
-                if isinstance(eps_list, list) and not eps_list:
-                    raise SuiteError(f"{where}: attack {name}: eps is an empty list; give at least one budget")
-                eps_values = eps_list if isinstance(eps_list, list) else [eps_list]
-                for eps in eps_values:
-                    params = dict(spec)
-                    if eps is not None:
-                        params["eps"] = parse_eps(eps, where)
-                    e = EvalSpec("attack", name, dataset, params)
-                    out.append(replace(e, resolved=resolve_attack(e, amp, where)))
+            out += _attack_evals(ev, dataset, amp, where)
         elif kind == "diagnostics":
             out.append(_diagnostics_spec(ev, dataset, where))
         elif kind == "corruption":
-            source = ev.get("source", "on-the-fly")
-            if source not in ("on-the-fly", "imagenet-c", "cifar10-c", "cifar100-c"):
-                raise SuiteError(f"{where}: source must be on-the-fly, imagenet-c, cifar10-c or cifar100-c, got {source!r}")
-            names = ev.get("corruptions", "common")
-            if isinstance(names, str):
-                names = corruptions.list_corruptions(names) if names in ("common", "extra", "all") else [names]
-            if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
-                raise SuiteError(f"{where}: corruptions must be a name, a list of names, or common/extra/all, "
-                                 f"got {names!r}")
-            for c in names:
-                _known(corruptions.CORRUPTIONS, c, where)
-            severities = ev.get("severities", [1, 2, 3, 4, 5])
-            if not isinstance(severities, list):
-                raise SuiteError(f"{where}: severities must be a list such as [1, 3, 5], got {severities!r}")
-            bad = [s for s in severities if isinstance(s, bool) or s not in (1, 2, 3, 4, 5)]
-            if bad:
-                raise SuiteError(f"{where}: severities must be within 1..5, got {bad}")
-            for c in names:
-                for s in severities:
-                    params = {"corruption": c, "severity": int(s), "source": source,
-                              "severity_table": ev.get("severity_table", "auto")}
-                    out.append(EvalSpec("corruption", c, dataset if source == "on-the-fly" else source, params))
+            out += _corruption_evals(ev, dataset, where)
     keys = [e.key for e in out]
     dup = {k for k in keys if keys.count(k) > 1}
     if dup:
