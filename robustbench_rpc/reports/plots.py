@@ -179,6 +179,95 @@ def _worst_title(data: RunData, groups: list) -> str:
     return "\n".join(lines)
 
 
+def _panel_points(data: RunData, m: str, ks, wgroups) -> list[tuple]:
+    """(eps, top1, lo, hi) of one model in one panel: its attack's budgets, or the worst-case groups."""
+    pts = []
+    if wgroups is not None:
+        for g in wgroups:
+            wc, _ = worst_case(data, m, g)
+            if wc is not None:
+                pts.append((g.eps, *acc_stats(wc["correct1"])))
+        return sorted(pts)
+    for k in ks:
+        if data.complete(m, k):
+            r = data.agg_row(m, k)
+            pts.append((eps_key(data.info(k)["params"].get("eps")), r["top1"], r["top1_lo"], r["top1_hi"]))
+    return sorted(pts)
+
+
+def _draw_model(ax, pts: list[tuple], c0: tuple | None, color, label: str, shift: float, min_eps: float) -> None:
+    """One budget: a point with its interval and the clean point apart; several: a line and band from clean."""
+    if len(pts) == 1:
+        e, y, lo, hi = (float(v) for v in pts[0])
+        ax.errorbar([e * (1 + shift)], [100 * y], yerr=[[max(0.0, 100 * (y - lo))], [max(0.0, 100 * (hi - y))]],
+                    fmt="o", color=color, capsize=3, label=label)
+        if c0 is not None:
+            ax.errorbar([shift * min_eps], [100 * c0[1]],
+                        yerr=[[max(0.0, 100 * (c0[1] - c0[2]))], [max(0.0, 100 * (c0[3] - c0[1]))]],
+                        fmt="o", mfc="white", color=color, capsize=3)
+        return
+    pts = ([c0] if c0 is not None else []) + pts
+    x, y, lo, hi = (np.array(v, dtype=float) for v in zip(*pts))
+    ax.plot(x, 100 * y, marker="o", color=color, label=label)
+    ax.fill_between(x, 100 * lo, 100 * hi, color=color, alpha=0.2, linewidth=0)
+
+
+def _shared_legend(fig, axes) -> None:
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(labels)),
+               frameon=False)
+
+
+def _attack_figure(data: RunData, dataset: str, norm: str, keys: list[str], clean_key: str | None):
+    """The accuracy-vs-eps figure of one dataset and norm (None when no model has a complete result)."""
+    colors = _colors(data)
+    panels: dict[tuple, list[str]] = {}
+    for k in keys:
+        info = data.info(k)
+        panels.setdefault((info["name"], threat_of(info["params"])), []).append(k)
+    groups = [g for g in worst_groups(data) if g.dataset == dataset and g.norm == norm]
+    threats = list(dict.fromkeys(g.threat for g in groups))
+    specs = [(f"{name}{_threat_tag(t)}", ks, None) for (name, t), ks in panels.items()]
+    specs += [(None, None, [g for g in groups if g.threat == t]) for t in threats]
+    fig, axes = _grid(len(specs))
+    all_eps = sorted({eps_key(data.info(k)["params"].get("eps")) for k in keys})
+    min_eps = min([e for e in all_eps if e > 0], default=1.0)
+    n_models, drawn = len(data.model_keys), False
+    for ax, (title, ks, wgroups) in zip(axes, specs):
+        for mi, m in enumerate(data.model_keys):
+            pts = _panel_points(data, m, ks, wgroups)
+            if not pts:
+                continue
+            c0 = None
+            if clean_key and data.complete(m, clean_key):
+                r = data.agg_row(m, clean_key)
+                c0 = (0.0, r["top1"], r["top1_lo"], r["top1_hi"])
+            shift = (mi - (n_models - 1) / 2) * 0.07  # side by side, so equal values stay visible
+            _draw_model(ax, pts, c0, colors[m], data.name(m), shift, min_eps)
+            drawn = True
+        _eps_axis(ax, ([0.0] if clean_key else []) + all_eps, norm)
+        ax.set_ylim(-3, 103)
+        if wgroups is not None:
+            ax.set_title(_worst_title(data, wgroups) + _threat_tag(wgroups[0].threat), fontsize=9.5)
+        else:
+            ax.set_title(title)
+    for ax in axes:
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel("top-1 accuracy (%)")
+    if not drawn:
+        plt.close(fig)
+        return None
+    fig.suptitle(f"Accuracy vs attack strength on {dataset} ({norm})")
+    fig.tight_layout()
+    _shared_legend(fig, axes)
+    return fig
+
+
 def attack_plots(data: RunData, folder: Path, keep: bool = False) -> list[Plot]:
     """Accuracy vs eps per dataset and norm: one panel per attack (and threat model), and a worst-case
     panel, wrapped in a grid of at most 3 columns. An attack run at several budgets is a line with a 95%
@@ -187,84 +276,16 @@ def attack_plots(data: RunData, folder: Path, keep: bool = False) -> list[Plot]:
     ev = data.evals_of("attack")
     if ev.empty:
         return []
-    colors, plots = _colors(data), []
+    plots = []
     clean = data.evals_of("clean")
     for dataset in dict.fromkeys(ev["dataset"]):
         dev = ev[ev["dataset"] == dataset]
+        clean_key = next((k for k in clean["eval_key"] if data.info(k)["dataset"] == dataset), None)
         for norm in dict.fromkeys(str(data.info(k)["params"].get("norm", "?")) for k in dev["eval_key"]):
             keys = [k for k in dev["eval_key"] if str(data.info(k)["params"].get("norm", "?")) == norm]
-            panels: dict[tuple, list[str]] = {}
-            for k in keys:
-                info = data.info(k)
-                panels.setdefault((info["name"], threat_of(info["params"])), []).append(k)
-            groups = [g for g in worst_groups(data) if g.dataset == dataset and g.norm == norm]
-            threats = list(dict.fromkeys(g.threat for g in groups))
-            specs = [(f"{name}{_threat_tag(t)}", ks, None) for (name, t), ks in panels.items()]
-            specs += [(None, None, [g for g in groups if g.threat == t]) for t in threats]
-            clean_key = next((k for k in clean["eval_key"] if data.info(k)["dataset"] == dataset), None)
-            fig, axes = _grid(len(specs))
-            drawn = False
-            all_eps = sorted({eps_key(data.info(k)["params"].get("eps")) for k in keys})
-            ticks = ([0.0] if clean_key else []) + all_eps
-            min_eps = min([e for e in all_eps if e > 0], default=1.0)
-            n_models = len(data.model_keys)
-            for ax, (title, ks, wgroups) in zip(axes, specs):
-                for mi, m in enumerate(data.model_keys):
-                    shift = (mi - (n_models - 1) / 2) * 0.07  # side by side, so equal values stay visible
-                    pts = []
-                    if wgroups is not None:
-                        for g in wgroups:
-                            wc, _ = worst_case(data, m, g)
-                            if wc is not None:
-                                pts.append((g.eps, *acc_stats(wc["correct1"])))
-                    else:
-                        for k in ks:
-                            if data.complete(m, k):
-                                r = data.agg_row(m, k)
-                                pts.append((eps_key(data.info(k)["params"].get("eps")), r["top1"], r["top1_lo"],
-                                            r["top1_hi"]))
-                    if not pts:
-                        continue
-                    c0 = None
-                    if clean_key and data.complete(m, clean_key):
-                        r = data.agg_row(m, clean_key)
-                        c0 = (0.0, r["top1"], r["top1_lo"], r["top1_hi"])
-                    pts.sort()
-                    if len(pts) == 1:  # one budget: a point with its interval, and the clean point apart
-                        e, y, lo, hi = (float(v) for v in pts[0])
-                        ax.errorbar([e * (1 + shift)], [100 * y], yerr=[[max(0.0, 100 * (y - lo))], [max(0.0, 100 * (hi - y))]], fmt="o",
-                                    color=colors[m], capsize=3, label=data.name(m))
-                        if c0 is not None:
-                            ax.errorbar([shift * min_eps], [100 * c0[1]], yerr=[[max(0.0, 100 * (c0[1] - c0[2]))], [max(0.0, 100 * (c0[3] - c0[1]))]],
-                                        fmt="o", mfc="white", color=colors[m], capsize=3)
-                    else:
-                        pts = ([c0] if c0 is not None else []) + pts
-                        x, y, lo, hi = (np.array(v, dtype=float) for v in zip(*pts))
-                        ax.plot(x, 100 * y, marker="o", color=colors[m], label=data.name(m))
-                        ax.fill_between(x, 100 * lo, 100 * hi, color=colors[m], alpha=0.2, linewidth=0)
-                    drawn = True
-                _eps_axis(ax, ticks, norm)
-                ax.set_ylim(-3, 103)
-                if wgroups is not None:
-                    ax.set_title(_worst_title(data, wgroups) + _threat_tag(wgroups[0].threat), fontsize=9.5)
-                else:
-                    ax.set_title(title)
-            for ax in axes:
-                if ax.get_subplotspec().is_first_col():
-                    ax.set_ylabel("top-1 accuracy (%)")
-            if not drawn:
-                plt.close(fig)
+            fig = _attack_figure(data, dataset, norm, keys, clean_key)
+            if fig is None:
                 continue
-            fig.suptitle(f"Accuracy vs attack strength on {dataset} ({norm})")
-            fig.tight_layout()
-            handles, labels = axes[0].get_legend_handles_labels()
-            for ax in axes[1:]:
-                for h, lab in zip(*ax.get_legend_handles_labels()):
-                    if lab not in labels:
-                        handles.append(h)
-                        labels.append(lab)
-            fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(labels)),
-                       frameon=False)
             plots.append(_save(fig, folder, f"attack_acc_vs_eps_{slug(dataset)}_{slug(norm)}",
                                f"Accuracy vs eps ({dataset}, {norm})",
                                "Top-1 accuracy with 95% Wilson bands (several budgets: line and band from the clean "
@@ -286,102 +307,122 @@ def _pooled_error_ci(data: RunData, res, m: str, c: str) -> tuple[float, float]:
     return metrics.wilson_interval(k, n) if n else (np.nan, np.nan)
 
 
-def corruption_plots(data: RunData, folder: Path, keep: bool = False) -> list[Plot]:
-    colors, plots = _colors(data), []
-    for res in corruption_results(data):
-        models = [m for m in data.model_keys if any(res.errors[m][c] is not None for c in res.corruptions)]
-        if models:
-            normalized = res.baseline is not None
-            npanel = 2 if normalized else 1
-            width = max(7.0, 0.55 * len(res.corruptions) * max(1, len(models)) / 1.5)
-            fig, axes = plt.subplots(npanel, 1, figsize=(width, 3.4 * npanel), squeeze=False, sharex=True)
-            axes = axes[:, 0]
-            x = np.arange(len(res.corruptions))
-            w = 0.8 / len(models)
-            ref = data.reference_key
-            for i, m in enumerate(models):
-                row = res.rows[data.model_keys.index(m)]
-                pos = x + (i - (len(models) - 1) / 2) * w
-                err = np.array([100 * float(np.mean(res.errors[m][c])) if res.errors[m][c] is not None else np.nan
-                                for c in res.corruptions])
-                ci = np.array([_pooled_error_ci(data, res, m, c) if res.errors[m][c] is not None else (np.nan, np.nan)
-                               for c in res.corruptions]) * 100
-                axes[0].bar(pos, err, w, color=colors[m], label=data.name(m),
-                            yerr=np.clip(np.vstack([err - ci[:, 0], ci[:, 1] - err]), 0, None), capsize=2, ecolor="#333")
-                if normalized:
-                    ce = np.array([100 * row["ce"].get(c, np.nan) for c in res.corruptions])
-                    lo = np.array([100 * row["ce_ci"].get(c, (np.nan, np.nan))[0] for c in res.corruptions])
-                    hi = np.array([100 * row["ce_ci"].get(c, (np.nan, np.nan))[1] for c in res.corruptions])
-                    unstable = np.array([c in res.unstable and m != ref for c in res.corruptions])
-                    axes[1].bar(pos, ce, w, color=colors[m], hatch=None, edgecolor="none")
-                    if unstable.any():
-                        axes[1].bar(pos[unstable], ce[unstable], w, color=colors[m], hatch="///", edgecolor="#b00000",
-                                    linewidth=0.8)
-                    axes[1]._ce_bars = getattr(axes[1], "_ce_bars", []) + [(pos, ce, lo, hi)]
-            axes[0].set_ylabel("error (%), unnormalized")
-            if normalized:
-                ax = axes[1]
-                bars = [c[np.isfinite(c)] for _, c, _, _ in ax._ce_bars]
-                cap = max(150.0, 1.5 * max((b.max() for b in bars if b.size), default=100.0))
-                for pos, ce, lo, hi in ax._ce_bars:
-                    ok = np.isfinite(ce) & np.isfinite(lo)
-                    yerr = np.clip(np.vstack([ce - lo, np.minimum(hi, cap) - ce]), 0, None)
-                    ax.errorbar(pos[ok], ce[ok], yerr=yerr[:, ok], fmt="none",
-                                ecolor="#333", capsize=2, linewidth=0.9)
-                    for p_, h_ in zip(pos[ok], hi[ok]):
-                        if not np.isfinite(h_) or h_ > cap:  # interval runs off the axis (reference error ~ 0)
-                            ax.annotate("", xy=(p_, cap * 0.995), xytext=(p_, cap * 0.93),
-                                        arrowprops={"arrowstyle": "->", "color": "#333", "lw": 0.9})
-                ax.set_ylim(0, cap)
-                ax.set_ylabel("CE (%), normalized")
-                ax.axhline(100, color="black", linewidth=0.8, linestyle="--")
-                ax.set_title(f"normalized by {res.baseline_label}; bars: 95% bootstrap CI (arrow: CI runs off the axis)",
-                             fontsize=9)
-                if res.unstable:
-                    names = list(res.unstable)
-                    ax.set_xlabel("(!) unstable CE (hatched bars): the reference's error is below "
-                                  f"{100 * CE_MIN_REF_ERROR:.0f}% or under {CE_MIN_REF_ERRORS} errors for "
-                                  + ", ".join(names) + ",\nso CE = err / err_ref is unreliable there",
-                                  color="#a00000", fontsize=9,
-                                  bbox={"boxstyle": "round", "fc": "#fff4d6", "ec": "#a00000", "lw": 0.8})
-            axes[-1].set_xticks(x)
-            axes[-1].set_xticklabels([c + (" (!)" if c in res.unstable else "") for c in res.corruptions],
-                                     rotation=45, ha="right", rotation_mode="anchor")
-            for t, c in zip(axes[-1].get_xticklabels(), res.corruptions):
-                if c in res.unstable:
-                    t.set_color("#a00000")
-            axes[0].legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-            fig.suptitle(f"Corruption error per corruption on {res.dataset} (mean over severities "
-                         f"{', '.join(map(str, res.severities))})")
-            plots.append(_save(fig, folder, f"corruption_ce_{slug(res.dataset)}",
-                               f"Per-corruption error ({res.dataset})",
-                               "Top-1 error averaged over severities (unnormalized, pooled 95% Wilson bars) and, "
-                               f"where a baseline exists, normalized CE (baseline: {res.baseline_label}) with 95% "
-                               "bootstrap bars; lower is better; hatched bars and (!) mark CE ratios that are "
-                               "unstable because the reference's error is too small; incomplete corruptions are "
-                               "omitted.", keep))
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        drawn = False
-        for m in data.model_keys:
-            curve = severity_curve(data, res, m)
-            if curve.empty:
-                continue
-            ax.plot(curve["severity"], 100 * curve["acc"], marker="o", color=colors[m], label=data.name(m))
-            ax.fill_between(curve["severity"], 100 * curve["lo"], 100 * curve["hi"], color=colors[m], alpha=0.2,
-                            linewidth=0)
-            drawn = True
-        if not drawn:
-            plt.close(fig)
+def _error_bars(data: RunData, res, models: list[str], axes, x, w, normalized: bool) -> list[tuple]:
+    """Per model: unnormalized error bars (pooled Wilson) on axes[0] and, with a baseline, CE bars on
+    axes[1] (hatched where the ratio is unstable); returns the CE bars (pos, ce, lo, hi) for their CIs."""
+    colors, ce_bars = _colors(data), []
+    for i, m in enumerate(models):
+        row = res.rows[data.model_keys.index(m)]
+        pos = x + (i - (len(models) - 1) / 2) * w
+        err = np.array([100 * float(np.mean(res.errors[m][c])) if res.errors[m][c] is not None else np.nan
+                        for c in res.corruptions])
+        ci = np.array([_pooled_error_ci(data, res, m, c) if res.errors[m][c] is not None else (np.nan, np.nan)
+                       for c in res.corruptions]) * 100
+        axes[0].bar(pos, err, w, color=colors[m], label=data.name(m),
+                    yerr=np.clip(np.vstack([err - ci[:, 0], ci[:, 1] - err]), 0, None), capsize=2, ecolor="#333")
+        if not normalized:
             continue
-        ax.set_xticks(res.severities)
-        ax.set_xlabel("severity")
-        ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title(f"Accuracy vs severity on {res.dataset}")
-        ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        plots.append(_save(fig, folder, f"corruption_acc_vs_severity_{slug(res.dataset)}",
-                           f"Accuracy vs severity ({res.dataset})",
-                           "Top-1 accuracy averaged over the corruptions a model completed, with a pooled 95% "
-                           "Wilson band (images treated as independent).", keep))
+        ce = np.array([100 * row["ce"].get(c, np.nan) for c in res.corruptions])
+        lo = np.array([100 * row["ce_ci"].get(c, (np.nan, np.nan))[0] for c in res.corruptions])
+        hi = np.array([100 * row["ce_ci"].get(c, (np.nan, np.nan))[1] for c in res.corruptions])
+        unstable = np.array([c in res.unstable and m != data.reference_key for c in res.corruptions])
+        axes[1].bar(pos, ce, w, color=colors[m], hatch=None, edgecolor="none")
+        if unstable.any():
+            axes[1].bar(pos[unstable], ce[unstable], w, color=colors[m], hatch="///", edgecolor="#b00000",
+                        linewidth=0.8)
+        ce_bars.append((pos, ce, lo, hi))
+    return ce_bars
+
+
+def _ce_axis(ax, res, ce_bars: list[tuple]) -> None:
+    """CE intervals (arrows where one runs off the axis), the 100% line, and the unstable-ratio note."""
+    bars = [c[np.isfinite(c)] for _, c, _, _ in ce_bars]
+    cap = max(150.0, 1.5 * max((b.max() for b in bars if b.size), default=100.0))
+    for pos, ce, lo, hi in ce_bars:
+        ok = np.isfinite(ce) & np.isfinite(lo)
+        yerr = np.clip(np.vstack([ce - lo, np.minimum(hi, cap) - ce]), 0, None)
+        ax.errorbar(pos[ok], ce[ok], yerr=yerr[:, ok], fmt="none", ecolor="#333", capsize=2, linewidth=0.9)
+        for p_, h_ in zip(pos[ok], hi[ok]):
+            if not np.isfinite(h_) or h_ > cap:  # interval runs off the axis (reference error ~ 0)
+                ax.annotate("", xy=(p_, cap * 0.995), xytext=(p_, cap * 0.93),
+                            arrowprops={"arrowstyle": "->", "color": "#333", "lw": 0.9})
+    ax.set_ylim(0, cap)
+    ax.set_ylabel("CE (%), normalized")
+    ax.axhline(100, color="black", linewidth=0.8, linestyle="--")
+    ax.set_title(f"normalized by {res.baseline_label}; bars: 95% bootstrap CI (arrow: CI runs off the axis)",
+                 fontsize=9)
+    if res.unstable:
+        ax.set_xlabel("(!) unstable CE (hatched bars): the reference's error is below "
+                      f"{100 * CE_MIN_REF_ERROR:.0f}% or under {CE_MIN_REF_ERRORS} errors for "
+                      + ", ".join(list(res.unstable)) + ",\nso CE = err / err_ref is unreliable there",
+                      color="#a00000", fontsize=9,
+                      bbox={"boxstyle": "round", "fc": "#fff4d6", "ec": "#a00000", "lw": 0.8})
+
+
+def _corruption_error_plot(data: RunData, res, folder: Path, keep: bool) -> Plot | None:
+    models = [m for m in data.model_keys if any(res.errors[m][c] is not None for c in res.corruptions)]
+    if not models:
+        return None
+    normalized = res.baseline is not None
+    npanel = 2 if normalized else 1
+    width = max(7.0, 0.55 * len(res.corruptions) * max(1, len(models)) / 1.5)
+    fig, axes = plt.subplots(npanel, 1, figsize=(width, 3.4 * npanel), squeeze=False, sharex=True)
+    axes = axes[:, 0]
+    x = np.arange(len(res.corruptions))
+    ce_bars = _error_bars(data, res, models, axes, x, 0.8 / len(models), normalized)
+    axes[0].set_ylabel("error (%), unnormalized")
+    if normalized:
+        _ce_axis(axes[1], res, ce_bars)
+    axes[-1].set_xticks(x)
+    axes[-1].set_xticklabels([c + (" (!)" if c in res.unstable else "") for c in res.corruptions],
+                             rotation=45, ha="right", rotation_mode="anchor")
+    for t, c in zip(axes[-1].get_xticklabels(), res.corruptions):
+        if c in res.unstable:
+            t.set_color("#a00000")
+    axes[0].legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(f"Corruption error per corruption on {res.dataset} (mean over severities "
+                 f"{', '.join(map(str, res.severities))})")
+    return _save(fig, folder, f"corruption_ce_{slug(res.dataset)}", f"Per-corruption error ({res.dataset})",
+                 "Top-1 error averaged over severities (unnormalized, pooled 95% Wilson bars) and, "
+                 f"where a baseline exists, normalized CE (baseline: {res.baseline_label}) with 95% "
+                 "bootstrap bars; lower is better; hatched bars and (!) mark CE ratios that are "
+                 "unstable because the reference's error is too small; incomplete corruptions are "
+                 "omitted.", keep)
+
+
+def _severity_plot(data: RunData, res, folder: Path, keep: bool) -> Plot | None:
+    colors = _colors(data)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    drawn = False
+    for m in data.model_keys:
+        curve = severity_curve(data, res, m)
+        if curve.empty:
+            continue
+        ax.plot(curve["severity"], 100 * curve["acc"], marker="o", color=colors[m], label=data.name(m))
+        ax.fill_between(curve["severity"], 100 * curve["lo"], 100 * curve["hi"], color=colors[m], alpha=0.2,
+                        linewidth=0)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xticks(res.severities)
+    ax.set_xlabel("severity")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"Accuracy vs severity on {res.dataset}")
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, folder, f"corruption_acc_vs_severity_{slug(res.dataset)}", f"Accuracy vs severity ({res.dataset})",
+                 "Top-1 accuracy averaged over the corruptions a model completed, with a pooled 95% "
+                 "Wilson band (images treated as independent).", keep)
+
+
+def corruption_plots(data: RunData, folder: Path, keep: bool = False) -> list[Plot]:
+    """Per corrupted dataset: per-corruption error (and normalized CE) bars, and accuracy vs severity."""
+    plots = []
+    for res in corruption_results(data):
+        for build in (_corruption_error_plot, _severity_plot):
+            plot = build(data, res, folder, keep)
+            if plot is not None:
+                plots.append(plot)
     return plots
 
 
