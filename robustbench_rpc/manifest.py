@@ -22,7 +22,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .atomic import write_text
 from .models.checkpoint import sha256_of
+from .store_errors import output_error
 
 MANIFEST_VERSION = 1
 PACKAGES = ("robustbench-rpc", "torch", "torchvision", "timm", "torchattacks", "pyautoattack",
@@ -127,6 +129,44 @@ def build_manifest(*, seeds: Mapping[str, Any], device: str, checkpoints: Mappin
         "argv": list(sys.argv),
         "extra": json.loads(json.dumps(dict(extra or {}), default=str)),
     }
+
+
+class ManifestError(ValueError):
+    """A manifest file that is missing, cut short or not a manifest: one line naming the file."""
+
+
+def write_manifest(path: str | Path, manifest: Mapping[str, Any]) -> Path:
+    """Write ``manifest`` as indented JSON to ``path`` atomically (``atomic.write_text``): a kill or a full
+    disk leaves the previous file or the new one, never half of it. A write that fails raises
+    ``OutputWriteError`` (one line naming the file); the store's copy (meta ``manifest``) is unaffected."""
+    path = Path(path)
+    try:
+        return write_text(path, json.dumps(manifest, indent=2, default=str) + "\n")
+    except OSError as e:
+        raise output_error(path, e, "manifest", "rerun the same command to write it again (nothing is "
+                           "recomputed)") from e
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest in ``path`` (a run folder's ``manifest.json``, or the file itself); ManifestError naming
+    the file when it is absent, unreadable, not JSON (e.g. cut short) or not a manifest."""
+    path = Path(path)
+    file = path / "manifest.json" if path.is_dir() else path
+    if not file.is_file():
+        raise ManifestError(f"no manifest at {file} (pass a run folder or a manifest.json)")
+    try:
+        raw = file.read_bytes()
+        if raw.startswith(b"SQLite format 3\0"):
+            raise ManifestError(f"{file} is a results store, not a manifest: pass its run folder, {file.parent}")
+        data = json.loads(raw.decode("utf-8"))
+    except OSError as e:
+        raise ManifestError(f"cannot read the manifest {file}: {e.strerror or e}") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ManifestError(f"the manifest {file} is not valid JSON ({e}); it may have been cut short: "
+                            "rerun that run's command to write it again (nothing is recomputed)") from None
+    if not isinstance(data, dict) or "manifest_version" not in data:
+        raise ManifestError(f"{file} is not a run manifest (no 'manifest_version' key)")
+    return data
 
 
 def _diff(prefix: str, what: str, a: Any, b: Any, out: list[str]) -> None:

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..atomic import write_text
+from ..store_errors import output_error
 from .compute import pairwise
-from .data import RunData
+from .data import STORE_FILENAME, RunData
 from .diagnostics import diagnostics_section
 from .html import page_plan, write_index, write_markdown
 from .plots import all_plots
@@ -22,7 +24,9 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
 
     Output goes to ``out_dir`` (default ``run_dir``): ``tables/<name>.{csv,md,tex}``,
     ``plots/<name>.{png,svg}``, ``report.md``, ``index.html``. Files left by an earlier build that this
-    build does not write again (e.g. a plot whose data is now absent) are removed.
+    build does not write again (e.g. a plot whose data is now absent) are removed once this build has
+    written its own, so a build that fails (a full disk: one ``OutputWriteError`` line naming the file)
+    leaves the previous report in place, every file of it whole.
 
     Page order (index.html and report.md alike, with a contents list at the top): the headline table
     (one row per model, the paper's columns), the detailed tables each followed by its plots, the trust
@@ -34,38 +38,52 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     that did not pass).
     """
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        hint = f": pass its folder, {run_dir.parent}" if run_dir.name == STORE_FILENAME else ""
+        raise FileNotFoundError(f"{run_dir} is a file; a report is built from a run folder (the folder that "
+                                f"holds {STORE_FILENAME}){hint}")
     out = Path(out_dir) if out_dir is not None else run_dir
-    out.mkdir(parents=True, exist_ok=True)
     data = RunData.load(run_dir)
     try:
-        _remove_previous(out)
-        tables = all_tables(data)
-        plots = all_plots(data, out / "plots")
-        d_tables, d_plots, paths = diagnostics_section(data, out)  # diagnostics / [sweep] runs only
-        tables, plots = tables + d_tables, plots + d_plots
-        for t in tables:
-            paths.update(t.write(out / "tables"))
-        for p in plots:
-            paths[f"plots/{p.png.name}"] = p.png
-            paths[f"plots/{p.svg.name}"] = p.svg
-        header = [f"# robustbench-rpc report: {run_dir.name}", "",
-                  f"Built from `{run_dir / 'results.sqlite'}`. {data.reference_note}.", ""]
-        checks_line, not_passed = checks_summary(data)
-        sections = page_plan(tables, plots)
-        paths["report.md"] = write_markdown(out / "report.md", header, sections, data.meta, checks_line)
-        paths["index.html"] = write_index(out / "index.html", run_dir, data.meta, sections, data.reference_note,
-                                          checks_line)
-        (out / _OWNED).write_text(json.dumps(sorted({str(p.relative_to(out)) for p in paths.values()}), indent=1))
-        headline = [t for t in tables if t.name == "headline"]
-        summary = "\n".join(header + [t.to_markdown("##") for t in headline])
-        checks_text = "\n".join([f"trust checks: {checks_line.split('; not passed')[0]}"]
-                                + [f"  {b}" for b in not_passed])
+        result = _write_report(data, run_dir, out)
+    except OSError as e:  # a full disk, a read-only folder: one line; every file written is whole
+        raise output_error(out, e, "report file", f"rerun `robustbench-rpc report {run_dir}` to write the "
+                           "report again") from e
     finally:
         data.close()
+    result["html"] = result["index.html"]  # alias
+    return result
+
+
+def _write_report(data: RunData, run_dir: Path, out: Path) -> dict:
+    """Tables, plots, report.md and index.html of ``data`` into ``out``; each file is written atomically
+    (a kill or a full disk leaves its previous version or the new one, never part of it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    previous = _previous_files(out)
+    tables = all_tables(data)
+    plots = all_plots(data, out / "plots")
+    d_tables, d_plots, paths = diagnostics_section(data, out)  # diagnostics / [sweep] runs only
+    tables, plots = tables + d_tables, plots + d_plots
+    for t in tables:
+        paths.update(t.write(out / "tables"))
+    for p in plots:
+        paths[f"plots/{p.png.name}"] = p.png
+        paths[f"plots/{p.svg.name}"] = p.svg
+    header = [f"# robustbench-rpc report: {run_dir.name}", "",
+              f"Built from `{run_dir / STORE_FILENAME}`. {data.reference_note}.", ""]
+    checks_line, not_passed = checks_summary(data)
+    sections = page_plan(tables, plots)
+    paths["report.md"] = write_markdown(out / "report.md", header, sections, data.meta, checks_line)
+    paths["index.html"] = write_index(out / "index.html", run_dir, data.meta, sections, data.reference_note,
+                                      checks_line)
+    written = sorted({str(p.relative_to(out)) for p in paths.values()})
+    write_text(out / _OWNED, json.dumps(written, indent=1), durable=False)
+    _remove_stale(out, previous - set(written))  # only now: a build that fails keeps the previous files
+    headline = [t for t in tables if t.name == "headline"]
     result: dict = dict(paths)
-    result["html"] = paths["index.html"]  # alias
-    result["report"] = result["summary"] = summary
-    result["checks"] = checks_text
+    result["report"] = result["summary"] = "\n".join(header + [t.to_markdown("##") for t in headline])
+    result["checks"] = "\n".join([f"trust checks: {checks_line.split('; not passed')[0]}"]
+                                 + [f"  {b}" for b in not_passed])
     return result
 
 
@@ -80,14 +98,19 @@ def checks_text(run_dir: str | Path) -> str:
     return "\n".join([f"trust checks: {line.split('; not passed')[0]}"] + [f"  {b}" for b in bad])
 
 
-def _remove_previous(out: Path) -> None:
+def _previous_files(out: Path) -> set[str]:
+    """Files the previous build of ``out`` wrote (its ``report_files.json``), relative to ``out``."""
     owned = out / _OWNED
     if not owned.is_file():
-        return
+        return set()
     try:
         names = json.loads(owned.read_text())
     except (OSError, ValueError):
-        return
+        return set()
+    return {str(n) for n in names} if isinstance(names, list) else set()
+
+
+def _remove_stale(out: Path, names: set[str]) -> None:
     root = out.resolve()
     for name in names:
         p = (out / name).resolve()

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from dataclasses import dataclass
 
+from ..atomic import write_text
 from .plots import Plot
-from .render import Table
+from .render import DURABLE, Table
 
 
 @dataclass
@@ -162,8 +163,7 @@ def write_markdown(path: Path, header: list[str], sections: list[Section], meta:
             parts.append(plot_markdown(s.obj))
         else:
             parts.append(manifest_markdown(meta))
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    return write_text(path, "\n".join(parts), durable=DURABLE)
 
 
 def write_index(path: Path, run_dir: Path, meta: dict, sections: list[Section], reference_note: str,
@@ -189,5 +189,4 @@ def write_index(path: Path, run_dir: Path, meta: dict, sections: list[Section], 
         else:
             parts.append(manifest_section(meta))
     parts.append("</body></html>")
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    return write_text(path, "\n".join(parts), durable=DURABLE)

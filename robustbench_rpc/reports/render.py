@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..atomic import replacing, write_text
+
 MISSING_MD = "—"
 MISSING_TEX = "--"
 CI_TEXT = "95% Wilson score interval"
+DURABLE = False  # report files are atomic (temp + rename) but not fsynced: the store can always rebuild them
 
 
 def pct(x: float | None) -> float:
@@ -139,14 +142,15 @@ class Table:
 
     # ---------------------------------------------------------------------------------- files
     def write(self, folder: Path) -> dict[str, Path]:
+        """``<name>.md``, ``.tex`` and ``.csv`` in ``folder``, each written atomically (``atomic``)."""
         folder.mkdir(parents=True, exist_ok=True)
         paths = {}
         for ext, text in (("md", self.to_markdown()), ("tex", self.to_latex())):
-            p = folder / f"{self.name}.{ext}"
-            p.write_text(text, encoding="utf-8")
+            p = write_text(folder / f"{self.name}.{ext}", text, durable=DURABLE)
             paths[f"tables/{p.name}"] = p
         p = folder / f"{self.name}.csv"
-        self.tidy.to_csv(p, index=False, na_rep="")
+        with replacing(p, durable=DURABLE) as tmp:
+            self.tidy.to_csv(tmp, index=False, na_rep="")
         paths[f"tables/{p.name}"] = p
         return paths
 
