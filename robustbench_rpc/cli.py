@@ -159,38 +159,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _manifest_of(path: Path) -> dict:
-    import json
-
-    file = path / "manifest.json" if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"no manifest at {file} (pass a run folder or a manifest.json)")
-    return json.loads(file.read_text())
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Check a rerun against a reference run: manifest differences, then per-sample agreement."""
-    from .manifest import compare_manifests
+    """Check a rerun against a reference run (robustbench_rpc.verify): manifests, then everything stored."""
+    from .verify import verify_runs
 
-    a, b = Path(args.run_a), Path(args.run_b)
-    diffs = compare_manifests(_manifest_of(a), _manifest_of(b))
-    for line in diffs:
-        print(line)
-    repro = [d for d in diffs if d.startswith("REPRO")]
-    mismatched = 0
-    if a.is_dir() and b.is_dir():
-        from .store import ResultsStore
-
-        cols = ["model_key", "eval_key", "sample_id", "pred", "correct1", "correct5"]
-        with ResultsStore(a / "results.sqlite", readonly=True) as sa, ResultsStore(b / "results.sqlite", readonly=True) as sb:
-            x, y = sa.samples()[cols], sb.samples()[cols]
-        joined = x.merge(y, on=cols[:3], suffixes=("_a", "_b"))
-        mismatched = int(sum((joined[f"{c}_a"] != joined[f"{c}_b"]).sum() for c in cols[3:]))
-        print(f"per-sample outcomes: {len(joined)} shared (model, evaluation, sample) rows "
-              f"({len(x)} in a, {len(y)} in b); {mismatched} differing values")
-    ok = not mismatched and not [d for d in repro if "dirty" not in d]
-    print("verdict: " + ("reproduced" if ok else "NOT reproduced") + " (dirty trees are reported, not failed)")
-    return 0 if ok else 1
+    return verify_runs(Path(args.run_a), Path(args.run_b), tolerance=args.tolerance)
 
 
 #: train flag (argparse dest) -> the recipe key it overrides
@@ -449,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = add("verify", cmd_verify, "check a rerun against a reference run: manifests and per-sample outcomes")
     v.add_argument("run_a", help="reference run folder (or its manifest.json)")
     v.add_argument("run_b", help="the rerun to check (folder or manifest.json)")
+    v.add_argument("--tolerance", type=float, default=0.0, metavar="ABS",
+                   help="accept float differences (confidence, norms, numbers in checks) up to ABS; default 0: "
+                        "exact, as a rerun on the same machine is; integers and statuses always compare exactly")
 
     t = add("train", cmd_train, "train any registered model (standard, PGD-AT or TRADES) from a recipe; "
             "resumable, torchrun")
