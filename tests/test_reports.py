@@ -558,3 +558,36 @@ def test_tables_left_align_text_and_keep_the_first_column_in_view(run):
     assert head[0] == ("", "Attack") and head[1] == ("", "Norm")          # text: left (default)
     assert head[-1][0] == ' class="num"'                                  # numbers: right
     assert '<div class="tbl"><table>' in attacks
+
+
+def test_mce_on_robustbench_ids_uses_alexnets_rows_on_those_images(tmp_path):
+    """On RobustBench's 5,000 ImageNet-C ids the run's own mCE is RobustBench's (AlexNet's per-severity
+    accuracies on the same images), not Hendrycks & Dietterich's full-set AlexNet errors."""
+    from robustbench_rpc.data.robustbench import alexnet_imagenet_c
+    from robustbench_rpc.metrics import robustbench_corruption_scores
+    from robustbench_rpc.reports.compute import corruption_results
+    from robustbench_rpc.reports.data import RunData
+
+    rng = np.random.default_rng(3)
+    store = ResultsStore(tmp_path / "results.sqlite")
+    store.register_model("m1", {"name": "only_model", "reference": True})
+    subset = {"method": "file", "file": "robustbench-imagenet-5000", "entries": 5000}
+    acc = {}
+    for c in ("gaussian_noise", "fog"):
+        for s in (1, 2, 3, 4, 5):
+            key = f"{c}{s}"
+            store.register_evaluation(key, {"kind": "corruption", "name": c, "dataset": "imagenet-c", "n_samples": 40,
+                                            "subset": subset, "params": {"corruption": c, "severity": s,
+                                                                         "source": "imagenet-c"}})
+            rows = _outcomes(rng, 40, 0.3 + 0.1 * s)
+            _write(store, "m1", key, rows)
+            acc[(c, s)] = float(np.mean(rows["correct1"]))
+    store.close()
+    data = RunData.load(tmp_path)
+    try:
+        (res,) = corruption_results(data)
+        want = robustbench_corruption_scores(acc, alexnet_imagenet_c())["corruptions_mce"]
+        assert res.rows[0]["mce"] == pytest.approx(want, rel=1e-12)
+        assert "RobustBench" in res.baseline_label
+    finally:
+        data.close()

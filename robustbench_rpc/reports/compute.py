@@ -214,65 +214,97 @@ def _corruption_results(data: RunData) -> list[CorruptionResult]:
         if clean_note:
             notes.append(clean_note)
         if is_imagenet(dataset):
-            in_mce = [c for c in by_c if c in metrics.ALEXNET_ERRORS]
-            extra = [c for c in by_c if c not in metrics.ALEXNET_ERRORS]
-            if extra:
-                notes.append(f"not in the mCE (no AlexNet baseline): {', '.join(extra)}")
-            if severities != [1, 2, 3, 4, 5]:
-                notes.append(f"the AlexNet baseline averages severities 1-5; this run used severities "
-                             f"{severities}, so normalized numbers are not comparable to published mCE")
-            missing15 = [c for c in metrics.IMAGENET_C_CORRUPTIONS if c not in by_c]
-            if missing15:
-                notes.append(f"{len(missing15)} of the 15 ImageNet-C corruptions were not evaluated "
-                             f"({', '.join(missing15)}): the mCE is over {len(in_mce)} corruptions")
-            baseline = {c: metrics.ALEXNET_ERRORS[c] for c in in_mce}
-            baseline_clean = metrics.ALEXNET_CLEAN_ERROR
-            label = "AlexNet (Hendrycks & Dietterich, 2019)"
+            in_mce, baseline, baseline_clean, label = _alexnet_baseline(data, group, by_c, severities, notes)
         else:
-            in_mce = list(by_c)
-            ref = data.reference_key
-            baseline, baseline_clean = None, None
-            if ref is None:
-                label = "none (" + data.reference_note + ")"
-                notes.append("normalized and relative mCE need a reference model; " + data.reference_note)
-            else:
-                label = f"reference model {data.name(ref)} of this run"
-                ref_err = errors[ref]
-                if all(ref_err[c] is not None for c in in_mce):
-                    baseline = {c: ref_err[c] for c in in_mce}
-                else:
-                    notes.append(f"reference model {data.name(ref)} is incomplete on {dataset}: "
-                                 "normalized mCE missing")
-                if clean_eval and data.complete(ref, clean_eval):
-                    baseline_clean = 1.0 - float(data.agg_row(ref, clean_eval)["top1"])
-        rows = []
-        for m in data.model_keys:
-            err = errors[m]
-            full = all(err[c] is not None for c in in_mce) and bool(in_mce)
-            row = {"model_key": m, "mce": NAN, "unnormalized_mce": NAN, "relative_mce": NAN, "ce": {},
-                   "ce_ci": {}, "mce_ci": (NAN, NAN)}
-            for c in by_c:
-                if err[c] is not None and baseline is not None and c in baseline:
-                    row["ce"][c] = metrics.corruption_errors({c: err[c]}, {c: baseline[c]})[c]
-            if full:
-                sel = {c: err[c] for c in in_mce}
-                row["unnormalized_mce"] = metrics.unnormalized_mce(sel)
-                if baseline is not None:
-                    row["mce"] = metrics.mce(sel, baseline)
-                    clean_err = (1.0 - float(data.agg_row(m, clean_eval)["top1"])
-                                 if clean_eval and data.complete(m, clean_eval) else None)
-                    if clean_err is not None and baseline_clean is not None:
-                        try:
-                            row["relative_mce"] = metrics.relative_mce(sel, clean_err, baseline, baseline_clean)
-                        except ValueError as exc:
-                            notes.append(f"relative mCE of {data.name(m)} undefined: {exc}")
-            rows.append(row)
+            in_mce, baseline, baseline_clean, label = _reference_baseline(data, dataset, by_c, errors, clean_eval,
+                                                                          notes)
+        rows = [_corruption_row(data, m, errors[m], by_c, in_mce, baseline, baseline_clean, clean_eval, notes)
+                for m in data.model_keys]
         res = CorruptionResult(dataset, list(by_c), severities, errors, in_mce, label, baseline,
                                baseline_clean, clean_eval, clean_note, rows, notes, by_c)
         if baseline is not None:
             _ce_intervals(data, res)
         results.append(res)
     return results
+
+
+def _on_robustbench_ids(data: RunData, group: pd.DataFrame) -> bool:
+    """Whether a corruption dataset's images are exactly RobustBench's 5,000 ImageNet ids (its list)."""
+    from ..data.robustbench import IMAGENET_SUBSET
+
+    subsets = [data.info(k).get("subset") or {} for k in group["eval_key"]]
+    return bool(subsets) and all(s.get("method") == "file" and str(s.get("file")) == IMAGENET_SUBSET
+                                 and s.get("entries") == 5000 for s in subsets)
+
+
+def _alexnet_baseline(data: RunData, group: pd.DataFrame, by_c: dict, severities: list[int],
+                      notes: list[str]) -> tuple[list[str], dict | None, float | None, str]:
+    """ImageNet-C: AlexNet's errors; on RobustBench's 5,000 ids its per-severity rows on those same images
+    (RobustBench's mCE), else Hendrycks & Dietterich's full-set errors."""
+    extra = [c for c in by_c if c not in metrics.ALEXNET_ERRORS]
+    if extra:
+        notes.append(f"not in the mCE (no AlexNet baseline): {', '.join(extra)}")
+    if _on_robustbench_ids(data, group):
+        from ..data.robustbench import alexnet_imagenet_c
+
+        rows = alexnet_imagenet_c()
+        in_mce = [c for c in by_c if c not in extra and all((c, s) in rows for s, _ in by_c[c])]
+        baseline = {c: [1.0 - rows[(c, s)] for s, _ in by_c[c]] for c in in_mce}
+        label = "AlexNet on RobustBench's 5,000 ImageNet-C ids (its unaggregated_results.csv)"
+    else:
+        in_mce = [c for c in by_c if c in metrics.ALEXNET_ERRORS]
+        baseline = {c: metrics.ALEXNET_ERRORS[c] for c in in_mce}
+        label = "AlexNet (Hendrycks & Dietterich, 2019)"
+        if severities != [1, 2, 3, 4, 5]:
+            notes.append(f"the AlexNet baseline averages severities 1-5; this run used severities "
+                         f"{severities}, so normalized numbers are not comparable to published mCE")
+    missing15 = [c for c in metrics.IMAGENET_C_CORRUPTIONS if c not in by_c]
+    if missing15:
+        notes.append(f"{len(missing15)} of the 15 ImageNet-C corruptions were not evaluated "
+                     f"({', '.join(missing15)}): the mCE is over {len(in_mce)} corruptions")
+    return in_mce, baseline, metrics.ALEXNET_CLEAN_ERROR, label
+
+
+def _reference_baseline(data: RunData, dataset: str, by_c: dict, errors: dict, clean_eval: str | None,
+                        notes: list[str]) -> tuple[list[str], dict | None, float | None, str]:
+    """Other corrupted sets: the run's reference model is the baseline (when it completed them)."""
+    in_mce, ref = list(by_c), data.reference_key
+    baseline, baseline_clean = None, None
+    if ref is None:
+        notes.append("normalized and relative mCE need a reference model; " + data.reference_note)
+        return in_mce, None, None, "none (" + data.reference_note + ")"
+    ref_err = errors[ref]
+    if all(ref_err[c] is not None for c in in_mce):
+        baseline = {c: ref_err[c] for c in in_mce}
+    else:
+        notes.append(f"reference model {data.name(ref)} is incomplete on {dataset}: normalized mCE missing")
+    if clean_eval and data.complete(ref, clean_eval):
+        baseline_clean = 1.0 - float(data.agg_row(ref, clean_eval)["top1"])
+    return in_mce, baseline, baseline_clean, f"reference model {data.name(ref)} of this run"
+
+
+def _corruption_row(data: RunData, m: str, err: dict, by_c: dict, in_mce: list[str], baseline: dict | None,
+                    baseline_clean: float | None, clean_eval: str | None, notes: list[str]) -> dict:
+    """One model's CE per corruption, mCE (normalized, unnormalized, relative) over ``in_mce``."""
+    row = {"model_key": m, "mce": NAN, "unnormalized_mce": NAN, "relative_mce": NAN, "ce": {}, "ce_ci": {},
+           "mce_ci": (NAN, NAN)}
+    for c in by_c:
+        if err[c] is not None and baseline is not None and c in baseline:
+            row["ce"][c] = metrics.corruption_errors({c: err[c]}, {c: baseline[c]})[c]
+    if not (in_mce and all(err[c] is not None for c in in_mce)):
+        return row
+    sel = {c: err[c] for c in in_mce}
+    row["unnormalized_mce"] = metrics.unnormalized_mce(sel)
+    if baseline is None:
+        return row
+    row["mce"] = metrics.mce(sel, baseline)
+    clean_err = 1.0 - float(data.agg_row(m, clean_eval)["top1"]) if clean_eval and data.complete(m, clean_eval) else None
+    if clean_err is not None and baseline_clean is not None:
+        try:
+            row["relative_mce"] = metrics.relative_mce(sel, clean_err, baseline, baseline_clean)
+        except ValueError as exc:
+            notes.append(f"relative mCE of {data.name(m)} undefined: {exc}")
+    return row
 
 
 # ------------------------------------------------------------------------------ CE confidence intervals
