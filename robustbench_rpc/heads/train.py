@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .base import Head, get_head
 from .convex import fista, one_thread
 from ..models import PACKAGED_DIR
-from .model import FORMAT, num_tokens_of_backbone
+from .model import FORMAT
 
 DEFAULT_CACHE = Path.home() / ".cache" / "robustbench_rpc" / "features"
 
@@ -146,58 +146,70 @@ def accuracy(head: Head, tokens: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred == y).float().mean())
 
 
-def train_head(cfg: TrainHeadConfig, out: str | Path | None = None, cache_dir: str | Path | None = None,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train ``cfg.head`` on ``cfg.backbone``'s cached features; write the head checkpoint to ``out``
-    (default: the package's checkpoints folder for a packaged backbone)."""
+def _solver_of(cfg: TrainHeadConfig, cls: type) -> str:
     if cfg.dataset != "digits32":
         raise ValueError("train-head trains on the embedded digits32 data (dataset='digits32')")
-    torch.manual_seed(cfg.seed)
-    cls = get_head(cfg.head)
     solver = cfg.solver or ("fista" if cls.convex else "adam")
     if solver not in ("fista", "adam"):
         raise ValueError(f"solver must be 'fista' or 'adam', got {solver!r}")
     if solver == "fista" and not cls.convex:
         raise ValueError(f"head '{cfg.head}' has no convex program: train it with --solver adam")
+    return solver
+
+
+def _fit_convex(cfg: TrainHeadConfig, cls: type, head: Head, X, Phi, y, test: dict, name: str,
+                log: Callable[[str], None]) -> tuple[dict, dict | None]:
+    """FISTA to the certified optimum, the network rebuilt from Z, and (``compare``) its Adam twin."""
+    C = head.num_classes
+    reg = head.regularizer(cfg.beta)
+    log(f"{cfg.head} on {name}: FISTA on {Phi.shape[1]} lifted features x {C} classes, beta {cfg.beta:g}, "
+        f"gap tolerance {cfg.tol:g}")
+    Zm, cert = fista(Phi, y, C, reg, tol=cfg.tol, max_iter=cfg.max_iter, log=log)
+    head.set_from_lifted(Zm)
+    certificate = cert.to_dict()
+    net = objective(head, X, y, cfg.beta)
+    certificate["network_objective"] = net["objective"]  # the rebuilt heads, via their own forward
+    log(f"  FISTA: objective {cert.objective:.6f}, duality gap {cert.gap:.2e} (tol {cfg.tol:g}) after "
+        f"{cert.iterations} iterations ({cert.seconds}s); network rebuilt from Z: {net['objective']:.6f} "
+        f"with {head.config.get('heads', '-')} heads")
+    if not (cfg.compare and hasattr(head, "W1")):
+        return certificate, None
+    m = cfg.adam_heads or max(8, int(head.config.get("heads", 8)))
+    twin = cls(dim=head.dim, num_tokens=head.num_tokens, num_classes=C, proj_dim=cfg.proj_dim,
+               **{**cfg.head_args, "heads": m})
+    twin.load_state_dict({k: v for k, v in head.state_dict().items() if k.startswith("proj_")
+                          or k == "gate_matrices"}, strict=False)
+    info = _adam(twin, X, y, cfg.beta, cfg.steps, cfg.lr, cfg.seed, Phi.float(), log)
+    adam_obj = objective(twin, X, y, cfg.beta)
+    check = {"convex_objective": cert.objective, "adam_objective": adam_obj["objective"],
+             "adam_minus_convex": adam_obj["objective"] - cert.objective,
+             "holds": cert.objective <= adam_obj["objective"] + 1e-9, "adam_heads": m, **info,
+             "adam_test_acc": accuracy(twin, test["tokens"], test["labels"].long())}
+    log(f"  equivalence check: convex {cert.objective:.6f} <= adam ({m} heads) {adam_obj['objective']:.6f}: "
+        f"{check['holds']}")
+    return certificate, check
+
+
+def train_head(cfg: TrainHeadConfig, out: str | Path | None = None, cache_dir: str | Path | None = None,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``cfg.head`` on ``cfg.backbone``'s cached features; write the head checkpoint to ``out``
+    (default: the package's checkpoints folder for a packaged backbone)."""
+    torch.manual_seed(cfg.seed)
+    cls = get_head(cfg.head)
+    solver = _solver_of(cfg, cls)
     name, path, ckpt_entry = _backbone_entry(cfg.backbone)
     train, test = (backbone_features(cfg.backbone, s, cache_dir, log) for s in ("train", "test"))
     n, N, D = train["tokens"].shape
     y, y_test = train["labels"].long(), test["labels"].long()
-    C = int(y.max()) + 1
-    head = cls(dim=D, num_tokens=N, num_classes=C, proj_dim=cfg.proj_dim, **cfg.head_args)
+    head = cls(dim=D, num_tokens=N, num_classes=int(y.max()) + 1, proj_dim=cfg.proj_dim, **cfg.head_args)
     head.fit_projection(train["tokens"])
     X = _chunks(lambda t: head.project(t.double()), train["tokens"])
     t0 = time.time()
     certificate, check, adam_info = None, None, None
     Phi = _chunks(head.lifted, X) if cls.convex else None
     if solver == "fista":
-        reg = head.regularizer(cfg.beta)
-        log(f"{cfg.head} on {name}: FISTA on {Phi.shape[1]} lifted features x {C} classes, beta {cfg.beta:g}, "
-            f"gap tolerance {cfg.tol:g}")
-        Zm, cert = fista(Phi, y, C, reg, tol=cfg.tol, max_iter=cfg.max_iter, log=log)
-        head.set_from_lifted(Zm)
-        certificate = cert.to_dict()
-        net = objective(head, X, y, cfg.beta)
-        certificate["network_objective"] = net["objective"]  # the rebuilt heads, via their own forward
-        log(f"  FISTA: objective {cert.objective:.6f}, duality gap {cert.gap:.2e} (tol {cfg.tol:g}) after "
-            f"{cert.iterations} iterations ({cert.seconds}s); network rebuilt from Z: {net['objective']:.6f} "
-            f"with {head.config.get('heads', '-')} heads")
-        if cfg.compare and hasattr(head, "W1"):
-            m = cfg.adam_heads or max(8, int(head.config.get("heads", 8)))
-            twin = cls(dim=D, num_tokens=N, num_classes=C, proj_dim=cfg.proj_dim, **{**cfg.head_args, "heads": m})
-            twin.load_state_dict({k: v for k, v in head.state_dict().items() if k.startswith("proj_")
-                                  or k == "gate_matrices"}, strict=False)
-            info = _adam(twin, X, y, cfg.beta, cfg.steps, cfg.lr, cfg.seed, Phi.float(), log)
-            adam_obj = objective(twin, X, y, cfg.beta)
-            check = {"convex_objective": cert.objective, "adam_objective": adam_obj["objective"],
-                     "adam_minus_convex": adam_obj["objective"] - cert.objective,
-                     "holds": cert.objective <= adam_obj["objective"] + 1e-9, "adam_heads": m, **info,
-                     "adam_test_acc": accuracy(twin, test["tokens"], y_test)}
-            log(f"  equivalence check: convex {cert.objective:.6f} <= adam ({m} heads) {adam_obj['objective']:.6f}: "
-                f"{check['holds']}")
+        certificate, check = _fit_convex(cfg, cls, head, X, Phi, y, test, name, log)
     else:
-        if hasattr(head, "W1") and "heads" in head.config and "heads" not in cfg.head_args:
-            pass  # the head's default number of heads
         adam_info = _adam(head, X, y, cfg.beta, cfg.steps, cfg.lr, cfg.seed,
                           Phi.float() if Phi is not None else None, log)
     net = objective(head, X, y, cfg.beta)
@@ -221,13 +233,17 @@ def train_head(cfg: TrainHeadConfig, out: str | Path | None = None, cache_dir: s
         if ckpt_entry != "packaged":
             raise ValueError("pass --out for a head on a backbone that is not packaged")
         out = PACKAGED_DIR / f"{name}+{cfg.head}{'@adam' if solver == 'adam' and cls.convex else ''}.safetensors"
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
-
-    sd = {k: v.detach().cpu().float().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
-          for k, v in head.state_dict().items()}
-    save_file(sd, str(out), metadata={k: json.dumps(v) for k, v in meta.items()})
+    out = _save_head(head, Path(out), meta)
     log(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB): train acc {result['train_acc']:.4f}, "
         f"test acc {result['test_acc']:.4f}" + (f", ranks {rank['ranks']}" if rank else ""))
     return {"path": str(out), **result, "certificate": certificate, "nonconvex_check": check, "rank": rank}
+
+
+def _save_head(head: Head, out: Path, meta: dict[str, Any]) -> Path:
+    from safetensors.torch import save_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu().float().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
+          for k, v in head.state_dict().items()}
+    save_file(sd, str(out), metadata={k: json.dumps(v) for k, v in meta.items()})
+    return out
