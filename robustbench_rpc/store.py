@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import operator
 import sqlite3
 import threading
 import time
@@ -61,72 +60,12 @@ from .store_errors import (FolderBusyError, OutputWriteError, StoreConflictError
 from .store_export import write_tables
 from .store_skips import newly_skipped, skip_conflict
 from .store_rows import (BOOL_COLUMNS, OPTIONAL_SAMPLE_COLUMNS, REQUIRED_SAMPLE_COLUMNS,  # noqa: F401 (API)
-                         SAMPLE_COLUMNS, canonical_json, coerce, rows_to_columns, same_value, stable_key)
+                         SAMPLE_COLUMNS, canonical_json, stable_key)
+from .store_schema import EVAL_KINDS, JSON_COLUMNS, MIGRATIONS, SCHEMA, SCHEMA_VERSION  # noqa: F401 (API)
+from .store_units import (insert_unit, refuse_clashes, require_registered, same_rows, sample_records, stored_whole,
+                          unit_index)
 
-SCHEMA_VERSION = 2
-_MIGRATIONS = {1: ("ALTER TABLE samples ADD COLUMN clean_correct5 INTEGER CHECK (clean_correct5 IN (0, 1))",
-                   "ALTER TABLE samples ADD COLUMN plain_correct1 INTEGER CHECK (plain_correct1 IN (0, 1))",
-                   "ALTER TABLE samples ADD COLUMN plain_correct5 INTEGER CHECK (plain_correct5 IN (0, 1))")}
-EVAL_KINDS = ("clean", "attack", "corruption", "ood", "shift")
-
-_JSON_COLUMNS = (("meta", "value_json"), ("models", "info_json"), ("evaluations", "info_json"),
-                 ("checks", "details_json"))
 CHECKPOINT_INTERVAL_S = 30.0  # write_unit checkpoints the WAL at least this often (and when an evaluation ends)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value_json TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS models (
-    model_key TEXT PRIMARY KEY,
-    info_json TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS evaluations (
-    eval_key TEXT PRIMARY KEY,
-    info_json TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS units (
-    model_key TEXT NOT NULL REFERENCES models(model_key),
-    eval_key TEXT NOT NULL REFERENCES evaluations(eval_key),
-    unit INTEGER NOT NULL,
-    n INTEGER NOT NULL,
-    finished_at TEXT NOT NULL,
-    PRIMARY KEY (model_key, eval_key, unit)
-);
-CREATE TABLE IF NOT EXISTS samples (
-    model_key TEXT NOT NULL,
-    eval_key TEXT NOT NULL,
-    sample_id INTEGER NOT NULL,
-    unit INTEGER NOT NULL,
-    label INTEGER NOT NULL,
-    pred INTEGER NOT NULL,
-    correct1 INTEGER NOT NULL CHECK (correct1 IN (0, 1)),
-    correct5 INTEGER NOT NULL CHECK (correct5 IN (0, 1)),
-    confidence REAL NOT NULL,
-    clean_correct1 INTEGER CHECK (clean_correct1 IN (0, 1)),
-    linf REAL,
-    l2 REAL,
-    clean_correct5 INTEGER CHECK (clean_correct5 IN (0, 1)),
-    plain_correct1 INTEGER CHECK (plain_correct1 IN (0, 1)),
-    plain_correct5 INTEGER CHECK (plain_correct5 IN (0, 1)),
-    PRIMARY KEY (model_key, eval_key, sample_id),
-    FOREIGN KEY (model_key, eval_key, unit) REFERENCES units(model_key, eval_key, unit)
-        DEFERRABLE INITIALLY DEFERRED
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS samples_unit ON samples(model_key, eval_key, unit);
-CREATE TABLE IF NOT EXISTS checks (
-    model_key TEXT NOT NULL,
-    eval_key TEXT NOT NULL,
-    "check" TEXT NOT NULL,
-    status TEXT NOT NULL,
-    message TEXT NOT NULL,
-    details_json TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    PRIMARY KEY (model_key, eval_key, "check")
-);
-"""
-
 
 # ----------------------------------------------------------------------------------------------- keys
 def _now() -> str:
@@ -198,7 +137,7 @@ class ResultsStore:
         con.execute("PRAGMA foreign_keys = ON")
         self._check_integrity(decode=False)  # before the schema is touched: a damaged file is never written
         with self._transaction():
-            for stmt in _SCHEMA.split(";"):
+            for stmt in SCHEMA.split(";"):
                 if stmt.strip():
                     con.execute(stmt)
             row = con.execute("SELECT value_json FROM meta WHERE key = 'schema_version'").fetchone()
@@ -206,8 +145,8 @@ class ResultsStore:
                 con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),))
             else:
                 version = self._loads(row[0], "meta 'schema_version'")
-                while version in _MIGRATIONS:  # older stores gain the new columns, their rows kept
-                    for stmt in _MIGRATIONS[version]:
+                while version in MIGRATIONS:  # older stores gain the new columns, their rows kept
+                    for stmt in MIGRATIONS[version]:
                         con.execute(stmt)
                     version += 1
                     con.execute("UPDATE meta SET value_json = ? WHERE key = 'schema_version'",
@@ -224,7 +163,7 @@ class ResultsStore:
                 raise StoreError(f"{self.path} is not a results store: {e}") from e
             raise self._fault(e) from e
         version = self._loads(row[0], "meta 'schema_version'") if row else None
-        if self.readonly and version in _MIGRATIONS:  # read an older store as is: new columns read NULL
+        if self.readonly and version in MIGRATIONS:  # read an older store as is: new columns read NULL
             self._missing_columns = {c for c in SAMPLE_COLUMNS if c not in {
                 r[1] for r in self._con.execute("PRAGMA table_info(samples)").fetchall()}}
             return
@@ -248,7 +187,7 @@ class ResultsStore:
                 if problems != ["ok"]:
                     raise corrupt_error(self.path, "SQLite quick_check: " + "; ".join(problems[:3]))
             if decode:
-                for table, column in _JSON_COLUMNS:
+                for table, column in JSON_COLUMNS:
                     for (text,) in self._con.execute(f"SELECT {column} FROM {table}"):
                         self._loads(text, f"a {table} value")
                 self._con.execute('SELECT model_key, eval_key, "check", status, message FROM checks').fetchall()
@@ -523,69 +462,21 @@ class ResultsStore:
         unit of the same (model, evaluation) is an error. The WAL is checkpointed when this unit completes
         its evaluation, or CHECKPOINT_INTERVAL_S after the last checkpoint (:meth:`checkpoint`).
         """
-        try:
-            if isinstance(unit, bool):
-                raise TypeError
-            unit = operator.index(unit)
-        except TypeError:
-            raise ValueError(f"unit must be an int, got {unit!r}") from None
-        cols = rows_to_columns(rows)
-        n = len(cols["sample_id"])
-        records = []
-        for i in range(n):
-            records.append(tuple(
-                coerce(c, cols[c][i], c in REQUIRED_SAMPLE_COLUMNS) if c in cols else None
-                for c in SAMPLE_COLUMNS))
-        ids = [r[0] for r in records]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"unit {unit} of ({model_key}, {eval_key}) has duplicate sample_ids")
-
+        unit = unit_index(unit)
+        records = sample_records(rows, f"unit {unit} of ({model_key}, {eval_key})")
+        key = (model_key, eval_key, unit)
         with self._transaction() as con:
-            for table, col, key in (("models", "model_key", model_key),
-                                    ("evaluations", "eval_key", eval_key)):
-                if con.execute(f"SELECT 1 FROM {table} WHERE {col} = ?", (key,)).fetchone() is None:
-                    raise StoreError(f"{col} {key!r} is not registered; call register_"
-                                     f"{'model' if table == 'models' else 'evaluation'} first")
-            existing = con.execute("SELECT n FROM units WHERE model_key = ? AND eval_key = ? AND unit = ?",
-                                   (model_key, eval_key, unit)).fetchone()
-            where = "WHERE model_key = ? AND eval_key = ? AND unit = ?"
-            count = con.execute(f"SELECT COUNT(*) FROM samples {where}", (model_key, eval_key, unit)).fetchone()[0]
-            if (existing is not None and count != existing[0]) or (existing is None and count):
-                # a unit stored in part (rows lost, or left without their units row): not a result, so
-                # what is left of it goes and the unit is written afresh
-                con.execute(f"DELETE FROM samples {where}", (model_key, eval_key, unit))
-                con.execute(f"DELETE FROM units {where}", (model_key, eval_key, unit))
-                existing = None
-            if existing is not None:
-                stored = con.execute(
-                    f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples WHERE model_key = ? AND eval_key = ? "
-                    "AND unit = ? ORDER BY sample_id", (model_key, eval_key, unit)).fetchall()
-                given = sorted(records, key=lambda r: r[0])
-                same = len(stored) == len(given) and all(
-                    all(same_value(a, b) for a, b in zip(rs, rg)) for rs, rg in zip(stored, given))
-                if same:
+            require_registered(con, model_key, eval_key)
+            stored = stored_whole(con, key)
+            if stored is not None:
+                if same_rows(con, key, records):
                     return False
                 raise StoreConflictError(
-                    f"unit {unit} of model {model_key!r} on evaluation {eval_key!r} is already stored "
-                    f"with different rows ({len(stored)} stored vs {len(given)} given). Results are not "
-                    "deterministic, or two runs write to the same folder.")
-            clash = []
-            for start in range(0, len(ids), 500):  # stay below SQLite's bound-variable limit
-                chunk = ids[start:start + 500]
-                clash += con.execute(
-                    f"SELECT sample_id, unit FROM samples WHERE model_key = ? AND eval_key = ? AND sample_id IN "
-                    f"({','.join('?' * len(chunk))}) LIMIT 5", (model_key, eval_key, *chunk)).fetchall()
-                if clash:
-                    break
-            if clash:
-                raise StoreConflictError(
-                    f"unit {unit} of ({model_key}, {eval_key}) repeats sample_ids already stored under "
-                    f"other units: {[(s, u) for s, u in clash]} (sample_id, unit)")
-            con.execute("INSERT INTO units VALUES (?, ?, ?, ?, ?)", (model_key, eval_key, unit, n, _now()))
-            con.executemany(
-                "INSERT INTO samples (model_key, eval_key, unit, " + ", ".join(SAMPLE_COLUMNS) + ") "
-                "VALUES (?, ?, ?, " + ", ".join("?" * len(SAMPLE_COLUMNS)) + ")",
-                [(model_key, eval_key, unit, *r) for r in records])
+                    f"unit {unit} of model {model_key!r} on evaluation {eval_key!r} is already stored with "
+                    f"different rows ({stored} stored vs {len(records)} given). Results are not deterministic, "
+                    "or two runs write to the same folder.")
+            refuse_clashes(con, key, [r[0] for r in records])
+            insert_unit(con, key, records, _now())
         self._checkpoint_if_due(model_key, eval_key)
         return True
 
