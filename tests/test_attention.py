@@ -183,3 +183,104 @@ def test_rpc_refuses_second_derivatives_instead_of_returning_wrong_ones():
     (g,) = torch.autograd.grad(attn.mix(k, v).sum(), k, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
         g.sum().backward()
+
+
+# -- denormals (issue 23): PAP flushes them on every intra-op thread, results unchanged ---------------
+_TINY_NORMAL = torch.finfo(torch.float32).tiny
+
+
+def _threads_flushing() -> bool:
+    """True iff a parallel elementwise op flushed denormals to zero on *every* thread that ran it (the
+    result's bit patterns are read as integers, so the reading thread's own mode does not matter)."""
+    x = torch.full((1 << 20,), 1e-39)  # large enough for at::parallel_for to split it over the threads
+    bits = torch.mul(x, 1.0001).view(torch.int32)
+    zero = bits == 0
+    assert bool(zero.all()) or not bool(zero.any()) or torch.get_num_threads() > 1
+    return bool(zero.all())
+
+
+def test_pap_flushes_denormals_on_every_intra_op_thread_forward_and_backward():
+    from robustbench_rpc.attention.denormals import coverage, flush_denormals
+
+    if not coverage().startswith("every intra-op thread"):
+        pytest.skip(f"flush-to-zero reaches {coverage()} here")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the worker thread is the point: set_flush_denormal alone misses it
+    try:
+        assert not _threads_flushing()
+        x = torch.full((1 << 20,), 1e-39)
+        torch.set_flush_denormal(True)  # the calling thread only
+        partial = torch.mul(x, 1.0001).view(torch.int32) == 0
+        torch.set_flush_denormal(False)
+        assert not bool(partial.all()), "torch.set_flush_denormal reached the workers: the premise changed"
+        with flush_denormals(torch.zeros(1)):
+            assert _threads_flushing()
+        assert not _threads_flushing()  # every thread back to the caller's environment
+
+        seen = []
+
+        class Probe(torch.autograd.Function):  # records the mode inside PAP's forward and backward
+            @staticmethod
+            def forward(ctx, x):
+                seen.append(("forward", _threads_flushing()))
+                return x.clone()
+
+            @staticmethod
+            def backward(ctx, g):
+                seen.append(("backward", _threads_flushing()))
+                return g
+
+        attn = RPCAttention(48, num_heads=3, n_iter=2, lam=0.5)
+        k = torch.randn(1, 3, 9, 16, requires_grad=True)
+        v = torch.randn(1, 3, 9, 16)
+        out = attn.pursue(k, lambda k2: Probe.apply(torch.nn.functional.scaled_dot_product_attention(k2, k2, v)))
+        assert not _threads_flushing()
+        out.sum().backward()
+        assert not _threads_flushing()
+        assert seen == [("forward", True)] * 2 + [("backward", True)] * 2
+        # keys without gradient: no node at PAP's entry, the engine's end-of-backward callback restores
+        out = attn.pursue(k.detach(), lambda k2: torch.nn.functional.scaled_dot_product_attention(
+            k2, k2, v.requires_grad_(True)))
+        out.sum().backward()
+        assert not _threads_flushing()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _sharp_keys(seed=0):
+    """Keys whose PAP iterates give very sharp attention: in float32 37 % of the fourth iteration's
+    probabilities are denormal and 20 % zero (the benchmark's regime: unit-variance keys, head dim 64)."""
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randn(2, 3, 64, 64, generator=g)
+    v = torch.randn(2, 3, 64, 64, generator=g)
+    return k, v
+
+
+def test_denormal_heavy_pap_matches_float64_reference_and_the_unflushed_result():
+    from robustbench_rpc.attention.denormals import denormals_kept
+
+    k, v = _sharp_keys()
+    for fused in (True, False):
+        attn = RPCAttention(192, num_heads=3, n_iter=4, lam=4.0, fused_attn=fused)
+        inputs = []
+        with denormals_kept():
+            kept = attn.pursue(k, lambda k2: inputs.append(k2.detach()) or torch.nn.functional.
+                               scaled_dot_product_attention(k2, k2, v))
+        p = torch.softmax(inputs[-1] @ inputs[-1].transpose(-2, -1) * attn.scale, dim=-1)
+        assert float(((p > 0) & (p < _TINY_NORMAL)).float().mean()) > 0.3  # the case is denormal-heavy
+        kd = k.double().requires_grad_(True)
+        vd = v.double().requires_grad_(True)
+        ref = rpc_heads(kd, vd, 4, 4.0, 192)
+        kk, vv = k.clone().requires_grad_(True), v.clone().requires_grad_(True)
+        got = attn.mix(kk, vv)
+        torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(got, kept, atol=1e-6, rtol=1e-5)
+        g = torch.randn_like(got)
+        got.backward(g)
+        ref_grads = torch.autograd.grad(ref, (kd, vd), g.double())
+        k_kept, v_kept = k.clone().requires_grad_(True), v.clone().requires_grad_(True)
+        with denormals_kept():
+            attn.mix(k_kept, v_kept).backward(g)
+        for a, b, c in zip((kk.grad, vv.grad), ref_grads, (k_kept.grad, v_kept.grad)):
+            torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=1e-3)  # fused SDPA's backward: ~4e-5
+            torch.testing.assert_close(a, c, atol=1e-6, rtol=1e-5)
