@@ -82,7 +82,9 @@ def check_model(m: "ModelSpec", cfg: "RunConfig") -> dict[str, Any]:
     """Build ``m`` on the meta device (no weights allocated) with its checkpoint's settings and its
     attention patch: a bad name, keyword, checkpoint or variant value fails now, not after an hour of
     attacks. Returns the model's evaluation contract."""
-    from .models import PRETRAINED, ModelContractError, create_model, create_pretrained, data_config_of, resolve_model
+    from .models import (PRETRAINED, CheckpointError, ModelContractError, create_model, create_pretrained,
+                         data_config_of, resolve_model)
+    from .models.checkpoint import check_named_model
 
     from .models.trained import apply_recorded_attention, build_kwargs, recorded_build
 
@@ -90,8 +92,13 @@ def check_model(m: "ModelSpec", cfg: "RunConfig") -> dict[str, Any]:
     build = recorded_build(m.weights_file)  # so do the kwargs and attention patch `train` recorded
     if build is not None:
         kw = build_kwargs(m.name, build, kw, m.checkpoint)
-    resolved = resolve_model(m.name, m.checkpoint, kw, override_checkpoint_args=bool(
-        kw.pop("override_checkpoint_args", False)), trusted_globals=cfg.trusted_globals)
+    override = bool(kw.pop("override_checkpoint_args", False))
+    try:
+        check_named_model(m.name, m.weights_file, override)
+    except CheckpointError as err:
+        raise SuiteError(str(err)) from None
+    resolved = resolve_model(m.name, m.checkpoint, kw, override_checkpoint_args=override,
+                             trusted_globals=cfg.trusted_globals)
     m.settings = resolved.settings
     if m.checkpoint == PRETRAINED:  # timm downloads (or finds in its cache) now: offline fails here
         create_pretrained(m.name, **resolved.kwargs)

@@ -312,3 +312,13 @@ def _units_or_zero(out: Path) -> int:
         return _units(out)
     except sqlite3.Error:
         return 0
+
+
+def test_checkpoint_of_another_model_is_refused_unless_overridden(tmp_path, capsys):
+    """An RPC checkpoint given to symvit_micro_patch4_32 (same shapes) loaded silently at 40.6 %."""
+    args = ["--suite", _suite(tmp_path), "--model", "symvit_micro_patch4_32:" + str(
+        Path(__file__).resolve().parents[1] / "robustbench_rpc/checkpoints/rpc_symvit_micro_patch4_32.safetensors")]
+    assert _run(*args, "--out", str(tmp_path / "a")) == 2
+    err = _one_line_error(capsys)
+    assert "holds model rpc_symvit_micro_patch4_32" in err and "--override-checkpoint-args" in err
+    assert _run(*args, "--out", str(tmp_path / "b"), "--override-checkpoint-args") == 0

@@ -356,3 +356,26 @@ def resolve_checkpoint(name: str, checkpoint: str | Path | None) -> str | None:
     if not Path(checkpoint).is_file():
         raise CheckpointError(f"model '{name}': checkpoint file not found: {checkpoint}")
     return str(checkpoint)
+
+
+def named_model(path: str | Path | None) -> str | None:
+    """The model a checkpoint says it holds: ``train``'s recipe or build record in its metadata (None for
+    files that do not say, e.g. plain state dicts)."""
+    if path is None or Path(path).suffix != ".safetensors" or not Path(path).is_file():
+        return None
+    meta = read_checkpoint_metadata(path)
+    for key in ("build", "recipe"):
+        entry = meta.get(key)
+        if isinstance(entry, Mapping) and isinstance(entry.get("model"), str):
+            return entry["model"]
+    return None
+
+
+def check_named_model(name: str, path: str | Path | None, allow_other: bool = False) -> None:
+    """Weights of another model with the same shapes load silently (an RPC checkpoint into SymViT: 40.6 %
+    clean accuracy); a file that names its model must be loaded as that model, unless ``allow_other``
+    (``--override-checkpoint-args``; fine-tuning with ``train --init``)."""
+    named = named_model(path)
+    if named is not None and named != name and not allow_other:
+        raise CheckpointError(f"checkpoint {path} holds model {named} (its metadata says so), not {name}: evaluate "
+                              f"it as --model {named}:{path}, or pass --override-checkpoint-args to load it as {name}")

@@ -17,8 +17,8 @@ import timm
 from torch import nn
 
 from ..registry import UnknownNameError
-from .checkpoint import (PRETRAINED, CheckpointError, extract_state_dict, load_state_dict_checked, read_checkpoint_file,
-                         resolve_checkpoint, split_spec)
+from .checkpoint import (PRETRAINED, CheckpointError, check_named_model, extract_state_dict, load_state_dict_checked,
+                         read_checkpoint_file, resolve_checkpoint, split_spec)
 from .contract import CONTRACT_FLAGS, CONTRACT_KEYS, HOW_TO_DECLARE, REQUIRED, ModelContractError, declared_contract, \
     normalize_contract
 from .normalize import Normalized
@@ -161,6 +161,7 @@ def load_model(name: str, checkpoint: str | Path | None = None, *, device: str |
         model, settings = form.load(name, checkpoint, trusted_globals=trusted_globals, **kwargs)
         return _wrap(model, name, settings, data_config, device)
     checkpoint = resolve_checkpoint(name, checkpoint)
+    check_named_model(name, checkpoint if checkpoint != PRETRAINED else None, override_checkpoint_args)
     if checkpoint == PRETRAINED:
         resolved = ResolvedModel(name, dict(kwargs), {"weights": {"value": "pretrained", "source": "timm"}})
         model = create_pretrained(name, **resolved.kwargs)

@@ -40,7 +40,9 @@ def build_model(recipe, plugins: list[str] | None = None) -> tuple[nn.Module, di
         raise RecipeError(f"model.name {name!r}: train takes a model name; start from weights with --init CKPT")
     init = resolve_init(m.init, name)
     try:
-        model = load_model(name, init, data_config=m.data_config or None, **m.kwargs)
+        # fine-tuning may start from another model's weights (the keyscale RPC from SymViT): allowed here
+        model = load_model(name, init, data_config=m.data_config or None, override_checkpoint_args=init is not None,
+                           **m.kwargs)
     except (CheckpointError, ModelContractError) as e:
         raise RecipeError("; ".join(line.strip() for line in str(e).splitlines() if line.strip())) from None
     except TypeError as e:
