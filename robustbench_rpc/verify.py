@@ -17,7 +17,8 @@ default: the same code on the same machine is deterministic (every unit is seede
 evaluation and the unit). ``tolerance`` (``--tolerance``) accepts an absolute difference up to that value, for
 reruns on other hardware (another BLAS, GPU kernels); integers (labels, predictions, correctness) and check
 statuses always compare exactly, and with a tolerance a check message that differs (it prints the same
-numbers, rounded) is reported as ``INFO:``.
+numbers, rounded) is reported as ``INFO:``. Timings stored in details (keys such as ``seconds``) measure
+the machine, not the result, and are not compared.
 
 Exit status: 0 reproduced, 1 not reproduced, 2 bad input (a missing or unreadable manifest or store).
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -40,6 +42,7 @@ SHOW = 5  # differences named per kind; the rest are counted
 MACHINE_FIELDS = {"checkpoint", "spec"}  # model info that names a path on this machine, not a result
 SAMPLE_FIELDS = ("unit",) + tuple(c for c in SAMPLE_COLUMNS if c != "sample_id")
 FLOAT_FIELDS = {"confidence", "linf", "l2"}  # the only per-sample fields --tolerance applies to
+TIMING = re.compile(r"(^|_)(seconds|secs|elapsed|duration|wall_time|time_s)$")  # measure the machine, not a result
 
 
 def verify_runs(a: str | Path, b: str | Path, tolerance: float = 0.0,
@@ -268,6 +271,8 @@ def _first_paths(a: Any, b: Any, tol: float, path: str = "", out: list | None = 
     out = [] if out is None else out
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b), key=str):
+            if TIMING.search(str(k)):
+                continue
             sub = f"{path}.{k}" if path else str(k)
             if k not in a or k not in b:
                 out.append(f"{sub} only in {'b' if k not in a else 'a'}")

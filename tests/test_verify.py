@@ -106,6 +106,16 @@ def test_any_stored_difference_is_not_reproduced(runs, tmp_path, capsys, what):
     assert err == ""
 
 
+def test_timings_and_machine_paths_are_not_differences(runs, tmp_path, capsys):
+    _, ref, rerun = runs
+    b = copy_run(rerun, tmp_path / "b")
+    sql(b, "UPDATE checks SET details_json = json_set(details_json, '$.seconds', 99.5) WHERE \"check\" = "
+           "'chance_level'; UPDATE models SET info_json = json_set(info_json, '$.checkpoint', '/elsewhere/m.safetensors')")
+    rc, out, _ = _verify(capsys, ref, b)
+    assert rc == 0 and "DIFF" not in out, out
+    assert "INFO: model symvit_micro_patch4_32" in out and "checkpoint differs" in out
+
+
 def test_an_extra_evaluation_of_the_same_suite_name_and_version(runs, tmp_path, capsys):
     _, ref, rerun = runs
     b = copy_run(rerun, tmp_path / "b")
