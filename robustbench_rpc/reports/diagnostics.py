@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..atomic import replacing
 from .data import RunData, slug
 from .plots import Plot
 from .render import Table, fmt_ci
@@ -223,7 +224,8 @@ def diagnostics_section(data: RunData, out: Path) -> tuple[list[Table], list[Plo
         for name, frame_ in (("diagnostics_full", df), ("diagnostics_axes", adf)):
             if not frame_.empty:
                 files[f"tables/{name}.csv"] = Path(out) / "tables" / f"{name}.csv"
-                frame_.to_csv(files[f"tables/{name}.csv"], index=False, na_rep="")
+                with replacing(files[f"tables/{name}.csv"], durable=False) as tmp:
+                    frame_.to_csv(tmp, index=False, na_rep="")
         models = list(dict.fromkeys(df["model"]))
         for model in models[:8]:  # a grid of dozens of models: its sweep plots summarize the rest
             for kind, res in (("pap", pap_plot(df, model, folder, f"diagnostics_pap_{slug(model)}")),

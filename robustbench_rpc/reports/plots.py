@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .. import metrics  # noqa: E402
+from ..atomic import replacing  # noqa: E402
 from ..evalspec import eps_label as format_eps, threat_of  # noqa: E402
 from .compute import (CE_MIN_REF_ERROR, CE_MIN_REF_ERRORS, acc_stats, corruption_results, pairwise,  # noqa: E402
                       severity_curve, worst_case, worst_groups)
@@ -36,8 +37,10 @@ def _save(fig, folder: Path, name: str, title: str, caption: str, keep: bool = F
     folder.mkdir(parents=True, exist_ok=True)
     png, svg = folder / f"{name}.png", folder / f"{name}.svg"
     declutter_ticks(fig)
-    fig.savefig(png, dpi=150, bbox_inches="tight")
-    fig.savefig(svg, bbox_inches="tight", metadata={"Date": None})
+    with replacing(png, durable=False) as tmp:  # a full disk never leaves half a figure behind
+        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+    with replacing(svg, durable=False) as tmp:
+        fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Date": None})
     if not keep:
         plt.close(fig)
     return Plot(name, title, caption, png, svg, fig if keep else None)
