@@ -17,8 +17,14 @@ from .store import stable_key
 #: accuracy definitions of an attack evaluation: "robust" (clean-correct AND correct under attack) or
 #: "plain" (correct under attack, the RPC paper's definition)
 ACCURACIES = ("robust", "plain")
-#: evaluation-level parameters of an attack evaluation (not passed to the attack)
-EVAL_PARAMS = ("accuracy", "attack_amp")
+#: evaluation-level parameters of an attack evaluation (not passed to the attack); ``adaptive = true``
+#: counts the evaluation among the adaptive ones (the ``adaptive`` preset sets it on each of its attacks)
+EVAL_PARAMS = ("accuracy", "attack_amp", "adaptive")
+#: attacks adapted to the defense by construction: adaptive whatever the evaluation says
+ADAPTIVE_ATTACKS = ("bpda", "transfer")
+#: attacks whose returned image is chosen by top-1 success (they stop at the first iterate that flips
+#: top-1, or keep the smallest perturbation that does): their top-5 under attack is not top-5 robustness
+TOP1_DECIDED = ("apgd", "autoattack", "square", "cw", "cw-cleverhans")
 #: what an attack evaluation without these parameters means (the standard pixel threat model)
 THREAT_DEFAULTS = {"space": "pixel", "clip": True, "labels": "true", "accuracy": "robust"}
 
@@ -109,6 +115,27 @@ def threat_text(params: dict) -> str:
         else "robust accuracy (correct on the clean image AND under attack)"])
 
 
+def is_adaptive(name: str, params: dict) -> bool:
+    """Whether an attack evaluation is adaptive (issue 22): ``bpda``/``transfer``, or ``adaptive = true``."""
+    return name in ADAPTIVE_ATTACKS or params.get("adaptive") is True
+
+
+def top5_reason(name: str, resolved: dict) -> str | None:
+    """Why top-5 under this attack means nothing (None when it does): the attack decides on top-1 success,
+    so its images say nothing about top-5 robustness (``resolved``: the attack's parameters as it ran)."""
+    if resolved.get("early_stop"):
+        if name == "transfer":
+            return "it leaves the images the model misclassifies (top-1) unattacked (early_stop)"
+        return "it stops on a sample at the first iterate that flips top-1 (early_stop)"
+    if name in TOP1_DECIDED:
+        return "it keeps, per sample, the first (or smallest) perturbation that flips top-1"
+    base = str(resolved.get("base", ""))
+    if name in ADAPTIVE_ATTACKS and base:
+        inner = "apgd" if base.startswith("apgd") else base
+        return top5_reason(inner, dict(resolved.get("base_args") or {}))
+    return None
+
+
 def unit_seed(seed: int, eval_key: str, unit: int) -> int:
     """Seed of one unit: a function of (run seed, evaluation, unit index) only — not of rank or order."""
     digest = hashlib.sha256(f"{seed}:{eval_key}:{unit}".encode()).hexdigest()
@@ -158,8 +185,9 @@ def resolve_attack(e: EvalSpec, amp: str | None, where: str) -> dict[str, Any]:
     accuracy = e.params.get("accuracy", "robust")
     if accuracy not in ACCURACIES:
         raise SuiteError(f"{where}: accuracy must be one of {', '.join(ACCURACIES)}, got {accuracy!r}")
-    if not isinstance(e.params.get("attack_amp", True), bool):
-        raise SuiteError(f"{where}: attack_amp must be true or false, got {e.params['attack_amp']!r}")
+    for flag in ("attack_amp", "adaptive"):
+        if not isinstance(e.params.get(flag, True), bool):
+            raise SuiteError(f"{where}: {flag} must be true or false, got {e.params[flag]!r}")
     try:
         attack = attacks.get_attack(e.name, **attack_params(e, amp))
     except (ValueError, TypeError) as err:

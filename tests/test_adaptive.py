@@ -16,6 +16,7 @@ from robustbench_rpc.attacks import (ATTACKS, attack_outcomes, check_adaptive_ga
 from robustbench_rpc.attacks.adaptive import BPDAForwardError, without_pap
 from robustbench_rpc.attacks.adaptive.dynamics import detect_autograd_calls
 from robustbench_rpc.attention import RPCAttention, SymmetricAttention
+from robustbench_rpc.evalspec import EVAL_PARAMS, is_adaptive, top5_reason
 from robustbench_rpc.models import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -350,8 +351,9 @@ def test_adaptive_preset_builds_and_names_its_parts():
     names = [s["name"] for s in specs]
     assert names.count("apgd") == 2 and "square" in names and "transfer" in names and names.count("bpda") == 3
     assert all(s["eps"] == 1 / 255 for s in specs)
+    assert all(is_adaptive(s["name"], s) for s in specs)
     for spec in specs:
-        atk = get_attack(spec["name"], **{k: v for k, v in spec.items() if k != "name"})
+        atk = get_attack(spec["name"], **{k: v for k, v in spec.items() if k not in ("name", *EVAL_PARAMS)})
         if spec["name"] == "apgd":
             assert atk.n_iter == 100 and atk.n_restarts == 5
         if spec["name"] == "square":
@@ -451,3 +453,14 @@ def test_repeated_final_evaluation_keeps_the_worst_case():
 def test_substitute_backward_checks_shapes():
     with pytest.raises(ValueError, match="shape"):
         substitute_backward(torch.zeros(2), torch.zeros(3))
+
+
+def test_adaptive_roles_and_top5_meaning():
+    assert is_adaptive("bpda", {}) and is_adaptive("transfer", {}) and is_adaptive("apgd", {"adaptive": True})
+    assert not is_adaptive("apgd", {"n_restarts": 5}) and not is_adaptive("pgd", {"adaptive": False})
+    assert top5_reason("pgd", {"early_stop": True}) and top5_reason("pgd", {"early_stop": False}) is None
+    assert top5_reason("fgsm", {}) is None and top5_reason("noise", {}) is None
+    assert top5_reason("apgd", {}) and top5_reason("square", {}) and top5_reason("autoattack", {})
+    assert top5_reason("bpda", {"base": "apgd-ce", "base_args": {"loss": "ce"}})
+    assert top5_reason("bpda", {"base": "pgd", "base_args": {"early_stop": False}}) is None
+    assert top5_reason("transfer", {"early_stop": True, "base": "pgd", "base_args": {}})

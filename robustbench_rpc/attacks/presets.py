@@ -24,7 +24,8 @@
   through each RPC approximation: ``symmetric``, ``no-threshold``, ``straight-through``; on a model that
   declares none it runs with exact gradients) and ``transfer`` from ``self:no-pap`` (APGD-CE, 100
   iterations, 5 restarts, on the same weights with PAP off). All in the standard pixel threat model, robust
-  accuracy. Cost per image, in forward+backward passes: 5 x 100 x 2 (APGD) + 3 x 100 (BPDA) + 5 x 100
+  accuracy; each spec says ``adaptive = true`` (``evalspec.is_adaptive``), so the report sets their worst
+  case beside the standard attacks'. Cost per image, in forward+backward passes: 5 x 100 x 2 (APGD) + 3 x 100 (BPDA) + 5 x 100
   (transfer, on the surrogate) = 1800, plus up to 5000 forward passes for Square; the APGD restarts, Square
   and BPDA stop on a sample once it is fooled (robust accuracy allows it).
 * ``robustbench-imagenet``: AutoAttack standard, Linf 4/255.
@@ -139,7 +140,7 @@ RPC_APPROXIMATIONS = ("symmetric", "no-threshold", "straight-through")
 def _adaptive() -> list[dict[str, Any]]:
     eps = 1 / 255
     apgd = {"name": "apgd", "norm": "Linf", "eps": eps, "n_iter": 100, "n_restarts": 5}
-    return [
+    specs = [
         {**apgd, "loss": "ce"},
         {**apgd, "loss": "dlr"},
         {"name": "square", "norm": "Linf", "eps": eps, "n_queries": 5000, "p_init": 0.8, "resc_schedule": False},
@@ -148,3 +149,4 @@ def _adaptive() -> list[dict[str, Any]]:
         {"name": "transfer", "norm": "Linf", "eps": eps, "surrogate": "self:no-pap", "base": "apgd-ce",
          "base_args": {"n_iter": 100, "n_restarts": 5}},
     ]
+    return [{**s, "adaptive": True} for s in specs]  # evaluation-level: counted as adaptive (evalspec)
