@@ -22,7 +22,7 @@ from .evalspec import EvalSpec, SuiteError, describe_eval
 from .models import PRETRAINED, load_model, sha256_of
 from .plan import ModelSpec, Plan, RunConfig, RunFolderError, default_device
 from .store import ResultsStore, StoreWriteError, lock_folder, stable_key, write_error
-from .units import unit_rows
+from .units import STOCHASTIC_EVAL_REPEATS, unit_rows
 
 STORE_NAME = "results.sqlite"
 
@@ -123,6 +123,7 @@ class Runner:
             "input_size": [int(v) for v in model.data_config.get("input_size", ())],
             "interpolation": model.data_config.get("interpolation"), "crop_pct": model.data_config.get("crop_pct"),
             "attention_reinit": m.reinit or None,
+            "dynamics": model_dynamics_info(model),
         }
         if m.sweep:
             info["sweep"] = m.sweep
@@ -177,7 +178,9 @@ class Runner:
         if self.store is not None:
             self.store.write_check(key, None, "stochastic_model", "warn" if stochastic else "pass",
                                    f"logits differ between identical passes: evaluated with EOT over "
-                                   f"{p.cfg.eot_samples} samples" if stochastic else "deterministic forward pass",
+                                   f"{p.cfg.eot_samples} samples, each adversarial image classified "
+                                   f"{STOCHASTIC_EVAL_REPEATS} times (worst case kept)" if stochastic
+                                   else "deterministic forward pass",
                                    {"eot_samples": p.cfg.eot_samples if stochastic else 0})
         if stochastic:
             self.log(f"  model is stochastic: evaluating with EOT ({p.cfg.eot_samples} samples)")
@@ -328,6 +331,14 @@ class Runner:
             torch.manual_seed(p.seed)
             self._guarded(model_key, "large_eps", lambda: attacks.check_large_eps(model, x, y))
             self._guarded(model_key, "differentiability", lambda: attacks.check_differentiability(model, x[:8], y[:8]))
+            self._guarded(model_key, "softmax_output", lambda: attacks.check_softmax_output(model, x[:8]))
+            families = [{"name": e.name, **(e.resolved or {})} for e in p.evals if e.kind == "attack"]
+            self._guarded(model_key, "eps_zero_identity",
+                          lambda: attacks.check_eps_zero_identity(model, x[:8], y[:8], families, seed=p.seed))
+        standard, adaptive = adaptive_pairs(self.store, model_key)
+        if standard:
+            self._guarded(model_key, "adaptive_gap", lambda: attacks.check_adaptive_gap(standard, adaptive))
+
 
     def _guarded(self, model_key: str, name: str, fn: Callable[[], Any]) -> None:
         """A check that crashes is recorded as failed (with the error), never silently dropped."""
@@ -344,6 +355,13 @@ class Runner:
         if res.status != "pass":
             self.log(f"  trust check {name}: {res.status.upper()}: {res.message}")
 
+    def _dynamics(self) -> dict[str, Any]:
+        """Each stored model's static/dynamic classification (model info ``dynamics``), by display name."""
+        models = self.store.models()
+        if "dynamics" not in models:
+            return {}
+        return {r["name"]: r["dynamics"] for _, r in models.iterrows() if isinstance(r["dynamics"], dict)}
+
     def write_manifest(self) -> None:
         import json
 
@@ -358,6 +376,7 @@ class Runner:
                    "precision": p.amp, "world_size": dist.world(), "python": platform.python_version(),
                    "command": " ".join(sys.argv),
                    "model_settings": {m.display: m.settings for m in p.models},
+                   "model_dynamics": self._dynamics(),
                    "pretrained": [m.display for m in p.models if m.checkpoint == PRETRAINED]},
         )
         self.store.set_meta("manifest", manifest)
@@ -376,6 +395,53 @@ def build_model(plan: Plan, m: ModelSpec) -> torch.nn.Module:
                         allow_reinit=plan.cfg.attention_reinit, **m.patch_params)
         model.eval()
     return model
+
+
+def model_dynamics_info(model: torch.nn.Module) -> dict[str, Any]:
+    """Static or dynamic (``attacks.model_dynamics``: declared by its modules, else detected on random images of
+    its input size), for the model info; a model that cannot be probed is recorded as ``unknown``, with why."""
+    from .attacks import model_dynamics
+
+    try:
+        found = model_dynamics(model)
+    except Exception as err:  # noqa: BLE001 - recorded, never fatal: the evaluations decide the numbers
+        return {"kind": "unknown", "why": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+                "source": "error"}
+    return {k: found[k] for k in ("kind", "why", "source")}
+
+
+def adaptive_pairs(store: ResultsStore, model_key: str) -> tuple[dict, dict]:
+    """Per budget (dataset, norm, eps, threat model) holding standard and adaptive attacks (``evalspec.is_adaptive``):
+    the per-sample worst case over the standard attacks and over all of them, on the samples every one of
+    them has, as ``({label: correct}, {label: correct})`` for ``check_adaptive_gap``."""
+    import numpy as np
+
+    from .evalspec import eps_label, is_adaptive, threat_of
+
+    evals = store.evaluations()
+    budgets: dict[tuple, dict[str, list[str]]] = {}
+    for _, info in evals.iterrows():
+        params = info["params"]
+        if info["kind"] != "attack" or params.get("eps") is None:
+            continue
+        key = (info["dataset"], str(params.get("norm", "Linf")), float(params["eps"]), threat_of(params))
+        role = "adaptive" if is_adaptive(info["name"], params) else "standard"
+        budgets.setdefault(key, {"standard": [], "adaptive": []})[role].append(info["eval_key"])
+    several = len({k[0] for k in budgets}) > 1
+    standard, adaptive = {}, {}
+    for (dataset, norm, eps, _), roles in sorted(budgets.items(), key=lambda kv: str(kv[0])):
+        if not roles["standard"] or not roles["adaptive"]:
+            continue
+        frames = [store.samples(model_key, e).set_index("sample_id")["correct1"].astype(bool)
+                  for e in roles["standard"] + roles["adaptive"]]
+        if any(f.empty for f in frames):
+            continue
+        ids = sorted(set.intersection(*(set(f.index) for f in frames)))
+        cols = [f.loc[ids].to_numpy() for f in frames]
+        label = (f"{dataset} " if several else "") + f"{norm} {eps_label(eps)}"
+        standard[label] = np.logical_and.reduce(cols[:len(roles["standard"])])
+        adaptive[label] = np.logical_and.reduce(cols)
+    return standard, adaptive
 
 
 def attack_curves(store: ResultsStore, model_key: str) -> tuple[dict, dict, set, int | None]:

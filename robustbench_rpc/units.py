@@ -14,6 +14,11 @@ import torch
 from .evalspec import EvalSpec, attack_params, unit_seed
 
 
+#: classifications of each adversarial image of a stochastic model, per-sample worst case kept
+#: (``attacks.attack_outcomes(repeats=...)``; auto-attack PR #105 uses 20 evaluations for random defenses)
+STOCHASTIC_EVAL_REPEATS = 20
+
+
 def autocast(device: str, amp: str | None):
     from .attacks.base import amp_dtype_of
 
@@ -56,7 +61,10 @@ def attack_rows(model: torch.nn.Module, spec: EvalSpec, x: torch.Tensor, y: torc
     from .attacks.base import amp_dtype_of
 
     attack = attacks.get_attack(spec.name, seed=seed, **attack_params(spec, amp))
-    out = attacks.attack_outcomes(model, attack, x, y, amp=amp_dtype_of(amp))
+    # a stochastic model (evaluated through EOT): the final classification is repeated, worst draw kept
+    stochastic = isinstance(getattr(model, "_orig_mod", model), attacks.EOTModel)
+    out = attacks.attack_outcomes(model, attack, x, y, amp=amp_dtype_of(amp),
+                                  repeats=STOCHASTIC_EVAL_REPEATS if stochastic else 1)
     plain = spec.params.get("accuracy", "robust") == "plain"
     top1, top5 = (out.plain_correct1, out.plain_correct5) if plain else (out.adv_correct1, out.adv_correct5)
     return {

@@ -79,6 +79,14 @@ class RunData:
             rec["params"]["norm"] = resolved["norm"]  # a defaulted norm, as the attack ran it
         return rec
 
+    def dynamics(self, model_key: str) -> dict:
+        """The model's static/dynamic classification (model info ``dynamics``), {} when not recorded."""
+        if "dynamics" not in self.models:
+            return {}
+        row = self.models[self.models["model_key"] == model_key]
+        value = row.iloc[0]["dynamics"] if not row.empty else None
+        return dict(value) if isinstance(value, dict) else {}
+
     def evals_of(self, kind: str) -> pd.DataFrame:
         if self.evals.empty or "kind" not in self.evals:
             return self.evals.iloc[0:0]

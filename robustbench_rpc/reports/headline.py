@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..evalspec import eps_label as format_eps, threat_of, threat_text
-from .compute import NAN, acc_stats, corruption_results, finite, ood_result, worst_case, worst_groups
+from .. import metrics
+from ..evalspec import eps_label as format_eps, is_adaptive, threat_of, threat_text
+from .compute import NAN, WorstGroup, acc_stats, corruption_results, finite, ood_result, worst_case, worst_groups
 from .data import RunData, eps_key, slug
 from .protocol import attack_display, eval_label, threat_suffix
-from .render import Table, fmt_ci, fmt_num, pct
+from .render import Table, fmt_ci, fmt_delta, fmt_num, pct
 
 
 def _headline_clean_evals(data: RunData) -> list[str]:
@@ -39,6 +40,69 @@ def _worst_getter(data: RunData, g):
         a = acc_stats(wc["correct1"])
         return fmt_ci(*a), *a
     return get
+
+
+def _group(data: RunData, keys: list[str]) -> WorstGroup:
+    """The worst case over ``keys`` (attacks of one budget)."""
+    info = data.info(keys[0])
+    p = info["params"]
+    return WorstGroup(info["dataset"], str(p.get("norm", "?")), eps_key(p.get("eps")), keys, threat_of(p))
+
+
+def _outcomes_of(data: RunData, m: str, keys: list[str]):
+    """Per-sample top-1 of one attack or the worst case over several (None when incomplete)."""
+    if len(keys) == 1:
+        return data.outcomes(m, keys[0])["correct1"] if data.complete(m, keys[0]) else None
+    wc, _ = worst_case(data, m, _group(data, keys))
+    return None if wc is None else wc["correct1"]
+
+
+def _gap_getter(data: RunData, standard: list[str], every: list[str]):
+    """Adaptive minus standard worst case, paired on the same samples, with Newcombe's 95% CI."""
+    def get(m):
+        s, a = _outcomes_of(data, m, standard), _outcomes_of(data, m, every)
+        if s is None or a is None or not s.index.equals(a.index):
+            return None, NAN, NAN, NAN
+        d, lo, hi = metrics.paired_delta_ci(a.to_numpy().astype(bool), s.to_numpy().astype(bool))
+        return fmt_delta(d, lo, hi), d, lo, hi
+    return get
+
+
+def adaptive_columns(data: RunData, where: str, keys: list[str]) -> list[Column]:
+    """Standard worst case, adaptive worst case (standard + adaptive attacks) and their paired difference at
+    one budget; [] when the budget has no adaptive attack or no standard one."""
+    standard = [k for k in keys if not is_adaptive(data.info(k)["name"], data.info(k)["params"])]
+    if len(standard) in (0, len(keys)):
+        return []
+    names = lambda ks: ", ".join(dict.fromkeys(attack_display(data.info(k)["name"]) for k in ks))  # noqa: E731
+    std_get = _acc_getter(data, standard[0]) if len(standard) == 1 else _worst_getter(data, _group(data, standard))
+    return [(f"Standard {where} (worst of {names(standard)})", "attacks", std_get, None),
+            (f"Adaptive {where} (worst of {names(keys)})", "attacks", _worst_getter(data, _group(data, keys)), None),
+            (f"Adaptive - standard {where} (pp)", "attacks", _gap_getter(data, standard, keys), None)]
+
+
+def adaptively_evaluated(data: RunData, m: str) -> bool:
+    """Whether model ``m`` has a complete adaptive attack evaluation (``evalspec.is_adaptive``)."""
+    return any(is_adaptive(data.info(e)["name"], data.info(e)["params"]) and data.complete(m, e)
+               for e in data.evals_of("attack")["eval_key"])
+
+
+def forward_column(data: RunData) -> tuple[list[Column], list[str]]:
+    """Static or dynamic per model (model info ``dynamics``); a dynamic model without an adaptive
+    evaluation says so."""
+    if not any(data.dynamics(m) for m in data.model_keys):
+        return [], []
+
+    def get(m):
+        kind = data.dynamics(m).get("kind", "unknown")
+        if kind == "dynamic" and not adaptively_evaluated(data, m):
+            kind = "dynamic, not adaptively evaluated"
+        return kind, NAN, NAN, NAN
+    line = ("Forward: static, or dynamic when the forward solves an optimization problem or calls autograd (declared "
+            "by the model's modules, e.g. RPC with n_iter > 1, or detected as AutoAttack's check_dynamic does); "
+            "standard attacks can overstate a dynamic model's robustness, so it counts only beside an adaptive "
+            "evaluation (the adaptive preset: bpda, transfer, APGD-CE/DLR with restarts, Square 5000)")
+    return [("Forward", "models", get, None)], [line]
 
 
 def clean_columns(data: RunData) -> list[Column]:
@@ -75,7 +139,10 @@ def attack_columns(data: RunData) -> tuple[list[Column], list[str]]:
         p = data.info(keys[0])["params"]
         threats.setdefault(threat_text(p), []).append(where(dataset, norm, eps, p))
         names = [data.info(k)["name"] for k in keys]
-        if len(keys) == 1 and str(names[0]).lower() != "autoattack":
+        paired_cols = adaptive_columns(data, where(dataset, norm, eps, p), keys)
+        if paired_cols:
+            robust_cols += paired_cols
+        elif len(keys) == 1 and str(names[0]).lower() != "autoattack":
             st = p.get("steps")
             label = attack_display(names[0]) + (f"-{st}" if st is not None and st != 1 else "")
             robust_cols.append((f"{label} {where(dataset, norm, eps, p)}", "attacks", _acc_getter(data, keys[0]),
@@ -94,6 +161,11 @@ def attack_columns(data: RunData) -> tuple[list[Column], list[str]]:
     if groups:
         protocol.append("Robust ... (worst of A, B): per sample, correct only if correct under every listed attack "
                         "at that budget (the worst-case rows of the attack table)")
+    if any(c[0].startswith("Adaptive - standard") for c in robust_cols):
+        protocol.append("Standard / Adaptive (worst of ...): the per-sample worst case over the standard attacks, and "
+                        "over the standard and the adaptive ones (bpda, transfer, attacks with adaptive = true) at that "
+                        "budget; Adaptive - standard: their paired difference on the same samples in percentage "
+                        "points, with Newcombe's 95% interval (the adaptive_gap trust check tests it, McNemar)")
     return robust_cols + aa_cols, protocol
 
 
@@ -146,7 +218,8 @@ def headline_table(data: RunData) -> Table | None:
     same number as in the detailed table it comes from (named in the tidy CSV's ``source``)."""
     if not data.model_keys:
         return None
-    cols, protocol = clean_columns(data), []
+    cols, protocol = forward_column(data)
+    cols = cols + clean_columns(data)
     for build in (attack_columns, corruption_columns, shift_and_ood_columns):
         more, lines = build(data)
         cols += more
@@ -155,8 +228,10 @@ def headline_table(data: RunData) -> Table | None:
         return None
     columns = ["Model"] + [h for h, *_ in cols]
     rows, tidy = [], []
+    unvetted = [m for m in data.model_keys
+                if data.dynamics(m).get("kind") == "dynamic" and not adaptively_evaluated(data, m)]
     for m in data.model_keys:
-        row = [data.name(m)]
+        row = [data.name(m) + (" †" if m in unvetted else "")]
         for (h, src, get, e) in cols:
             text, v, lo, hi = get(m)
             row.append(text)
@@ -167,4 +242,7 @@ def headline_table(data: RunData) -> Table | None:
                 "with 95% bootstrap intervals; each number is the one in the detailed table below"] \
         + protocol + [data.reference_note, data.seeds_text()]
     notes = ["— marks a missing or incomplete result (never 0)"] if any(v is None for r in rows for v in r) else []
+    if unvetted:
+        notes.append("† dynamic model, not adaptively evaluated: its robust accuracy comes from standard attacks only "
+                     "and may overstate its robustness (run the adaptive preset)")
     return Table("headline", "Headline results", columns, rows, pd.DataFrame(tidy), protocol, notes, lead=True)

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from ..evalspec import THREAT_DEFAULTS, eps_label as format_eps, threat_of, threat_text
+from ..evalspec import THREAT_DEFAULTS, eps_label as format_eps, threat_of, threat_text, top5_reason
 from .compute import BOOT_SEED, N_BOOT, NAN, acc_stats, corruption_results, finite, ood_result, pairwise, worst_case, \
     worst_groups
 from .data import RunData, eps_key, slug
@@ -61,6 +61,20 @@ def clean_table(data: RunData) -> Table | None:
 
 
 # ---------------------------------------------------------------------------------------- (d) attacks
+def _top5_reason(data: RunData, e: str) -> str | None:
+    """Why this attack's top-5 means nothing (``evalspec.top5_reason``, on the parameters as it ran)."""
+    info = data.info(e)
+    resolved = info.get("resolved")
+    return top5_reason(str(info["name"]), resolved if isinstance(resolved, dict) else info["params"])
+
+
+def _no_top5(rec: dict, cells: list) -> None:
+    """Top-5 of this row is not top-5 robustness: 'n/a' in the table, NaN in the tidy CSV."""
+    cells[-1] = NA
+    for t in ("top5", "top5_lo", "top5_hi"):
+        rec[f"{t}_pct"] = NAN
+
+
 def _eps_cell(params: dict) -> str:
     """eps as shown in the attack table; '(norm.)' marks a budget in normalized input units."""
     eps = params.get("eps")
@@ -92,11 +106,14 @@ def attack_table(data: RunData) -> Table | None:
             head = [data.info(obj)["name"], norm, _eps_cell(p),
                     str(p["steps"]) if p.get("steps") is not None else NA]
             cells = []
+            no_top5 = _top5_reason(data, obj)
             for m in data.model_keys:
                 cells += list(_acc_cells(data.agg_row(m, obj)))
                 tidy.append(_acc_record(data, m, obj, attack=data.info(obj)["name"], norm=norm,
                                         eps=p.get("eps"), eps_text=format_eps(p.get("eps")),
                                         steps=p.get("steps"), worst_case=False))
+                if no_top5:
+                    _no_top5(tidy[-1], cells)
         else:
             head = [f"worst case ({len(obj.eval_keys)} attacks)", norm,
                     _eps_cell({"eps": eps, "space": obj.threat[0]}), NA]
@@ -122,6 +139,8 @@ def attack_table(data: RunData) -> Table | None:
                     cells += [fmt_ci(*a1), fmt_ci(*a5)]
                     for t, v in zip(("top1", "top1_lo", "top1_hi", "top5", "top5_lo", "top5_hi"), (*a1, *a5)):
                         rec[f"{t}_pct"] = pct(v)
+                    if any(_top5_reason(data, k) for k in obj.eval_keys):
+                        _no_top5(rec, cells)
                 tidy.append(rec)
         rows.append(([dataset] if multi_ds else []) + head + cells)
     protocol = dataset_lines(data, ev)
@@ -139,6 +158,14 @@ def attack_table(data: RunData) -> Table | None:
                         + "".join(f"; {e}" for e in equivalents) + f"; steps {steps}; {others}")
     protocol.append("Worst case: per sample, correct only if correct under every attack at the same "
                     "dataset, norm and eps (AND over attacks); shown when all those attacks are complete")
+    reasons = {}
+    for k in ev["eval_key"]:
+        why = _top5_reason(data, k)
+        if why:
+            reasons.setdefault(why, []).append(str(data.info(k)["name"]))
+    for why, names in reasons.items():
+        protocol.append(f"Top-5 n/a under {', '.join(dict.fromkeys(names))} (and any worst case including them): {why}, "
+                        "so its images say nothing about top-5 robustness")
     protocol += common_lines(data)
     pairs = [(m, e) for e in ev["eval_key"] for m in data.model_keys]
     notes = incomplete_notes(data, pairs) + notes
