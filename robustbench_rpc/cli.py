@@ -3,6 +3,7 @@ leaderboard. Each subcommand is a small function."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -113,14 +114,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = RunConfig.from_args(args)
     out = run(cfg)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     print(f"results: {Path(out) / 'results.sqlite'}")
-    if os.environ.get("RANK", "0") == "0":  # the run's last words (rank 0): trust checks as stored, report path
-        from .reports.build import checks_text
+    from .reports.build import checks_text
 
-        print(checks_text(out))
+    print(checks_text(out))  # the run's last words: trust checks as stored, report path
     if not args.no_report:
         print(f"report:  {Path(out) / 'index.html'}")
+    if args.strict:
+        failed = _failed_checks(Path(out))
+        if failed:
+            print(f"--strict: {len(failed)} trust check(s) failed ({', '.join(failed[:5])}): exit code 3",
+                  file=sys.stderr)
+            return 3
     return 0
+
+
+def _failed_checks(out: Path) -> list[str]:
+    from .store import ResultsStore
+
+    with ResultsStore(out / "results.sqlite", readonly=True) as store:
+        checks = store.checks()
+    return [str(c) for c in checks.loc[checks["status"] == "fail", "check"]] if not checks.empty else []
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -403,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--compile", action="store_true", help="torch.compile the model")
     r.add_argument("--eot-samples", type=int, default=8, help="EOT samples for stochastic models")
     r.add_argument("--no-report", action="store_true", help="skip writing the report")
+    r.add_argument("--strict", action="store_true",
+                   help="exit with code 3 when any trust check FAILs (for CI jobs that evaluate checkpoints; "
+                        "without it a run exits 0 and reports the failure)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     from .dist import DEFAULT_TIMEOUT_S
 
@@ -448,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--warmup-epochs", type=int, help="learning-rate warm-up epochs")
     t.add_argument("--objective", metavar="NAME", help="standard, pgd-at or trades")
-    t.add_argument("--eps", metavar="EPS", help="L-inf budget of pgd-at / trades (and of the validation PGD), e.g. 8/255")
+    t.add_argument("--eps", metavar="EPS", help="L-inf budget of pgd-at / trades, e.g. 8/255 (the validation PGD's too, "
+                   "unless the recipe sets validation.eps)")
     t.add_argument("--seed", type=int)
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="any recipe key, e.g. objective.steps=10, optim.ema_decay=0.999 (repeatable)")
@@ -529,6 +549,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so the run stops the way Ctrl-C stops it."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    import signal
+
+    def on_term(signum, frame):
+        raise _Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread (an embedding program): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data.folders import ClassMismatchError, UnreadableImageError
@@ -541,15 +583,23 @@ def main(argv: list[str] | None = None) -> int:
     from .evalspec import SuiteError
     from .plugins import PluginError
 
+    from .harness import UnitFault
+
     try:
-        for plugin in args.plugin:
-            load_plugin(plugin)
-        return int(args.fn(args) or 0)
+        with _terminate_as_interrupt():
+            for plugin in args.plugin:
+                load_plugin(plugin)
+            return int(args.fn(args) or 0)
+    except KeyboardInterrupt as e:  # Ctrl-C (130) or SIGTERM (143): every finished unit is in the store
+        code = 143 if isinstance(e, _Terminated) else 130
+        what = "terminated (SIGTERM)" if code == 143 else "interrupted (Ctrl-C)"
+        print(f"{what}: finished units are kept; rerun the same command to resume", file=sys.stderr)
+        return code
     except (SuiteError, UnknownNameError, CheckpointError, FileNotFoundError, DataRootError,
             UnreadableImageError, ClassMismatchError, ModelContractError, PluginError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (RankFailure, StoreError, ModelOutputError) as e:  # faults during a run: NaN logits, a full disk, ...
+    except (RankFailure, StoreError, ModelOutputError, UnitFault) as e:  # faults during a run: NaN logits, full disk
         print(f"error: {e}", file=sys.stderr)
         return 1
 

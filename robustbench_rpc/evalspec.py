@@ -176,6 +176,34 @@ def _plain(v: Any) -> Any:
     return str(v)
 
 
+def _kind_of(default: Any) -> type | None:
+    return bool if isinstance(default, bool) else int if isinstance(default, int) else \
+        float if isinstance(default, float) else str if isinstance(default, str) else None
+
+
+def check_param_types(e: EvalSpec, where: str) -> None:
+    """Each attack parameter of the type its default has (TOML's ``"false"`` is a string, not False;
+    ``12.7`` is not a step count): one line naming the file, the evaluation and the key."""
+    from .attacks import attack_class
+
+    try:
+        params = inspect.signature(attack_class(e.name)).parameters
+    except (TypeError, ValueError):
+        return
+    for key, value in e.params.items():
+        p = params.get(key)
+        kind = _kind_of(p.default) if p is not None and p.default is not inspect.Parameter.empty else None
+        if kind is None or value is None:
+            continue
+        ok = (isinstance(value, bool) if kind is bool else
+              isinstance(value, int) and not isinstance(value, bool) if kind is int else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+              isinstance(value, str))
+        if not ok:
+            want = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}[kind]
+            raise SuiteError(f"{where}: attack {e.name}: {key} must be {want}, got {value!r}")
+
+
 def resolve_attack(e: EvalSpec, amp: str | None, where: str) -> dict[str, Any]:
     """Build the attack once (no model, no data) and return every parameter as it will run (defaults
     included, the run's ``amp`` applied). A misspelt parameter or a bad value fails here, before any
@@ -188,6 +216,7 @@ def resolve_attack(e: EvalSpec, amp: str | None, where: str) -> dict[str, Any]:
     for flag in ("attack_amp", "adaptive"):
         if not isinstance(e.params.get(flag, True), bool):
             raise SuiteError(f"{where}: {flag} must be true or false, got {e.params[flag]!r}")
+    check_param_types(e, where)
     try:
         attack = attacks.get_attack(e.name, **attack_params(e, amp))
     except (ValueError, TypeError) as err:

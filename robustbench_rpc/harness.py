@@ -22,9 +22,15 @@ from .evalspec import EvalSpec, SuiteError, describe_eval
 from .models import PRETRAINED, load_model, sha256_of
 from .plan import ModelSpec, Plan, RunConfig, RunFolderError, default_device
 from .store import ResultsStore, StoreWriteError, lock_folder, stable_key, write_error
+from .preflight import check_input_gradients, check_output
 from .units import STOCHASTIC_EVAL_REPEATS, unit_rows
 
 STORE_NAME = "results.sqlite"
+
+
+class UnitFault(RuntimeError):
+    """A unit that cannot be computed (an attack that breaks its threat model or returns NaN images):
+    one line naming the attack, the unit, the evaluation and the model; finished units are kept."""
 
 
 class Runner:
@@ -50,6 +56,11 @@ class Runner:
         from .store import FolderBusyError
 
         p = self.plan
+        if p.out.is_dir() and not (p.out / STORE_NAME).exists() and any(
+                f.name != ".lock" for f in p.out.iterdir()):
+            raise RunFolderError(f"--out {p.out} is a folder with other files and no {STORE_NAME}: not a run folder; "
+                                 "a run would overwrite its report.md, index.html and results/ (choose an empty or "
+                                 "new folder, or a run folder to resume)")
         try:
             p.out.mkdir(parents=True, exist_ok=True)
             self._lock = lock_folder(p.out)
@@ -68,10 +79,11 @@ class Runner:
         if old is not None and "subset" not in old:  # written when --limit took the first N files
             old = {**old, "subset": {"method": "first-n (before 0.2)", "limit": old.get("limit")}
                    if old.get("limit") is not None else {"method": "all"}}
-        if old is not None and old != p.settings():
-            diff = {k: (old.get(k), v) for k, v in p.settings().items() if old.get(k) != v}
-            raise SuiteError(f"{p.out} already holds a run with other settings "
-                             + ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
+        now = p.settings()
+        if old is not None:  # written before these were settings: nothing to compare them with
+            old = {**{k: now[k] for k in ("eot_samples", "data") if k not in old}, **old}
+        if old is not None and _comparable(old, now) != _comparable(now, old):
+            raise SuiteError(f"{p.out} already holds a run with other settings " + settings_diff(old, now)
                              + "; rerun with the same settings to resume, or choose another --out")
         planned = {e.key: describe_eval(e) for e in p.evals}
         before = store.get_meta("planned_evaluations")
@@ -88,7 +100,7 @@ class Runner:
         added = [label for k, label in planned.items() if k not in before]
         if added and before:
             self.log(f"{p.out}: adding {len(added)} evaluation(s) to the stored run: {'; '.join(added)}")
-        store.set_meta("settings", p.settings())
+        store.set_meta("settings", now)
         store.set_meta("planned_evaluations", {**before, **planned})
         store.set_meta("suite", {**p.suite.to_dict(), "reference_model": next(m.name for m in p.models if m.reference)})
         return store
@@ -169,9 +181,14 @@ class Runner:
         from .attacks.evaluate import NonFiniteLogitsError
 
         ds = p.base_dataset(p.dataset)
-        x = torch.stack([ds[i][0] for i in range(min(8, len(ds)))])
+        x = torch.stack([ds[i][0] for i in range(min(8, len(ds)))]).to(p.device)
+        y = torch.tensor([int(ds[i][1]) for i in range(len(x))], device=p.device)
+        who = f"model {m.display if m else key}"
+        check_output(model, x, self.num_classes.get(key, 0), who)
+        if any(e.kind == "attack" and attacks.is_gradient_based(e.name) for e in p.evals):
+            check_input_gradients(model, x, y, who)
         try:
-            stochastic = attacks.detect_stochastic(model, x.to(p.device))
+            stochastic = attacks.detect_stochastic(model, x)
         except NonFiniteLogitsError as err:
             raise NonFiniteLogitsError(err.count, err.total, f"of {p.dataset} {err.where} (first images, before "
                                        "any evaluation)", f"model {m.display if m else key}") from None
@@ -203,7 +220,7 @@ class Runner:
         return math.ceil(len(self.plan.dataset_for(e)) / self.plan.batch_size)
 
     def run_eval(self, model: torch.nn.Module, model_key: str, m: ModelSpec, e: EvalSpec) -> None:
-        from .attacks.evaluate import NonFiniteLogitsError
+        from .attacks.evaluate import BudgetError, NonFiniteLogitsError
 
         p = self.plan
         ds = p.dataset_for(e)
@@ -238,6 +255,9 @@ class Runner:
                     raise NonFiniteLogitsError(err.count, err.total, f"{err.where + ' ' if err.where else ''}"
                                                f"in unit {unit} of {label} (units finished before are kept)",
                                                f"model {m.display}") from None
+                except BudgetError as err:  # a plug-in attack that breaks its budget or returns NaN
+                    raise UnitFault(f"{err} (unit {unit} of {label} on {m.display}; units finished before are "
+                                    "kept)") from None
 
             try:
                 results = dist.run_everywhere(compute, f"{label} on {m.display}", gather=True)
@@ -250,6 +270,7 @@ class Runner:
             progress.update(1)
         progress.close()
         if self.store is not None:
+            self.store.checkpoint()  # the store file alone holds every finished evaluation (not only its -wal)
             s = self.store.samples(model_key, e.key)
             what = (f"mean confidence {s['confidence'].mean():.3f}" if e.kind == "ood"
                     else f"top-1 {100 * s['correct1'].mean():6.2f}%")
@@ -339,7 +360,6 @@ class Runner:
         if standard:
             self._guarded(model_key, "adaptive_gap", lambda: attacks.check_adaptive_gap(standard, adaptive))
 
-
     def _guarded(self, model_key: str, name: str, fn: Callable[[], Any]) -> None:
         """A check that crashes is recorded as failed (with the error), never silently dropped."""
         try:
@@ -363,9 +383,7 @@ class Runner:
         return {r["name"]: r["dynamics"] for _, r in models.iterrows() if isinstance(r["dynamics"], dict)}
 
     def write_manifest(self) -> None:
-        import json
-
-        from .manifest import build_manifest
+        from .manifest import build_manifest, write_manifest
 
         p = self.plan
         manifest = build_manifest(
@@ -380,7 +398,37 @@ class Runner:
                    "pretrained": [m.display for m in p.models if m.checkpoint == PRETRAINED]},
         )
         self.store.set_meta("manifest", manifest)
-        (p.out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        write_manifest(p.out / "manifest.json", manifest)  # atomic: a cut-short manifest never replaces one
+
+
+def _comparable(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``a`` with its data restricted to the datasets ``b`` reads too: a dataset only one of the runs
+    reads is a change of evaluations, which the planned-evaluations check names."""
+    data = a.get("data")
+    if not isinstance(data, dict) or not isinstance(b.get("data"), dict):
+        return a
+    return {**a, "data": {k: v for k, v in data.items() if k in b["data"]}}
+
+
+def settings_diff(old: dict[str, Any], now: dict[str, Any]) -> str:
+    """'seed=0 (now 1), dataset folder: other images under the same name (...)': what differs, in words."""
+    parts = []
+    for k, v in now.items():
+        if old.get(k) == v:
+            continue
+        if k != "data" or not isinstance(old.get(k), dict):
+            parts.append(f"{k}={old.get(k)!r} (now {v!r})")
+            continue
+        for name, d in v.items():
+            o = old[k].get(name)
+            if o is None:
+                continue  # a dataset only this run reads: an added evaluation, not another setting
+            if o.get("root") != d.get("root"):
+                parts.append(f"dataset {name}: root {o.get('root')} (now {d.get('root')})")
+            elif o != d:
+                parts.append(f"dataset {name}: other images under the same root (listing sha256 "
+                             f"{str(o.get('listing_sha256'))[:12]}..., now {str(d.get('listing_sha256'))[:12]}...)")
+    return ", ".join(parts)
 
 
 def build_model(plan: Plan, m: ModelSpec) -> torch.nn.Module:
