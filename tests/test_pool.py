@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
 from robustbench_rpc.corruptions import CorruptedDataset
@@ -159,3 +160,106 @@ def test_decoder_uint8_path_gives_the_same_corrupted_pixels(tmp_path):
     assert val.uint8_item(1) is not None
     for i in range(3):
         assert torch.equal(direct[i][0], via_float[i][0]) and direct[i][2] == via_float[i][2]
+
+
+# ----------------------------------------------------------------- workers die with their run (issue 21 §5)
+
+def test_a_forked_child_closes_its_copy_of_the_run_lock_and_releases_nothing(tmp_path):
+    import fcntl
+    import multiprocessing as mp
+
+    from robustbench_rpc.folder_lock import lock_folder
+
+    lock = lock_folder(tmp_path)
+
+    def child(q):
+        try:
+            fd = os.open(tmp_path / ".lock", os.O_RDWR)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            q.put("taken")
+        except BlockingIOError:
+            q.put(("held by the parent", lock._fd))
+
+    q = mp.get_context("fork").Queue()
+    p = mp.get_context("fork").Process(target=child, args=(q,))
+    p.start()
+    p.join(30)
+    assert q.get(timeout=5) == ("held by the parent", None)  # the child's copy is closed; the lock stands
+    fd = os.open(tmp_path / ".lock", os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):  # and still after the child exited
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.release()
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+
+
+def test_die_with_parent_exits_when_the_parent_is_already_gone():
+    import multiprocessing as mp
+
+    from robustbench_rpc.data.pool import die_with_parent
+
+    ctx = mp.get_context("fork")
+    ok = ctx.Process(target=lambda: os._exit(0 if die_with_parent(os.getppid()) else 3))
+    late = ctx.Process(target=lambda: (die_with_parent(os.getppid() + 999_999), os._exit(0)))
+    for p in (ok, late):
+        p.start()
+        p.join(30)
+    assert ok.exitcode == 0  # armed (Linux)
+    assert late.exitcode == 1  # "the parent" is not ours any more: exit at once
+
+
+def test_kill_9_of_a_run_with_workers_then_an_immediate_resume(tmp_path):
+    """The real scenario: `run --workers 2` killed with SIGKILL mid-run, the same command at once."""
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from robustbench_rpc.cli import main
+    from robustbench_rpc.folder_lock import lock_folder
+
+    suite = tmp_path / "s.toml"
+    suite.write_text('name = "k"\n[defaults]\nbatch_size = 8\nlimit = 32\n[[evaluation]]\nkind = "clean"\n'
+                     '[[evaluation]]\nkind = "corruption"\ncorruptions = ["gaussian_noise"]\nseverities = [1, 2]\n')
+    out = tmp_path / "o"
+    args = ["run", "--suite", str(suite), "--model", "symvit_micro_patch4_32:packaged", "--out", str(out),
+            "--workers", "2", "--no-progress", "--no-report", "--device", "cpu"]
+    # a fresh interpreter, as a user's command (a fork of this process would inherit its OpenMP pool and hang)
+    p = subprocess.Popen([sys.executable, "-m", "robustbench_rpc", *args], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
+
+    def units() -> int:
+        try:
+            with sqlite3.connect(f"file:{out / 'results.sqlite'}?mode=ro", uri=True, timeout=1) as con:
+                return con.execute("SELECT COUNT(*) FROM units").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+
+    t0 = time.time()
+    while units() < 2 and p.poll() is None and time.time() - t0 < 240:
+        time.sleep(0.02)
+    assert p.poll() is None, p.stderr.read().decode()[-1000:]
+    workers = [int(c) for t in os.listdir(f"/proc/{p.pid}/task")
+               for c in open(f"/proc/{p.pid}/task/{t}/children").read().split()]
+    assert len(workers) == 2
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    killed = time.time()
+    lock_folder(out).release()  # what the rerun does first: at once, not after the orphans' ~5 s
+
+    def running(pid: int) -> bool:
+        try:
+            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    while any(running(w) for w in workers) and time.time() - killed < 10:
+        time.sleep(0.01)
+    assert time.time() - killed < 2, "the workers outlived their run"  # measured: ~0.1 s (was ~5 s)
+    done = units()
+    assert 2 <= done < 12
+    assert main(args) == 0  # resumes
+    assert units() == 12

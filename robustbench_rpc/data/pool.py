@@ -5,8 +5,9 @@ Why: the harness used a fresh ``DataLoader`` per evaluation, so each of a sweep'
 severity evaluations forked its workers anew and each worker inherited the parent's intra-op thread
 count. On a 2-core machine that made two workers *slower* than one process (benchmarks/RESULTS.md: 0.35x
 of a plain ``imagecorruptions`` loop): the fork and import cost landed on every evaluation, and 2 workers
-x 2 torch/BLAS threads fought over 2 cores. Here the workers start once (``persistent_workers``), each
-runs single-threaded (``torch.set_num_threads(1)`` and a threadpoolctl limit for numpy's BLAS), keeps
+x 2 torch/BLAS threads fought over 2 cores. Here the workers start once (``persistent_workers``), die with
+their parent (:func:`die_with_parent`), each runs single-threaded (``torch.set_num_threads(1)`` and a
+threadpoolctl limit for numpy's BLAS), keeps
 large buffers on its heap instead of a fresh zero-filled mmap per array (:func:`keep_large_buffers_on_heap`;
 this, not threads, was what made a worker ~2x slower per image than the parent on defocus_blur), and an
 evaluation only hands them its batches. Items are addressed as ``(dataset key, position)``; every
@@ -17,6 +18,8 @@ Images are identical for any number of workers: every on-the-fly corruption is s
 """
 from __future__ import annotations
 
+import functools
+import os
 import sys
 from typing import Any, Hashable, Iterator, Mapping, Sequence
 
@@ -80,7 +83,32 @@ def keep_large_buffers_on_heap() -> bool:
     return on_heap and kept
 
 
-def _single_threaded_worker(_: int) -> None:
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int) -> bool:
+    """Linux: have the kernel SIGKILL this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``), so data
+    workers never outlive a killed run (they lingered ~5 s, or as long as their batch took, and held its
+    files). Then the documented race: a parent that died before the call has already handed this process
+    to init or a subreaper, so ``getppid()`` no longer names it, and the process exits at once. "Parent" is
+    the thread that forked the worker: the one that first iterates the RunLoader (the main thread in run
+    and train). False where prctl is not available (the worker's watchdog still ends it)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import signal
+
+    try:
+        armed = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    return armed
+
+
+def _single_threaded_worker(parent_pid: int, _: int) -> None:
+    die_with_parent(parent_pid)
     torch.set_num_threads(1)
     try:
         from threadpoolctl import threadpool_limits
@@ -111,7 +139,8 @@ class RunLoader:
         self._feed = _Feed()
         kwargs: dict[str, Any] = {}
         if num_workers > 0:
-            kwargs.update(persistent_workers=True, worker_init_fn=_single_threaded_worker)
+            init = functools.partial(_single_threaded_worker, os.getpid())
+            kwargs.update(persistent_workers=True, worker_init_fn=init)
             if prefetch_factor is not None:
                 kwargs["prefetch_factor"] = prefetch_factor
         self.num_workers = num_workers
