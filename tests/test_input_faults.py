@@ -95,6 +95,9 @@ def test_plugin_registering_an_existing_name_names_both_registrants(tmp_path, ca
     err = _one_error_line(capsys)
     assert re.search(r"attention variant 'rpc' is already registered by robustbench_rpc\.attention\.\w+ \(", err)
     assert f"({path2}:2) registers it again" in err
+    from robustbench_rpc.attention import SymmetricAttention
+
+    assert SymmetricAttention.variant_name == "symmetric"  # a refused registration leaves the class as it was
 
 
 def test_plugin_module_not_found_and_the_same_file_twice(tmp_path, capsys, monkeypatch):

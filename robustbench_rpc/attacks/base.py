@@ -47,9 +47,10 @@ def register_attack(name: str, *, overwrite: bool = False):
     attack's parameters and must return a callable ``attack(model, images, labels) -> x_adv``."""
 
     def deco(obj):
+        ATTACKS.register(name, overwrite=overwrite)(obj)  # first: a refused name leaves the class as it was
         if isinstance(obj, type) and issubclass(obj, Attack) and "name" not in obj.__dict__:
             obj.name = name
-        return ATTACKS.register(name, overwrite=overwrite)(obj)
+        return obj
 
     return deco
 

@@ -21,8 +21,9 @@ def register_attention(name: str):
     """Class decorator: make an attention variant usable by name everywhere (API, suites, CLI)."""
 
     def deco(cls: type[nn.Module]) -> type[nn.Module]:
+        ATTENTIONS.register(name)(cls)  # first: a refused name leaves the class as it was
         cls.variant_name = name
-        return ATTENTIONS.register(name)(cls)
+        return cls
 
     return deco
 

@@ -28,8 +28,9 @@ def register_diagnostic(name: str):
     """Class decorator: make a diagnostic usable by name (API, ``robustbench-rpc diagnose``, suites)."""
 
     def deco(cls):
+        DIAGNOSTICS.register(name)(cls)  # first: a refused name leaves the class as it was
         cls.name = name
-        return DIAGNOSTICS.register(name)(cls)
+        return cls
 
     return deco
 

@@ -33,8 +33,9 @@ def register_head(name: str):
     """Class decorator: make a head usable by name (``train-head --head NAME``, ``--model BACKBONE+NAME:CKPT``)."""
 
     def deco(cls: type["Head"]) -> type["Head"]:
+        HEADS.register(name)(cls)  # first: a refused name leaves the class as it was
         cls.head_name = name
-        return HEADS.register(name)(cls)
+        return cls
 
     return deco
 

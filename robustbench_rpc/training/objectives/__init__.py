@@ -23,8 +23,9 @@ def register_objective(name: str):
     """Class decorator: ``@register_objective("my-objective")`` makes it a recipe's ``objective.name``."""
 
     def deco(cls: type["Objective"]) -> type["Objective"]:
+        OBJECTIVES.register(name)(cls)  # first: a refused name leaves the class as it was
         cls.name = name
-        return OBJECTIVES.register(name)(cls)
+        return cls
 
     return deco
 
