@@ -33,6 +33,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import threading
+from pathlib import Path
 
 import torch
 
@@ -84,14 +85,16 @@ class _Runtime:
 
 
 def _loaded_openmp_runtimes() -> list[str]:
-    """Paths of the OpenMP runtimes mapped into this process (torch's wheel ships torch/lib/libgomp.so.1)."""
+    """Paths of the OpenMP runtimes mapped into this process, torch's own first (its wheel ships
+    torch/lib/libgomp.so.1; another copy loaded by e.g. scikit-learn runs a different thread pool)."""
     try:
         with open("/proc/self/maps") as f:
             paths = {line.split()[-1] for line in f if "/" in line}
     except OSError:
         return []
-    return sorted(p for p in paths if p.rsplit("/", 1)[-1].startswith(("libgomp", "libiomp5", "libomp."))
-                  and ".so" in p)
+    torch_lib = str(Path(torch.__file__).resolve().parent)
+    found = [p for p in paths if p.rsplit("/", 1)[-1].startswith(("libgomp", "libiomp5", "libomp.")) and ".so" in p]
+    return sorted(found, key=lambda p: (not p.startswith(torch_lib), p))
 
 
 _runtime: _Runtime | None = None
