@@ -409,9 +409,11 @@ class Plan:
             from .data import subsets
 
             clean = self.base_dataset(self.dataset)
-            try:
-                ds = subsets.take(ds, subsets.positions_of_ids(ds, subsets.sample_ids(clean),
-                                                               f"{p['source']} {p['corruption']} s{p['severity']}"))
+            what = f"{p['source']} {p['corruption']} s{p['severity']}"
+            try:  # by file (a tree of only the subset's files), else by the listing's ids
+                positions = subsets.match_by_relative_path(ds, clean)
+                ds = subsets.take(ds, positions if positions is not None
+                                  else subsets.positions_of_ids(ds, subsets.sample_ids(clean), what))
             except subsets.SubsetError as err:
                 raise SuiteError(str(err)) from None
         from .data.images import check_readable

@@ -339,3 +339,23 @@ def test_corruption_scores_follow_robustbenchs_corruptions_evaluation():
     assert round(100 * metrics.robustbench_corruption_scores(alex)["corruptions_acc"], 2) == 21.12
     with pytest.raises(KeyError, match="speckle_noise s1"):
         metrics.robustbench_corruption_scores({("speckle_noise", 1): 0.5}, alex)
+
+
+def test_imagenet_c_tree_of_only_the_subsets_files_lines_up_with_the_clean_images(tmp_path, cnn224):
+    """RobustBench's loaders accept an ImageNet-C tree that holds only the listed files; its images are
+    matched to the clean ones by class folder and file name and carry the clean images' ids."""
+    n = 6
+    listed = _imagenet_tree(tmp_path / "val", n, None, seed=1)
+    for c in ("fog", "shot_noise"):
+        _imagenet_tree(tmp_path / "ImageNet-C" / c / "2", n, (224, 224), seed=2)
+        for f in (tmp_path / "ImageNet-C" / c / "2").rglob("*.JPEG"):
+            if "/".join(f.parts[-2:]) not in listed:
+                f.unlink()  # the decoys: the tree now holds the subset's files only
+    plan = _plan(tmp_path, IMAGENET_SUITE, models=[cnn224], subset=f"robustbench-imagenet-5000:{n}",
+                 data_roots={"imagenet": str(tmp_path / "val"), "imagenet-c": str(tmp_path / "ImageNet-C")})
+    clean_ids = {rel: sid for rel, (_, _, sid) in _items(plan.base_dataset("imagenet")).items()}
+    for e in plan.evals:
+        if e.kind == "corruption":
+            corrupted = _items(plan.dataset_for(e))
+            assert sorted(corrupted) == sorted(listed)
+            assert all(corrupted[rel][2] == clean_ids[rel] for rel in listed)

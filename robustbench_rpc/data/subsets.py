@@ -240,3 +240,29 @@ def listing_fingerprint(ds: Dataset) -> str:
             size = "?"
         digest.update(f"{Path(rel).as_posix()}\t{size}\n".encode())
     return digest.hexdigest()
+
+
+def match_by_relative_path(ds: Dataset, reference: Dataset) -> list[int] | None:
+    """Positions in ``ds`` (an on-disk set with ``samples``) of the images of ``reference`` (the clean
+    subset), matched by class folder and file name (ImageNet-C keeps val's ``wnid/name.JPEG``), with
+    each matched item given the reference's sample id, so a tree holding only the subset's files (as
+    RobustBench's loaders accept) lines up with the clean images. None when either has no paths or some
+    image has no file of its name here (the caller then matches by sample id, and says what is missing)."""
+    positions_in_ref = None
+    if isinstance(reference, Subset):  # the clean subset: its base's listing at the chosen positions
+        reference, positions_in_ref = reference.dataset, list(reference.indices)
+    _, ref_ids, ref_paths = _listing(reference)
+    if ref_paths is not None and positions_in_ref is not None:
+        ref_ids, ref_paths = [ref_ids[i] for i in positions_in_ref], [ref_paths[i] for i in positions_in_ref]
+    samples = getattr(ds, "samples", None)
+    if ref_paths is None or not isinstance(samples, list) or not samples or len(samples[0]) != 3:
+        return None
+    tail = lambda p: "/".join(Path(p).parts[-2:])  # noqa: E731
+    by_tail = {tail(p): pos for pos, (p, _, _) in enumerate(samples)}
+    if any(tail(rel) not in by_tail for rel in ref_paths):
+        return None  # other file names (e.g. a generated layout's 00000042.png): match by the listing's ids
+    positions = [by_tail[tail(rel)] for rel in ref_paths]
+    for pos, sid in zip(positions, ref_ids):
+        path, label, _ = samples[pos]
+        samples[pos] = (path, label, int(sid))
+    return sorted(positions)
