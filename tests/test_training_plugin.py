@@ -120,7 +120,8 @@ def test_a_missing_plugin_names_the_file_the_training_loaded(tmp_path):
     build = {"model": "symvit_micro_patch4_32", "attention": {"variant": "someone_elses_variant", "layers": "all"},
              "plugins": ["/home/me/my_attention.py"]}
     with pytest.raises(CheckpointError, match="'someone_elses_variant', which is not registered: pass the plug-in "
-                                              "that defines it \\(the training loaded --plugin /home/me/my_attention.py"):
+                                              "that defines it \\(the training loaded --plugin "
+                                              "/home/me/my_attention.py"):
         apply_recorded_attention(model, build, "x.safetensors", "symvit_micro_patch4_32")
 
 

@@ -64,7 +64,8 @@ def test_file_values_defaults_and_overrides(tmp_path):
     assert r.objective.eps == pytest.approx(4 / 255) and r.validation.eps == pytest.approx(4 / 255)
     assert r.validation.step_size == pytest.approx(2.5 * (4 / 255) / 10)  # the project's PGD default
     assert r.validation.select == "pgd" and r.optim.batch_size == 64  # resolved / defaulted
-    assert r.sha256() == build_recipe(_file(tmp_path, GOOD), {"optim.lr": 2e-3, "model.kwargs": {"num_heads": 2}}).sha256()
+    same = build_recipe(_file(tmp_path, GOOD), {"optim.lr": 2e-3, "model.kwargs": {"num_heads": 2}})
+    assert r.sha256() == same.sha256()
     assert r.sha256() != build_recipe(_file(tmp_path, GOOD)).sha256()
 
 
@@ -85,7 +86,8 @@ def test_file_values_defaults_and_overrides(tmp_path):
     ('[data]\ndataset = "digits32"\n', "model.name is required"),
     ('model = 3\n', "[model] must be a table"),
     ('[model]\nname = "m"\n[objective]\nstep_ramp_epochs = 3\n', "step_ramp_epochs only applies to pgd-at and trades"),
-    ('[model]\nname = "m"\n[validation]\nselect = "pgd"\nsteps = 0\n', "validation.select = 'pgd' needs validation.steps"),
+    ('[model]\nname = "m"\n[validation]\nselect = "pgd"\nsteps = 0\n',
+     "validation.select = 'pgd' needs validation.steps"),
 ])
 def test_bad_recipe_files_are_one_line_naming_the_key(tmp_path, text, expected):
     path = _file(tmp_path, text)
@@ -106,6 +108,7 @@ def test_bad_recipe_files_are_one_line_naming_the_key(tmp_path, text, expected):
     (["--set", "nope"], "--set expects SECTION.KEY=VALUE"),
     (["--recipe", "symvit_micro_pgdat"], "unknown recipe 'symvit_micro_pgdat'. Did you mean"),
     (["--dataset", "folder"], "dataset 'folder' lives on disk: pass --data-root PATH"),
+    (["--data-root", "/"], "data.root is set but digits32 does not read it (embedded data); drop it"),
     (["--model-arg", "num_classes=4"], "predicts 4 classes but digits32 has 10"),
     (["--model-arg", "img_size=64"], "takes 3x64x64 images but digits32 has 3x32x32"),
     (["--init", "nothing.safetensors"], "model.init: no checkpoint file nothing.safetensors"),

@@ -111,7 +111,7 @@ class TrainData:
         return self._val_batches(units)
 
 
-def _split(labels: Sequence[int], holdout: float, limit: int) -> tuple[list[int], list[int]]:
+def split_positions(labels: Sequence[int], holdout: float, limit: int) -> tuple[list[int], list[int]]:
     """(train positions, held-out positions): the held-out part and the limit spread over the classes."""
     held = stratified_indices(labels, round(holdout * len(labels))) if holdout > 0 else []
     held_set = set(held)
@@ -140,7 +140,7 @@ def _in_memory(name: str, images: torch.Tensor, labels: torch.Tensor, val_images
         raise RecipeError(f"data.augment '{augment}' needs on-disk images; {name} takes "
                           f"{', '.join(IN_MEMORY_AUGMENTS)}")
     holdout = v.holdout or 0.0
-    train, held = _split(labels.tolist(), holdout, d.limit)
+    train, held = split_positions(labels.tolist(), holdout, d.limit)
     if held:
         val_images, val_labels, val_name = images[held], labels[held], f"{name}-train (held out {holdout:g})"
     idx = torch.as_tensor(train)
@@ -215,6 +215,11 @@ def build_data(recipe, data_config: dict[str, Any], workers: int = 0) -> TrainDa
     decoded by ``workers`` processes); every root, class folder and option is checked here, before any
     training step."""
     name = recipe.data.dataset
+    unused = [k for k, used in (("data.root", name != "digits32"), ("data.val_root", name in ("folder", "imagenet")))
+              if getattr(recipe.data, k.split(".")[1]) and not used]
+    if unused:
+        raise RecipeError(f"{unused[0]} is set but {name} does not read it (" +
+                          ("embedded data" if name == "digits32" else "its test split validates") + "); drop it")
     if name == "digits32":
         return _digits(recipe)
     if name in _CIFAR:

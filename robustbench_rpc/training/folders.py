@@ -18,7 +18,7 @@ from ..data.folders import (ClassMismatchError, ImageSampleFolder, ImageNetVal, 
                             scan_class_folders, transform_from_data_config)
 from ..data.imagenet_classes import IMAGENET_WNIDS
 from ..data.pool import RunLoader
-from .data import DEFAULT_AUGMENT, ON_DISK_AUGMENTS, TrainData, _split, listing_sha256, sample_seed
+from .data import DEFAULT_AUGMENT, ON_DISK_AUGMENTS, TrainData, listing_sha256, sample_seed, split_positions
 from .recipe import RecipeError
 
 
@@ -112,7 +112,7 @@ def folder_data(name: str, root: Path, recipe, data_config: dict[str, Any], work
             if not val_dir.is_dir():
                 raise RecipeError(f"data.val_root is not a folder: {val_dir}")
         holdout = v.holdout if v.holdout is not None else (0.1 if name == "folder" and val_dir is None else 0.0)
-        train, held = _split([s[1] for s in samples], holdout, d.limit)
+        train, held = split_positions([s[1] for s in samples], holdout, d.limit)
         evaluation = transform_from_data_config(data_config)
         val, val_name = _validation(name, classes, samples, held, val_dir, recipe, evaluation)
     except (ClassMismatchError, FileNotFoundError, UnreadableImageError) as e:

@@ -16,7 +16,7 @@ from .state import atomic_write
 
 COLUMNS = ("epoch", "lr", "loss", "train_acc", "n_val", "clean_acc", "clean_lo", "clean_hi", "pgd_acc", "pgd_lo",
            "pgd_hi", "train_s", "val_s", "images_per_s", "best")
-PLOT_EVERY_S = 30.0
+PLOT_EVERY_S = 60.0
 
 
 def _pct(v: Any) -> str:
@@ -45,7 +45,7 @@ class EpochLog:
     def __init__(self, out: Path, main: bool, progress: bool | None, log: Callable[[str], None]):
         self.out, self.main, self.log = Path(out), main, log
         self.progress = main and (sys.stderr.isatty() if progress is None else progress)
-        self._plotted = 0.0
+        self._plotted = time.monotonic()  # the first plot after PLOT_EVERY_S, or at the end
 
     def bar(self, steps: int, desc: str) -> Any:
         from tqdm.auto import tqdm

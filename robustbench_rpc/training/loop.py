@@ -93,6 +93,7 @@ class Job:
     best: dict[str, Any] = field(default_factory=dict)
     start_epoch: int = 0
     step: int = 0
+    git: dict[str, Any] | None = None
 
     @property
     def eval_model(self) -> nn.Module:
@@ -122,8 +123,10 @@ def prepare(recipe: Recipe, out: Path, cfg: Settings, ranks: Ranks, log: Callabl
         ema = ModelEmaV3(model, decay=recipe.optim.ema_decay, use_warmup=recipe.optim.ema_warmup)
     settings = {"device_type": torch.device(ranks.device).type, "amp": ranks.amp, "world_size": ranks.world,
                 "threads": torch.get_num_threads(), "workers": cfg.workers}
+    from ..manifest import git_state
+
     return Job(recipe, out, ranks, model, model, data, objective, opt, params, sched, ema, gen, record, settings,
-               log, EpochLog(out, ranks.main, cfg.progress, log))
+               log, EpochLog(out, ranks.main, cfg.progress, log), git=git_state() if ranks.main else None)
 
 
 def resume(job: Job) -> None:
@@ -217,8 +220,6 @@ def _selected(row: dict[str, Any], select: str) -> float | None:
 
 
 def metadata(job: Job, kind: str, epoch: int) -> dict[str, Any]:
-    from ..manifest import git_state
-
     d = job.data
     meta = {**job.record, "recipe": job.recipe.to_dict(), "recipe_sha256": job.recipe.sha256(),
             "recipe_source": job.recipe.source, "checkpoint": {"kind": kind, "epoch": epoch,
@@ -226,7 +227,7 @@ def metadata(job: Job, kind: str, epoch: int) -> dict[str, Any]:
             "data": {"dataset": d.name, "n_train": d.n_train, "sha256": d.sha256, "validation": d.val_name,
                      **d.describe},
             "dataset": f"{d.name}-train", "metrics": job.history, "settings": job.settings,
-            "torch": torch.__version__, "git": git_state()}
+            "torch": torch.__version__, "git": job.git}
     if job.record.get("init"):
         meta["init_sha256"] = job.record["init"]["sha256"]
     return meta

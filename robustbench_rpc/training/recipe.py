@@ -92,7 +92,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "": {"name": Field("str", ""), "version": Field("int", 1, _at_least_one), "description": Field("str", ""),
          "seed": Field("int", 0)},
     "model": {
-        "name": Field("str", None, optional=True), "kwargs": Field("table", {}), "init": Field("str", None, optional=True),
+        "name": Field("str", None, optional=True), "kwargs": Field("table", {}),
+        "init": Field("str", None, optional=True),
         "attention": Field("str", None, optional=True), "attention_layers": Field("layers", "all"),
         "attention_args": Field("table", {}), "attention_reinit": Field("bool", False),
         "data_config": Field("table", {}),

@@ -19,6 +19,7 @@ import torch
 from ..attacks import get_attack
 from ..data.subsets import stratified_indices
 from ..metrics import wilson_interval
+from .ddp import AMP_DTYPES
 
 
 def val_units(labels: list[int], limit: int, batch_size: int) -> list[list[int]]:
@@ -54,8 +55,6 @@ def validate(model: torch.nn.Module, data, recipe, epoch: int, ranks) -> dict[st
     t0 = time.perf_counter()
     units = val_units(data.val_labels, v.limit, v.batch_size)
     mine = list(range(ranks.rank, len(units), ranks.world))
-    from .ddp import AMP_DTYPES
-
     was = model.training
     model.eval()
     try:
