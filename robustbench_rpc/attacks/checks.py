@@ -180,6 +180,42 @@ def _float64_model(model: nn.Module, x: torch.Tensor) -> nn.Module | None:
         return None
 
 
+def _probe_points(images: torch.Tensor, n_samples: int, seed: int, device) -> torch.Tensor:
+    """The first images, moved off exact ties: flat image regions (black digit backgrounds, saturated
+    skies) make max-pool windows and ReLU inputs tie exactly, where a normal network has a genuine kink and
+    finite differences disagree with autograd. A jitter of ~1e-3 breaks the ties; a quantizing or
+    detaching layer still has zero gradient at the jittered points, so it is still caught."""
+    x = images[:n_samples].detach().to(device)
+    gen_x = torch.Generator(device="cpu").manual_seed(seed + 1)
+    jitter = (torch.rand(x.shape, generator=gen_x, dtype=torch.float64) * 2 - 1).to(device=device, dtype=x.dtype)
+    return 1e-3 + (1 - 2e-3) * x + 1e-3 * jitter
+
+
+def _derivatives(m: nn.Module, xd: torch.Tensor, y: torch.Tensor, h: float, n_directions: int, seed: int):
+    """(margin values, input gradient, autograd directional derivatives, central finite differences) along
+    ``n_directions`` random unit directions per sample."""
+    def loss(inp: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+        out = m(inp)
+        check_logits(out, inp.shape[0])
+        return _margin(out.to(inp.dtype), yy)
+
+    xg = xd.clone().requires_grad_(True)
+    with torch.enable_grad():
+        value = loss(xg, y)
+        grad = torch.autograd.grad(value.sum(), xg, allow_unused=True)[0] if value.requires_grad else None
+    grad = torch.zeros_like(xd) if grad is None else grad.detach()
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    b, k = xd.shape[0], n_directions
+    v = torch.randn((k, *xd.shape), generator=gen, dtype=torch.float64).to(device=xd.device, dtype=xd.dtype)
+    v = v / lp_norms(v.flatten(0, 1), "L2").reshape(k, b, *([1] * (xd.dim() - 1)))
+    ad = (grad.unsqueeze(0) * v).flatten(2).sum(-1)  # (k, b)
+    with torch.no_grad():
+        yy = y.repeat(k)
+        plus = loss((xd.unsqueeze(0) + h * v).flatten(0, 1), yy).reshape(k, b)
+        minus = loss((xd.unsqueeze(0) - h * v).flatten(0, 1), yy).reshape(k, b)
+    return value.detach(), grad, ad, (plus - minus) / (2 * h)
+
+
 def check_differentiability(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, n_samples: int = 8,
                             n_directions: int = 4, rtol: float | None = None, step: float | None = None,
                             dtype: str = "auto", seed: int = 0, name: str = "differentiability") -> CheckResult:
@@ -193,14 +229,7 @@ def check_differentiability(model: nn.Module, images: torch.Tensor, labels: torc
     if dtype not in ("auto", "float64", "float32"):
         raise ValueError(f"dtype must be 'auto', 'float64' or 'float32', got {dtype!r}")
     device = model_device(model, images.device)
-    x = images[:n_samples].detach().to(device)
-    # Move the probe points off exact ties: flat image regions (black digit backgrounds, saturated skies)
-    # make max-pool windows and ReLU inputs tie exactly, where a normal network has a genuine kink and
-    # finite differences disagree with autograd. A jitter of ~1e-3 breaks the ties; a quantizing or
-    # detaching layer still has zero gradient at the jittered points, so it is still caught.
-    gen_x = torch.Generator(device="cpu").manual_seed(seed + 1)
-    jitter = (torch.rand(x.shape, generator=gen_x, dtype=torch.float64) * 2 - 1).to(device=device, dtype=x.dtype)
-    x = 1e-3 + (1 - 2e-3) * x + 1e-3 * jitter
+    x = _probe_points(images, n_samples, seed, device)
     y = torch.as_tensor(labels)[:n_samples].to(device).long()
     with eval_mode(model):
         if detect_stochastic(model, x):
@@ -211,48 +240,26 @@ def check_differentiability(model: nn.Module, images: torch.Tensor, labels: torc
             raise ValueError("the model does not run in float64; use dtype='auto' or 'float32'")
         if m is not None:
             m.eval()
-            xd, used = x.double(), "float64"
-            h = 1e-4 if step is None else step
-            rtol = 0.05 if rtol is None else rtol
+            xd, used, h, rtol = x.double(), "float64", 1e-4 if step is None else step, 0.05 if rtol is None else rtol
         else:
             m, xd, used = model, x.float(), "float32"
-            h = 1e-2 if step is None else step
-            rtol = 0.2 if rtol is None else rtol
-
-        def loss(inp: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
-            out = m(inp)
-            check_logits(out, inp.shape[0])
-            return _margin(out.to(inp.dtype), yy)
-
-        xg = xd.clone().requires_grad_(True)
-        with torch.enable_grad():
-            value = loss(xg, y)
-            if value.requires_grad:
-                (grad,) = torch.autograd.grad(value.sum(), xg, allow_unused=True)
-            else:
-                grad = None
-        grad = torch.zeros_like(xd) if grad is None else grad.detach()
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        b, k = xd.shape[0], n_directions
-        v = torch.randn((k, *xd.shape), generator=gen, dtype=torch.float64).to(device=device, dtype=xd.dtype)
-        v = v / lp_norms(v.flatten(0, 1), "L2").reshape(k, b, *([1] * (xd.dim() - 1)))
-        ad = (grad.unsqueeze(0) * v).flatten(2).sum(-1)  # (k, b)
-        with torch.no_grad():
-            yy = y.repeat(k)
-            plus = loss((xd.unsqueeze(0) + h * v).flatten(0, 1), yy).reshape(k, b)
-            minus = loss((xd.unsqueeze(0) - h * v).flatten(0, 1), yy).reshape(k, b)
-        fd = (plus - minus) / (2 * h)
+            h, rtol = 1e-2 if step is None else step, 0.2 if rtol is None else rtol
+        value, grad, ad, fd = _derivatives(m, xd, y, h, n_directions, seed)
     gnorm = lp_norms(grad, "L2")
-    zero = gnorm <= 1e-12 * (1 + value.detach().abs())
+    zero = gnorm <= 1e-12 * (1 + value.abs())
     floor = 1e-3 * gnorm / math.sqrt(max(xd[0].numel(), 1)) + 1e-12
     rel = (ad - fd).abs() / torch.maximum(torch.maximum(ad.abs(), fd.abs()), floor.unsqueeze(0))
     per_sample = rel.median(dim=0).values
     mismatch = (per_sample > rtol) & ~zero
     zero_frac, mis_frac = float(zero.double().mean()), float(mismatch.double().mean())
-    details = {"dtype": used, "step": h, "rtol": rtol, "n_samples": b, "n_directions": k,
+    details = {"dtype": used, "step": h, "rtol": rtol, "n_samples": xd.shape[0], "n_directions": n_directions,
                "zero_gradient_fraction": zero_frac, "mismatch_fraction": mis_frac,
                "median_relative_error": float(per_sample.median()),
                "grad_norms": [float(t) for t in gnorm]}
+    return _differentiability_verdict(name, zero_frac, mis_frac, used, details)
+
+
+def _differentiability_verdict(name: str, zero_frac: float, mis_frac: float, used: str, details: dict) -> CheckResult:
     if zero_frac >= 0.5:
         return CheckResult(name, "fail", f"input gradients are zero for {zero_frac:.0%} of samples: a "
                            "non-differentiable layer (quantization, .detach(), argmax) masks gradients, so gradient "

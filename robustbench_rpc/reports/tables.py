@@ -83,6 +83,77 @@ def _eps_cell(params: dict) -> str:
     return format_eps(eps) + (" (norm.)" if params.get("space") == "normalized" else "")
 
 
+def _attack_row_cells(data: RunData, e: str, norm: str, tidy: list[dict]) -> tuple[list, list]:
+    """(head, cells) of one attack evaluation's row; its tidy records appended to ``tidy``."""
+    p = data.info(e)["params"]
+    head = [data.info(e)["name"], norm, _eps_cell(p), str(p["steps"]) if p.get("steps") is not None else NA]
+    cells: list = []
+    no_top5 = _top5_reason(data, e)
+    for m in data.model_keys:
+        cells += list(_acc_cells(data.agg_row(m, e)))
+        tidy.append(_acc_record(data, m, e, attack=data.info(e)["name"], norm=norm, eps=p.get("eps"),
+                                eps_text=format_eps(p.get("eps")), steps=p.get("steps"), worst_case=False))
+        if no_top5:
+            _no_top5(tidy[-1], cells)
+    return head, cells
+
+
+def _worst_row_cells(data: RunData, g, dataset: str, norm: str, eps: float, tidy: list[dict],
+                     notes: list[str]) -> tuple[list, list]:
+    """(head, cells) of one worst-case group's row (per-sample AND over its attacks)."""
+    head = [f"worst case ({len(g.eval_keys)} attacks)", norm, _eps_cell({"eps": eps, "space": g.threat[0]}), NA]
+    cells: list = []
+    stats = ("top1", "top1_lo", "top1_hi", "top5", "top5_lo", "top5_hi")
+    for m in data.model_keys:
+        wc, why = worst_case(data, m, g)
+        rec = {"model": data.name(m), "model_key": m, "eval_key": None, "evaluation": g.label,
+               "dataset": dataset, "attack": "worst_case", "norm": norm, "eps": eps,
+               "eps_text": format_eps(eps), "steps": None, "worst_case": True, "n": 0 if wc is None else len(wc),
+               "n_expected": int(data.agg_row(m, g.eval_keys[0])["n_expected"]), "complete": wc is not None,
+               "complete_pct": 100.0 if wc is not None else NAN}
+        if wc is None:
+            cells += [None, None]
+            if why != "incomplete":
+                notes.append(f"worst case of {data.name(m)} at {norm} eps={format_eps(eps)}: {why}")
+            rec.update({f"{t}_pct": NAN for t in stats})
+        else:
+            a1, a5 = acc_stats(wc["correct1"]), acc_stats(wc["correct5"])
+            cells += [fmt_ci(*a1), fmt_ci(*a5)]
+            rec.update({f"{t}_pct": pct(v) for t, v in zip(stats, (*a1, *a5))})
+            if any(_top5_reason(data, k) for k in g.eval_keys):
+                _no_top5(rec, cells)
+        tidy.append(rec)
+    return head, cells
+
+
+def _attack_protocol(data: RunData, ev: pd.DataFrame) -> list[str]:
+    """One protocol line per attack and threat model, the worst-case rule and where top-5 is n/a."""
+    protocol = dataset_lines(data, ev)
+    groups: dict[tuple, list[dict]] = {}
+    for k in ev["eval_key"]:
+        p = data.info(k)["params"]
+        groups.setdefault((data.info(k)["name"], threat_of(p)), []).append(p)
+    for (name, _), ps in groups.items():
+        eps_list = ", ".join(dict.fromkeys(format_eps(p.get("eps")) for p in ps))
+        norms = ", ".join(dict.fromkeys(str(p.get("norm", "?")) for p in ps))
+        steps = ", ".join(dict.fromkeys(str(p.get("steps")) for p in ps if p.get("steps") is not None)) or NA
+        others = params_text(ps[0], skip=("eps", "norm", "steps", *THREAT_DEFAULTS))
+        equivalents = [e for p in ps for e in pixel_equivalents(data, p)]
+        protocol.append(f"Attack {name}: norm {norms}; eps {eps_list}; {threat_text(ps[0])}"
+                        + "".join(f"; {e}" for e in equivalents) + f"; steps {steps}; {others}")
+    protocol.append("Worst case: per sample, correct only if correct under every attack at the same "
+                    "dataset, norm and eps (AND over attacks); shown when all those attacks are complete")
+    reasons: dict[str, list[str]] = {}
+    for k in ev["eval_key"]:
+        why = _top5_reason(data, k)
+        if why:
+            reasons.setdefault(why, []).append(str(data.info(k)["name"]))
+    for why, names in reasons.items():
+        protocol.append(f"Top-5 n/a under {', '.join(dict.fromkeys(names))} (and any worst case including them): {why}, "
+                        "so its images say nothing about top-5 robustness")
+    return protocol + common_lines(data)
+
+
 def attack_table(data: RunData) -> Table | None:
     ev = data.evals_of("attack")
     if ev.empty or not data.model_keys:
@@ -101,75 +172,13 @@ def attack_table(data: RunData) -> Table | None:
         columns += [f"{data.name(m)} top-1 (%)", f"{data.name(m)} top-5 (%)"]
     rows, tidy, notes = [], [], []
     for (dataset, norm, _, eps, _, _), (what, obj) in entries:
-        if what == "eval":
-            p = data.info(obj)["params"]
-            head = [data.info(obj)["name"], norm, _eps_cell(p),
-                    str(p["steps"]) if p.get("steps") is not None else NA]
-            cells = []
-            no_top5 = _top5_reason(data, obj)
-            for m in data.model_keys:
-                cells += list(_acc_cells(data.agg_row(m, obj)))
-                tidy.append(_acc_record(data, m, obj, attack=data.info(obj)["name"], norm=norm,
-                                        eps=p.get("eps"), eps_text=format_eps(p.get("eps")),
-                                        steps=p.get("steps"), worst_case=False))
-                if no_top5:
-                    _no_top5(tidy[-1], cells)
-        else:
-            head = [f"worst case ({len(obj.eval_keys)} attacks)", norm,
-                    _eps_cell({"eps": eps, "space": obj.threat[0]}), NA]
-            cells = []
-            for m in data.model_keys:
-                wc, why = worst_case(data, m, obj)
-                rec = {"model": data.name(m), "model_key": m, "eval_key": None, "evaluation": obj.label,
-                       "dataset": dataset, "attack": "worst_case", "norm": norm, "eps": eps,
-                       "eps_text": format_eps(eps), "steps": None, "worst_case": True,
-                       "n": 0 if wc is None else len(wc),
-                       "n_expected": int(data.agg_row(m, obj.eval_keys[0])["n_expected"]),
-                       "complete": wc is not None}
-                rec["complete_pct"] = 100.0 if wc is not None else NAN
-                if wc is None:
-                    cells += [None, None]
-                    if why != "incomplete":
-                        notes.append(f"worst case of {data.name(m)} at {norm} eps={format_eps(eps)}: {why}")
-                    for t in ("top1", "top1_lo", "top1_hi", "top5", "top5_lo", "top5_hi"):
-                        rec[f"{t}_pct"] = NAN
-                else:
-                    a1 = acc_stats(wc["correct1"])
-                    a5 = acc_stats(wc["correct5"])
-                    cells += [fmt_ci(*a1), fmt_ci(*a5)]
-                    for t, v in zip(("top1", "top1_lo", "top1_hi", "top5", "top5_lo", "top5_hi"), (*a1, *a5)):
-                        rec[f"{t}_pct"] = pct(v)
-                    if any(_top5_reason(data, k) for k in obj.eval_keys):
-                        _no_top5(rec, cells)
-                tidy.append(rec)
+        head, cells = (_attack_row_cells(data, obj, norm, tidy) if what == "eval"
+                       else _worst_row_cells(data, obj, dataset, norm, eps, tidy, notes))
         rows.append(([dataset] if multi_ds else []) + head + cells)
-    protocol = dataset_lines(data, ev)
-    groups: dict[tuple, list[dict]] = {}  # one protocol line per attack and threat model
-    for k in ev["eval_key"]:
-        p = data.info(k)["params"]
-        groups.setdefault((data.info(k)["name"], threat_of(p)), []).append(p)
-    for (name, _), ps in groups.items():
-        eps_list = ", ".join(dict.fromkeys(format_eps(p.get("eps")) for p in ps))
-        norms = ", ".join(dict.fromkeys(str(p.get("norm", "?")) for p in ps))
-        steps = ", ".join(dict.fromkeys(str(p.get("steps")) for p in ps if p.get("steps") is not None)) or NA
-        others = params_text(ps[0], skip=("eps", "norm", "steps", *THREAT_DEFAULTS))
-        equivalents = [e for p in ps for e in pixel_equivalents(data, p)]
-        protocol.append(f"Attack {name}: norm {norms}; eps {eps_list}; {threat_text(ps[0])}"
-                        + "".join(f"; {e}" for e in equivalents) + f"; steps {steps}; {others}")
-    protocol.append("Worst case: per sample, correct only if correct under every attack at the same "
-                    "dataset, norm and eps (AND over attacks); shown when all those attacks are complete")
-    reasons = {}
-    for k in ev["eval_key"]:
-        why = _top5_reason(data, k)
-        if why:
-            reasons.setdefault(why, []).append(str(data.info(k)["name"]))
-    for why, names in reasons.items():
-        protocol.append(f"Top-5 n/a under {', '.join(dict.fromkeys(names))} (and any worst case including them): {why}, "
-                        "so its images say nothing about top-5 robustness")
-    protocol += common_lines(data)
     pairs = [(m, e) for e in ev["eval_key"] for m in data.model_keys]
     notes = incomplete_notes(data, pairs) + notes
-    return Table("attacks", "Accuracy under attack", columns, rows, pd.DataFrame(tidy), protocol, notes)
+    return Table("attacks", "Accuracy under attack", columns, rows, pd.DataFrame(tidy), _attack_protocol(data, ev),
+                 notes)
 
 
 # ------------------------------------------------------------------------------------ (b) corruptions
