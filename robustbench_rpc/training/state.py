@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from ..atomic import replacing
 from .recipe import RecipeError
 
 STATE_FILE = "state.pt"
@@ -24,22 +25,17 @@ STATE_FORMAT = 1
 
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
-    """``write(tmp)`` then rename ``tmp`` over ``path`` (same folder, fsynced): all or nothing."""
+    """``write(tmp)`` then ``tmp`` replaces ``path``, durably (``atomic.replacing``): all or nothing. ``tmp``
+    ends like ``path`` (``.safetensors``, ``.png``), for writers that pick the format from the name."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with replacing(path) as tmp:
+        named = tmp.with_name(tmp.name + path.suffix)
+        try:
+            write(named)
+            os.replace(named, tmp)
+        finally:
+            if named.exists():
+                named.unlink()
     return path
 
 
