@@ -41,7 +41,6 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from ..data import digits32
 from ..data.subsets import stratified_indices
@@ -208,25 +207,6 @@ def _root(recipe, name: str) -> Path:
     if not root.is_dir():
         raise RecipeError(f"data root for '{name}' is not a folder: {root}")
     return root
-
-
-def build_data(recipe, data_config: dict[str, Any], workers: int = 0) -> TrainData:
-    """The recipe's training data for a model with evaluation contract ``data_config`` (on-disk sets are
-    decoded by ``workers`` processes); every root, class folder and option is checked here, before any
-    training step."""
-    name = recipe.data.dataset
-    unused = [k for k, used in (("data.root", name != "digits32"), ("data.val_root", name in ("folder", "imagenet")))
-              if getattr(recipe.data, k.split(".")[1]) and not used]
-    if unused:
-        raise RecipeError(f"{unused[0]} is set but {name} does not read it (" +
-                          ("embedded data" if name == "digits32" else "its test split validates") + "); drop it")
-    if name == "digits32":
-        return _digits(recipe)
-    if name in _CIFAR:
-        return _cifar(name, recipe)
-    from .folders import folder_data
-
-    return folder_data(name, _root(recipe, name), recipe, data_config, workers)
 
 
 def listing_sha256(root: str | os.PathLike, samples: Sequence[tuple[str, int]]) -> str:

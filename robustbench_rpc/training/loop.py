@@ -26,7 +26,8 @@ from torch import nn
 
 from ..models import save_checkpoint
 from . import state as st
-from .data import TrainData, build_data
+from .data import TrainData
+from .datasets import build_data
 from .ddp import Ranks
 from .logs import EpochLog, epoch_line
 from .model import build_model, check_fits
