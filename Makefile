@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	$(PY) -m pip install --quiet --no-deps 'robustbench==1.1.1'  # the reference loaders the tests compare with
+	$(PY) -m pip install --quiet --no-deps 'cleverhans==4.0.0'  # cw-cleverhans is checked side by side with it (its torch attacks need only torch, numpy, scipy)
 	touch $(STAMP)
 
 install: $(STAMP)
