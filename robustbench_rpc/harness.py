@@ -325,7 +325,8 @@ class Runner:
         """Clean accuracy above chance; accuracy monotone in eps; large-eps attack drives accuracy to ~0;
         gradient-free vs gradient attacks (masking); differentiability. Recomputed from the store (and seeded),
         so resume-safe."""
-        from . import attacks
+        from .attacks import adaptive as adaptive_checks
+        from .attacks import checks as attack_checks
         from .attacks.checks import check_chance_level
 
         p = self.plan
@@ -340,25 +341,25 @@ class Runner:
         for group, curve in curves.items():
             if len(curve) > 1:
                 self._guarded(model_key, f"monotone_in_eps[{group}]",
-                              lambda curve=curve: attacks.check_monotone_in_eps(curve, n=n_min))
+                              lambda curve=curve: attack_checks.check_monotone_in_eps(curve, n=n_min))
         if free and len(free) < len(curves):
             self._guarded(model_key, "gradient_masking",
-                          lambda: attacks.check_gradient_masking(curves, free, norms=norms, n=n_min))
+                          lambda: attack_checks.check_gradient_masking(curves, free, norms=norms, n=n_min))
         ds = p.base_dataset(p.dataset)
         n = min(32, len(ds))
         x = torch.stack([ds[i][0] for i in range(n)]).to(p.device)
         y = torch.tensor([ds[i][1] for i in range(n)]).to(p.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(p.seed)
-            self._guarded(model_key, "large_eps", lambda: attacks.check_large_eps(model, x, y))
-            self._guarded(model_key, "differentiability", lambda: attacks.check_differentiability(model, x[:8], y[:8]))
-            self._guarded(model_key, "softmax_output", lambda: attacks.check_softmax_output(model, x[:8]))
+            self._guarded(model_key, "large_eps", lambda: attack_checks.check_large_eps(model, x, y))
+            self._guarded(model_key, "differentiability", lambda: attack_checks.check_differentiability(model, x[:8], y[:8]))
+            self._guarded(model_key, "softmax_output", lambda: adaptive_checks.check_softmax_output(model, x[:8]))
             families = [{"name": e.name, **(e.resolved or {})} for e in p.evals if e.kind == "attack"]
             self._guarded(model_key, "eps_zero_identity",
-                          lambda: attacks.check_eps_zero_identity(model, x[:8], y[:8], families, seed=p.seed))
+                          lambda: adaptive_checks.check_eps_zero_identity(model, x[:8], y[:8], families, seed=p.seed))
         standard, adaptive = adaptive_pairs(self.store, model_key)
         if standard:
-            self._guarded(model_key, "adaptive_gap", lambda: attacks.check_adaptive_gap(standard, adaptive))
+            self._guarded(model_key, "adaptive_gap", lambda: adaptive_checks.check_adaptive_gap(standard, adaptive))
 
     def _guarded(self, model_key: str, name: str, fn: Callable[[], Any]) -> None:
         """A check that crashes is recorded as failed (with the error), never silently dropped."""
