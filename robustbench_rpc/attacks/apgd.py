@@ -31,9 +31,7 @@ class APGD(GradientAttack):
                  progress: bool | None = None):
         super().__init__(eps=eps, norm=norm, space=space, clip=clip, labels=labels, seed=seed,
                          batch_size=batch_size, progress=progress)
-        if self.space != "pixel" or not self.clip:
-            raise ValueError(f"attack '{self.name}' runs the reference library, which works on [0, 1] images: "
-                             "it supports only space='pixel' and clip=True")
+        self._require_pixel_box()
         if loss not in LOSSES:
             raise ValueError(f"loss of attack 'apgd' must be one of {', '.join(LOSSES)}, got {loss!r}")
         rho = self._positive_float("rho", rho)

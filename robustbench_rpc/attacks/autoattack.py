@@ -64,9 +64,7 @@ class AutoAttack(GradientAttack):
                  batch_size: int | None = None, progress: bool | None = None):
         super().__init__(eps=eps, norm=norm, space=space, clip=clip, labels=labels, seed=seed,
                          batch_size=batch_size, progress=progress)
-        if self.space != "pixel" or not self.clip:
-            raise ValueError(f"attack '{self.name}' runs the reference library, which works on [0, 1] images: "
-                             "it supports only space='pixel' and clip=True")
+        self._require_pixel_box()
         if version not in VERSIONS:
             raise ValueError(f"version of attack 'autoattack' must be one of {', '.join(VERSIONS)}, got {version!r}")
         if impl not in IMPLS:

@@ -275,6 +275,12 @@ class Attack:
             setattr(self, key, value)
         self.params.update(params)
 
+    def _require_pixel_box(self) -> None:
+        """Attacks that run a reference library (AutoAttack, APGD, Square) work on [0, 1] images only."""
+        if self.space != "pixel" or not self.clip:
+            raise ValueError(f"attack '{self.name}' runs the reference library, which works on [0, 1] images: "
+                             "it supports only space='pixel' and clip=True")
+
     def _positive_int(self, key: str, value: Any, *, allow_none: bool = False, minimum: int = 1):
         if value is None and allow_none:
             return None

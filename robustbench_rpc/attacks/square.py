@@ -34,9 +34,7 @@ class Square(Attack):
                  progress: bool | None = None):
         super().__init__(eps=eps, norm=norm, space=space, clip=clip, labels=labels, seed=seed,
                          batch_size=batch_size, progress=progress)
-        if self.space != "pixel" or not self.clip:
-            raise ValueError(f"attack '{self.name}' runs the reference library, which works on [0, 1] images: "
-                             "it supports only space='pixel' and clip=True")
+        self._require_pixel_box()
         if impl not in IMPLS:
             raise ValueError(f"impl of attack 'square' must be one of {', '.join(IMPLS)}, got {impl!r}")
         if loss not in ("margin", "ce"):
