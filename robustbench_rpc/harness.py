@@ -26,6 +26,8 @@ from .preflight import check_input_gradients, check_output
 from .units import STOCHASTIC_EVAL_REPEATS, unit_rows
 
 STORE_NAME = "results.sqlite"
+#: memory for batches shared between a run's models (``data.pool.BatchCache``); only runs of several models
+BATCH_CACHE_BYTES = 1 << 30
 
 
 class UnitFault(RuntimeError):
@@ -213,7 +215,8 @@ class Runner:
 
             p = self.plan
             self._loader = RunLoader({e.key: p.dataset_for(e) for e in p.evals}, p.workers,
-                                     pin_memory=p.device.startswith("cuda"))
+                                     pin_memory=p.device.startswith("cuda"),
+                                     cache_bytes=BATCH_CACHE_BYTES if len(p.models) > 1 else 0)
         return self._loader
 
     def units_of(self, e: EvalSpec) -> int:

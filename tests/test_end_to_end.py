@@ -328,3 +328,22 @@ def test_models_with_different_input_sizes_are_refused(tmp_path, capsys):
                "--out", str(tmp_path / "m")])
     assert rc == 2
     assert "must share an input size" in capsys.readouterr().err
+
+
+def test_models_after_the_first_read_its_cached_batches_and_match_a_run_of_their_own(full_run, suite_file,
+                                                                                       tmp_path):
+    """The batch cache (data.pool.BatchCache) shares the first model's corrupted images with the second;
+    the second model's rows are those of a run that computed every image itself."""
+    out = tmp_path / "alone"
+    assert main(["run", "--suite", str(suite_file), "--model", "rpc_symvit_micro_patch4_32:packaged",
+                 "--out", str(out), "--no-progress", "--no-report"]) == 0
+    cols = ["eval_key", "sample_id", "pred", "correct1", "correct5", "confidence"]
+
+    def rows(folder):
+        with sqlite3.connect(folder / "results.sqlite") as con:
+            key = con.execute("select model_key from models where info_json like '%rpc_symvit_micro%'").fetchone()[0]
+            return pd.read_sql(f"select {', '.join(cols)} from samples where model_key = ?", con, params=(key,))
+
+    both, alone = (rows(f).sort_values(cols[:2]).reset_index(drop=True) for f in (full_run, out))
+    assert len(alone) == len(both) > 0
+    pd.testing.assert_frame_equal(both, alone, check_exact=True)

@@ -263,3 +263,35 @@ def test_kill_9_of_a_run_with_workers_then_an_immediate_resume(tmp_path):
     assert 2 <= done < 12
     assert main(args) == 0  # resumes
     assert units() == 12
+
+
+class _Counting(torch.utils.data.Dataset):
+    """Counts how often each item is read (in-process loader only)."""
+
+    def __init__(self, base):
+        self.base, self.reads = base, 0
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.base[i]
+
+
+def test_batch_cache_serves_identical_copies_within_its_budget():
+    base = digits32("test")
+    fog = _Counting(CorruptedDataset(base, "fog", 3, seed=1, dtype=torch.uint8))
+    batches = [[0, 1, 2, 3], [4, 5, 6], [40, 41]]
+    ref = _collect(RunLoader({"fog": fog}, 0), "fog", batches)
+    one_batch = 4 * 3 * 32 * 32 + 4 * 8 + 4 * 8  # the first batch: uint8 images, int64 labels and ids
+    loader = RunLoader({"fog": fog, "again": fog}, 0, cache_bytes=one_batch + 3 * 3 * 32 * 32 + 3 * 16)
+    fog.reads = 0
+    first = list(loader.batches("fog", batches))
+    assert fog.reads == 9 and loader.cache.used <= loader.cache.max_bytes
+    first[0][0].zero_()  # a consumer writing into its batch does not change what the cache serves next
+    fog.reads = 0
+    x, ids = _collect(loader, "again", batches)  # another evaluation on the same dataset object
+    assert torch.equal(x, ref[0]) and torch.equal(ids, ref[1])
+    assert fog.reads == 2  # the first two batches came from the cache; the third did not fit
+    assert RunLoader({"fog": fog}, 0).cache.max_bytes == 0  # off unless the run asks for it
