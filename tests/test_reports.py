@@ -591,3 +591,22 @@ def test_mce_on_robustbench_ids_uses_alexnets_rows_on_those_images(tmp_path):
         assert "RobustBench" in res.baseline_label
     finally:
         data.close()
+
+
+def test_attack_labels_name_what_makes_the_attack():
+    """Two APGDs and three BPDAs at one budget (the adaptive preset) read as distinct rows and comparisons;
+    tuning parameters (steps, alpha) stay in their own columns."""
+    from robustbench_rpc.reports.protocol import attack_name, eval_label
+
+    def info(name, **params):
+        return {"kind": "attack", "name": name, "params": {"eps": 1 / 255, "norm": "Linf", **params}}
+
+    labels = [attack_name(info("apgd", loss="ce", n_iter=100)), attack_name(info("apgd", loss="dlr", n_iter=100)),
+              attack_name(info("bpda", approximation="symmetric", base="apgd-ce")),
+              attack_name(info("bpda", approximation="straight-through", base="apgd-ce")),
+              attack_name(info("transfer", surrogate="self:no-pap", base="apgd-ce")), attack_name(info("pgd", steps=10))]
+    assert labels == ["apgd loss=ce", "apgd loss=dlr", "bpda approximation=symmetric base=apgd-ce",
+                      "bpda approximation=straight-through base=apgd-ce", "transfer surrogate=self:no-pap base=apgd-ce",
+                      "pgd"]
+    assert eval_label(info("pgd", steps=10)) == "pgd Linf eps=1/255 (10 steps)"
+    assert eval_label(info("apgd", loss="dlr")) == "apgd loss=dlr Linf eps=1/255"

@@ -10,11 +10,22 @@ from ..evalspec import eps_label as format_eps, threat_of
 from .data import RunData
 
 
+#: attack parameters that make a different attack of the same name (APGD's loss, BPDA's approximation, a
+#: transfer's surrogate, the base attack, AutoAttack's version): part of every label, so rows never read alike
+VARIANT_PARAMS = ("loss", "approximation", "surrogate", "base", "version")
+
+
+def attack_name(info: dict) -> str:
+    """'apgd loss=dlr', 'bpda approximation=symmetric base=apgd-ce', 'pgd': the attack and what varies it."""
+    p = info.get("params") or {}
+    return " ".join([str(info["name"])] + [f"{k}={p[k]}" for k in VARIANT_PARAMS if k in p])
+
+
 def eval_label(info: dict) -> str:
     p = info.get("params") or {}
     kind = info.get("kind")
     if kind == "attack":
-        label = f"{info['name']} {p.get('norm', '?')} eps={format_eps(p.get('eps'))}"
+        label = f"{attack_name(info)} {p.get('norm', '?')} eps={format_eps(p.get('eps'))}"
         steps = p.get("steps")
         return label + (f" ({steps} step{'' if steps == 1 else 's'})" if steps is not None else "")
     if kind == "corruption":

@@ -11,7 +11,8 @@ from .compute import BOOT_SEED, N_BOOT, NAN, acc_stats, corruption_results, fini
     worst_groups
 from .data import RunData, eps_key, slug
 from .headline import headline_table
-from .protocol import common_lines, dataset_lines, eval_label, incomplete_notes, params_text, pixel_equivalents
+from .protocol import (attack_name, common_lines, dataset_lines, eval_label, incomplete_notes, params_text,
+                       pixel_equivalents)
 from .render import Table, fmt_ci, fmt_delta, fmt_num, fmt_p, pct
 
 NA = "n/a"  # not applicable (as opposed to None = missing result)
@@ -86,7 +87,8 @@ def _eps_cell(params: dict) -> str:
 def _attack_row_cells(data: RunData, e: str, norm: str, tidy: list[dict]) -> tuple[list, list]:
     """(head, cells) of one attack evaluation's row; its tidy records appended to ``tidy``."""
     p = data.info(e)["params"]
-    head = [data.info(e)["name"], norm, _eps_cell(p), str(p["steps"]) if p.get("steps") is not None else NA]
+    steps = p.get("steps", p.get("n_iter", p.get("n_queries")))
+    head = [attack_name(data.info(e)), norm, _eps_cell(p), str(steps) if steps is not None else NA]
     cells: list = []
     no_top5 = _top5_reason(data, e)
     for m in data.model_keys:
