@@ -282,8 +282,8 @@ def test_interrupt_is_one_line_and_keeps_finished_units(tmp_path, sig, code, wor
                 self.calls = 0
             def forward(self, x):
                 self.calls += 1
-                if self.calls > 12:
-                    time.sleep(0.5)
+                if self.calls > 12:  # the checks before the first unit are fast; each unit then takes 1 s
+                    time.sleep(1.0)
                 return self.lin(x.flatten(1))
 
         @robustbench_rpc.register_model("slow_model", input_size=32, mean=0.5, std=0.25, num_classes=10)
@@ -296,9 +296,12 @@ def test_interrupt_is_one_line_and_keeps_finished_units(tmp_path, sig, code, wor
     proc = subprocess.Popen([sys.executable, "-m", "robustbench_rpc", "--plugin", plugin, "run", "--suite", suite,
                              "--model", "slow_model", "--out", str(out), "--no-report", "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not ((out / "results.sqlite").exists() and _units_or_zero(out) >= 2):
+    start = time.time()
+    while time.time() < start + 120 and not ((out / "results.sqlite").exists() and _units_or_zero(out) >= 2):
         time.sleep(0.2)
+    # 50 units of 1 s: a run that ended already was never interrupted (say so, rather than a bare exit-code diff)
+    assert proc.poll() is None, (f"the run ended (exit {proc.returncode}) {time.time() - start:.1f} s after its "
+                                 f"start, before 2 stored units were seen ({_units_or_zero(out)} now)")
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
