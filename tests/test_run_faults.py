@@ -293,9 +293,13 @@ def test_interrupt_is_one_line_and_keeps_finished_units(tmp_path, sig, code, wor
     suite = _suite(tmp_path, SUITE.replace("limit = 16", "limit = 400"))
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # SIGINT as a terminal delivers it: a test suite started in the background by a non-interactive shell
+    # (`cmd &`) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler in the child
+    restore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
     proc = subprocess.Popen([sys.executable, "-m", "robustbench_rpc", "--plugin", plugin, "run", "--suite", suite,
                              "--model", "slow_model", "--out", str(out), "--no-report", "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+                            preexec_fn=restore_sigint)
     start = time.time()
     while time.time() < start + 120 and not ((out / "results.sqlite").exists() and _units_or_zero(out) >= 2):
         time.sleep(0.2)
