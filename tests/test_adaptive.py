@@ -464,3 +464,50 @@ def test_adaptive_roles_and_top5_meaning():
     assert top5_reason("bpda", {"base": "apgd-ce", "base_args": {"loss": "ce"}})
     assert top5_reason("bpda", {"base": "pgd", "base_args": {"early_stop": False}}) is None
     assert top5_reason("transfer", {"early_stop": True, "base": "pgd", "base_args": {}})
+
+
+class ThresholdDefense(nn.Module):
+    """Gradient masking that cuts the autograd graph: ``(x > 0.5).float()`` has no grad_fn at all, so the
+    reference libraries' ``torch.autograd.grad(loss, x)`` raised instead of seeing a zero gradient."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net((x > 0.5).float())
+
+
+@pytest.mark.parametrize("name, params", [
+    ("apgd", {"n_iter": 3, "loss": "ce"}),
+    ("apgd", {"n_iter": 3, "loss": "dlr"}),
+    ("autoattack", {"version": "custom", "attacks_to_run": ["apgd-ce", "apgd-t", "fab-t"], "n_iter": 3,
+                    "n_target_classes": 2}),
+    ("autoattack", {"version": "custom", "attacks_to_run": ["apgd-ce", "apgd-t"], "n_iter": 3,
+                    "n_target_classes": 2, "impl": "torchattacks"}),
+    ("bpda", {"approximation": "straight-through", "undeclared": "exact", "base": "apgd-ce", "base_args": {"n_iter": 3}}),
+    ("transfer", {"surrogate": "self:no-pap", "base": "apgd-ce", "base_args": {"n_iter": 3}}),
+    ("pgd", {"steps": 3}),
+])
+def test_a_model_that_cuts_the_input_graph_gets_zero_gradients_not_a_crash(name, params, masked):
+    """Every gradient attack, the reference libraries' included (attacks.base.ConnectedInput), runs on it;
+    the logits the attack sees are the model's own."""
+    _, net, x, y = masked
+    model = ThresholdDefense(net).eval()
+    x, y = x[:6], y[:6]
+    adv = get_attack(name, eps=EPS, seed=1, **params)(model, x, y)
+    assert adv.shape == x.shape and float((adv - x).abs().max()) <= EPS + 1e-6
+
+
+def test_connected_input_keeps_the_logits_and_gives_a_zero_gradient(masked):
+    from robustbench_rpc.attacks.base import ConnectedInput
+
+    _, net, x, _ = masked
+    model = ThresholdDefense(net).eval()
+    xg = x[:4].clone().requires_grad_(True)
+    out = ConnectedInput(model)(xg)
+    assert torch.equal(out, model(x[:4]))
+    (grad,) = torch.autograd.grad(out.sum(), xg)
+    assert torch.equal(grad, torch.zeros_like(xg))
+    with torch.no_grad():  # outside autograd nothing is added
+        assert not ConnectedInput(model)(x[:4]).requires_grad

@@ -170,3 +170,65 @@ def test_dynamic_model_without_adaptive_evaluation_is_marked(tmp_path):
     assert "| symvit_micro_patch4_32 | static |" in headline
     assert "not adaptively evaluated: its robust accuracy comes from standard attacks only" in \
         (out / "report.md").read_text()
+
+
+THRESHOLD_PLUGIN = '''
+import torch
+from torch import nn
+import robustbench_rpc
+
+
+class Thresholded(nn.Module):
+    """The MLP behind a hard threshold, (x > 0.5).float(): no autograd graph reaches the input at all."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, x):
+        return self.net((x > 0.5).float())
+
+
+@robustbench_rpc.register_model("issue22_thresholded", input_size=(3, 32, 32), mean=(0.0,) * 3, std=(1.0,) * 3,
+                                num_classes=10)
+def thresholded(**kwargs):
+    return Thresholded()
+'''
+
+PRESET_SUITE = '''
+name = "issue22-preset"
+version = 1
+[defaults]
+dataset = "digits32"
+models = ["issue22_thresholded:WEIGHTS"]
+batch_size = 64
+seed = 0
+limit = 16
+
+[[evaluation]]
+kind = "attack"
+attack = "pgd"
+eps = ["16/255"]
+steps = 10
+
+[[evaluation]]
+kind = "attack"
+preset = "adaptive"
+eps = ["16/255"]
+'''
+
+
+def test_the_adaptive_preset_runs_on_a_model_that_cuts_the_input_graph(tmp_path):
+    """The reference libraries' APGD raised "element 0 of tensors does not require grad" on such a model (a
+    traceback ending the run); now every attack of the preset runs on it and the checks name the masking."""
+    plugin, suite, out = tmp_path / "issue22_threshold.py", tmp_path / "suite.toml", tmp_path / "run"
+    plugin.write_text(THRESHOLD_PLUGIN)
+    _train_weights(tmp_path / "weights.pt")
+    suite.write_text(PRESET_SUITE.replace("WEIGHTS", str(tmp_path / "weights.pt")))
+    assert main(["--plugin", str(plugin), "run", "--suite", str(suite), "--out", str(out), "--no-progress",
+                 "--no-report", "--device", "cpu"]) == 0
+    _, evals, agg, checks = _store(out)
+    assert sorted(evals["name"]) == sorted(["pgd", "apgd", "apgd", "square", "bpda", "bpda", "bpda", "transfer"])
+    assert len(agg) == len(evals) and (agg["n"] == 16).all()
+    status = dict(zip(checks["check"], checks["status"]))
+    assert status["differentiability"] == "fail"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import GradientAttack, register_attack
+from .base import ConnectedInput, GradientAttack, register_attack
 from .square import library_seed
 
 LOSSES = ("ce", "dlr")
@@ -52,6 +52,6 @@ class APGD(GradientAttack):
                                  f"logit); the model has {n_classes}: use loss='ce'")
         from pyautoattack.autopgd_base import APGDAttack
 
-        atk = APGDAttack(model, n_iter=self.n_iter, norm=self.norm, n_restarts=self.n_restarts, eps=self.eps,
+        atk = APGDAttack(ConnectedInput(model), n_iter=self.n_iter, norm=self.norm, n_restarts=self.n_restarts, eps=self.eps,
                          seed=library_seed(), loss=self.loss, eot_iter=self.eot_iter, rho=self.rho, device=x.device)
         return atk.perturb(x, y).to(x.dtype)

@@ -30,7 +30,7 @@ import warnings
 
 import torch
 
-from .base import GradientAttack, register_attack
+from .base import ConnectedInput, GradientAttack, register_attack
 from .budget import project
 from .square import IMPLS, library_seed
 
@@ -118,6 +118,7 @@ class AutoAttack(GradientAttack):
     # -- components ------------------------------------------------------------------------------------
     def _component(self, name: str, model, n_classes: int, n_targets: int, seed: int, device):
         common = dict(norm=self.norm, eps=self.eps)
+        model = ConnectedInput(model)  # a model that cuts the input's graph gets zero gradients, not a crash
         if self.impl == "pyautoattack":
             from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
             from pyautoattack.fab_pt import FABAttack_PT

@@ -170,6 +170,29 @@ class LogitsGuard(nn.Module):
         return out
 
 
+class ConnectedInput(nn.Module):
+    """The model, with its logits always part of an autograd graph that reaches the input.
+
+    Why: the reference libraries (pyautoattack's APGD/APGD-T/FAB, torchattacks) call
+    ``torch.autograd.grad(loss, x)`` and die with "element 0 of tensors does not require grad" on a model
+    whose forward cuts the graph (a hard threshold ``(x > 0.5).float()``, ``.detach()``, an argmax of the
+    input): exactly the gradient-masking defenses an evaluation must report, not crash on. Under autograd the
+    logits gain ``0 * x[:, :1]``: the same values (adding +0.0), the same input gradient where the graph reaches
+    the input, and exactly zero where it does not (as our own attacks take it, :meth:`GradientAttack.input_grad`);
+    the trust checks flag such a model (``differentiability``).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if isinstance(out, torch.Tensor) and x.requires_grad and torch.is_grad_enabled():
+            out = out + x.flatten(1)[:, :1].to(out.dtype) * 0
+        return out
+
+
 def check_logits(out: Any, batch: int) -> None:
     if not isinstance(out, torch.Tensor):
         hint = " (it has .logits: return those)" if hasattr(out, "logits") else ""
