@@ -295,3 +295,14 @@ def test_batch_cache_serves_identical_copies_within_its_budget():
     assert torch.equal(x, ref[0]) and torch.equal(ids, ref[1])
     assert fog.reads == 2  # the first two batches came from the cache; the third did not fit
     assert RunLoader({"fog": fog}, 0).cache.max_bytes == 0  # off unless the run asks for it
+
+
+def test_batch_cache_keeps_batches_in_order_when_one_call_asks_for_a_batch_twice():
+    """Which batches the workers read is decided once per call: a batch first stored during the call must not
+    shift the ones read after it."""
+    base = digits32("test")
+    sets = {"clean": base}
+    batches = [[0, 1], [0, 1], [2, 3]]
+    ref = [x for x, _, _ in RunLoader(sets, 0).batches("clean", batches)]
+    got = [x for x, _, _ in RunLoader(sets, 0, cache_bytes=1 << 20).batches("clean", batches)]
+    assert all(torch.equal(a, b) for a, b in zip(got, ref)) and len(got) == 3

@@ -146,23 +146,23 @@ class BatchCache:
         return key in self._kept
 
     def get(self, key: Hashable) -> Any:
-        batch = self._kept.get(key)
-        return None if batch is None else _map_tensors(batch, torch.Tensor.clone)
+        return _cloned(self._kept[key])
 
     def offer(self, key: Hashable, batch: Any) -> bool:
         size = _tensor_bytes(batch)
         if size is None or self.used + size > self.max_bytes:
             return False
-        self._kept[key] = _map_tensors(batch, torch.Tensor.clone)
+        self._kept[key] = _cloned(batch)
         self.used += size
         return True
 
 
-def _map_tensors(batch: Any, fn) -> Any:
+def _cloned(batch: Any) -> Any:
+    """The batch with every tensor in it copied (lists and tuples rebuilt, other values as they are)."""
     if isinstance(batch, torch.Tensor):
-        return fn(batch)
+        return batch.clone()
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_map_tensors(b, fn) for b in batch)
+        return type(batch)(_cloned(b) for b in batch)
     return batch
 
 
@@ -205,15 +205,14 @@ class RunLoader:
             raise KeyError(f"dataset {key!r} was not registered with the run's loader")
         source = id(self._router.datasets[key])  # evaluations that share a dataset object share its batches
         wanted = [(source, tuple(int(i) for i in b)) for b in positions]
-        missing = [w for w in wanted if w not in self.cache]
-        self._feed.batches = [[(key, i) for i in w[1]] for w in missing]
-        return self._merge(wanted, iter(self._loader) if missing else iter(()))
+        held = [w in self.cache for w in wanted]  # decided once: the workers read exactly the others, in order
+        self._feed.batches = [[(key, i) for i in w[1]] for w, h in zip(wanted, held) if not h]
+        return self._merge(wanted, held, iter(self._loader) if not all(held) else iter(()))
 
-    def _merge(self, wanted: list, read: Iterator[Any]) -> Iterator[Any]:
-        for w in wanted:
-            kept = self.cache.get(w)
-            if kept is not None:
-                yield kept
+    def _merge(self, wanted: list, held: list[bool], read: Iterator[Any]) -> Iterator[Any]:
+        for w, h in zip(wanted, held):
+            if h:
+                yield self.cache.get(w)
                 continue
             batch = next(read)
             self.cache.offer(w, batch)
