@@ -52,6 +52,7 @@ class APGD(GradientAttack):
                                  f"logit); the model has {n_classes}: use loss='ce'")
         from pyautoattack.autopgd_base import APGDAttack
 
-        atk = APGDAttack(ConnectedInput(model), n_iter=self.n_iter, norm=self.norm, n_restarts=self.n_restarts, eps=self.eps,
-                         seed=library_seed(), loss=self.loss, eot_iter=self.eot_iter, rho=self.rho, device=x.device)
+        atk = APGDAttack(ConnectedInput(model), n_iter=self.n_iter, norm=self.norm, n_restarts=self.n_restarts,
+                         eps=self.eps, seed=library_seed(), loss=self.loss, eot_iter=self.eot_iter, rho=self.rho,
+                         device=x.device)
         return atk.perturb(x, y).to(x.dtype)

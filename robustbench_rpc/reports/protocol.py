@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 
-from ..evalspec import eps_label as format_eps, threat_of
+from ..evalspec import attack_label, eps_label as format_eps, threat_of
 from .data import RunData
 
 
@@ -18,7 +18,7 @@ VARIANT_PARAMS = ("loss", "approximation", "surrogate", "base", "version")
 def attack_name(info: dict) -> str:
     """'apgd loss=dlr', 'bpda approximation=symmetric base=apgd-ce', 'pgd': the attack and what varies it."""
     p = info.get("params") or {}
-    return " ".join([str(info["name"])] + [f"{k}={p[k]}" for k in VARIANT_PARAMS if k in p])
+    return attack_label(str(info["name"]), {k: p[k] for k in VARIANT_PARAMS if k in p})
 
 
 def eval_label(info: dict) -> str:
