@@ -1,6 +1,6 @@
 """``python -m robustbench_rpc`` (also what torchrun launches: ``torchrun ... -m robustbench_rpc run``)."""
 import sys
 
-from .cli import main
+from .cli.commands import main
 
 sys.exit(main())

@@ -121,8 +121,9 @@ def benchmark(model: nn.Module | str, *, suite: str = "quick", data_config: Mapp
     temporary folder); rerunning into it resumes. The model alone is evaluated (``reference`` defaults to it).
     ``report``: also write the run's report (``out/index.html``), as ``robustbench-rpc run`` does.
     """
-    from .harness import run
-    from .plan import RunConfig
+    from .evaluation.harness import run
+    from .evaluation.plan import RunConfig
+    from .reports import build_report
     from .reports.data import RunData
     from .reports.tables import all_tables
 
@@ -140,6 +141,8 @@ def benchmark(model: nn.Module | str, *, suite: str = "quick", data_config: Mapp
                     data_roots=roots, dataset=dataset, data_config=cfg_contract, progress=False,
                     reference_model=reference or spec.split(":")[0], report=report)
     run(cfg, log=lambda *_: None)
+    if report:
+        build_report(out)
     data = RunData.load(out)
     try:
         built = all_tables(data)

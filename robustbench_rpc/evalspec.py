@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from .store import stable_key
+from .store.rows import stable_key
 
 #: accuracy definitions of an attack evaluation: "robust" (clean-correct AND correct under attack) or
 #: "plain" (correct under attack, the RPC paper's definition)

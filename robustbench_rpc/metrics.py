@@ -269,7 +269,7 @@ def ood_metrics(conf_in, conf_out, tpr_level: float = 0.95) -> dict[str, float]:
     paper's ``fpr_and_fdr_at_recall``: that one takes the threshold whose recall is *nearest* 0.95
     (possibly below it; among equal recalls the lowest threshold), this one the highest threshold with
     recall >= 0.95, so the two can differ (often, with tied scores).  Which in-distribution set
-    and class mask feed ``conf_in`` / ``conf_out`` is the protocol's business (:mod:`robustbench_rpc.ood`).
+    and class mask feed ``conf_in`` / ``conf_out`` is the protocol's business (:mod:`robustbench_rpc.evaluation.ood`).
     """
     conf_in = np.asarray(conf_in, dtype=np.float64).ravel()
     conf_out = np.asarray(conf_out, dtype=np.float64).ravel()

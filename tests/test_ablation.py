@@ -4,10 +4,11 @@ import json
 import pandas as pd
 import pytest
 
-from robustbench_rpc.harness import run
-from robustbench_rpc.plan import ModelSpec, RunConfig, sweep_models
+from robustbench_rpc.evaluation.harness import run
+from robustbench_rpc.reports import build_report
+from robustbench_rpc.evaluation.plan import ModelSpec, RunConfig, sweep_models
 from robustbench_rpc.evalspec import SuiteError
-from robustbench_rpc.suite import expand, load_suite, suite_from_dict
+from robustbench_rpc.evaluation.suite import expand, load_suite, suite_from_dict
 
 
 def test_packaged_ablation_suite_expands_to_the_grid():
@@ -89,7 +90,8 @@ def test_grid_run_stores_diagnostics_and_reports_them(tmp_path):
     out = tmp_path / "run"
     cfg = RunConfig(suite=str(suite), out=out, device="cpu", progress=False)
     run(cfg, log=lambda *_: None)
-    from robustbench_rpc.store import ResultsStore
+    build_report(out)  # the harness stops at the store; the CLI and benchmark() build the report
+    from robustbench_rpc.store.results import ResultsStore
 
     with ResultsStore(out / "results.sqlite", readonly=True) as st:
         meta = st.meta()

@@ -8,11 +8,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robustbench_rpc.adaptive_protocol import (UnknownApproximationError, approximation_active,
-                                               declared_approximations, straight_through, substitute_backward)
-from robustbench_rpc.attacks import (ATTACKS, attack_outcomes, check_adaptive_gap, check_differentiability,
-                                     check_eps_zero_identity, check_large_eps, check_softmax_output, get_attack,
-                                     get_preset, model_dynamics, register_attack)
+from robustbench_rpc.adaptive_protocol import (
+    UnknownApproximationError, approximation_active, declared_approximations, straight_through, substitute_backward,
+)
+from robustbench_rpc.attacks import (
+    ATTACKS, attack_outcomes, check_adaptive_gap, check_differentiability, check_eps_zero_identity, check_large_eps,
+    check_softmax_output, get_attack, get_preset, model_dynamics, register_attack,
+)
 from robustbench_rpc.attacks.adaptive import BPDAForwardError, without_pap
 from robustbench_rpc.attacks.adaptive.dynamics import detect_autograd_calls
 from robustbench_rpc.attention import RPCAttention, SymmetricAttention

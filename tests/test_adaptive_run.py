@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from robustbench_rpc.cli import main
-from robustbench_rpc.store import ResultsStore
+from robustbench_rpc.cli.commands import main
+from robustbench_rpc.store.results import ResultsStore
 
 PLUGIN = '''
 import torch

@@ -8,21 +8,8 @@ from conftest import Normalize
 import torchattacks
 
 from robustbench_rpc.attacks import (
-    ATTACKS,
-    Attack,
-    AutoAttack,
-    BudgetError,
-    FewClassesWarning,
-    ModelOutputError,
-    attack_outcomes,
-    get_attack,
-    get_preset,
-    is_gradient_based,
-    list_attacks,
-    list_presets,
-    lp_norms,
-    register_attack,
-    worst_case,
+    ATTACKS, Attack, AutoAttack, BudgetError, FewClassesWarning, ModelOutputError, attack_outcomes, get_attack,
+    get_preset, is_gradient_based, list_attacks, list_presets, lp_norms, register_attack, worst_case,
 )
 from robustbench_rpc.attacks.budget import project_l1_ball
 from robustbench_rpc.attacks.presets import expand_sweep

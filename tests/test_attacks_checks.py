@@ -9,15 +9,8 @@ from conftest import Normalize as _Normalize
 import torch.nn.functional as F
 
 from robustbench_rpc.attacks import (
-    CheckResult,
-    EOTModel,
-    attack_outcomes,
-    check_differentiability,
-    check_gradient_masking,
-    check_large_eps,
-    check_monotone_in_eps,
-    detect_stochastic,
-    get_attack,
+    CheckResult, EOTModel, attack_outcomes, check_differentiability, check_gradient_masking, check_large_eps,
+    check_monotone_in_eps, detect_stochastic, get_attack,
 )
 
 HW = 16

@@ -4,8 +4,8 @@ import torch
 
 import robustbench_rpc  # noqa: F401
 from robustbench_rpc.attention import (
-    RPCAttention, SymmetricAttention, describe_attention, list_attentions, patch_attention,
-    register_attention, set_fused,
+    RPCAttention, SymmetricAttention, describe_attention, list_attentions, patch_attention, register_attention,
+    set_fused,
 )
 from robustbench_rpc.registry import UnknownNameError
 from reference_vit import rpc_heads

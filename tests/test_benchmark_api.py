@@ -11,7 +11,7 @@ from torch import nn
 
 import robustbench_rpc
 from robustbench_rpc.models import ModelContractError
-from robustbench_rpc.store import ResultsStore
+from robustbench_rpc.store.results import ResultsStore
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 SUITE = """

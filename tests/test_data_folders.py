@@ -4,9 +4,9 @@ import torch
 from PIL import Image
 
 from robustbench_rpc.data import folders as F
-from robustbench_rpc.data.imagenet_classes import (IMAGENET_A_INDICES, IMAGENET_A_WNIDS,
-                                                   IMAGENET_O_WNIDS, IMAGENET_R_INDICES,
-                                                   IMAGENET_R_WNIDS, IMAGENET_WNIDS)
+from robustbench_rpc.data.imagenet_classes import (
+    IMAGENET_A_INDICES, IMAGENET_A_WNIDS, IMAGENET_O_WNIDS, IMAGENET_R_INDICES, IMAGENET_R_WNIDS, IMAGENET_WNIDS,
+)
 
 
 def _img(path, size=(40, 30), seed=0):

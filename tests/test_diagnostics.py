@@ -160,7 +160,7 @@ def test_registry_names_and_sources():
 
 
 def test_cli_diagnose_smoke(tmp_path, capsys):
-    from robustbench_rpc.cli import main
+    from robustbench_rpc.cli.commands import main
 
     out = tmp_path / "diag"
     rc = main(["diagnose", "--model", "rpc_symvit_micro_patch4_32:packaged", "--limit", "8", "--batch-size", "4",

@@ -85,7 +85,7 @@ def test_a_hung_rank_ends_the_job_within_the_timeout_naming_it():
 
 
 def test_rank_timeout_is_a_run_option(tmp_path, capsys):
-    from robustbench_rpc.cli import build_parser, main
+    from robustbench_rpc.cli.commands import build_parser, main
     from robustbench_rpc.dist import DEFAULT_TIMEOUT_S
 
     assert build_parser().parse_args(["run"]).rank_timeout == DEFAULT_TIMEOUT_S

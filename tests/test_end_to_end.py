@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from robustbench_rpc.cli import main
+from robustbench_rpc.cli.commands import main
 
 TINY_SUITE = """
 name = "tiny"
@@ -207,10 +207,10 @@ def test_stochastic_model_is_detected_and_evaluated_with_eot(tmp_path, suite_fil
     """A model whose logits change between identical passes gets a 'stochastic' warning and EOT."""
     import torch
 
-    from robustbench_rpc.harness import run
-    from robustbench_rpc.plan import RunConfig
+    from robustbench_rpc.evaluation.harness import run
+    from robustbench_rpc.evaluation.plan import RunConfig
     from robustbench_rpc.models.vit import MODELS, ModelEntry
-    from robustbench_rpc.store import ResultsStore
+    from robustbench_rpc.store.results import ResultsStore
 
     class Noisy(torch.nn.Module):
         def __init__(self):

@@ -15,9 +15,10 @@ import timm
 import torch
 from PIL import Image
 
-from robustbench_rpc.attention import (AttentionReinitError, FANAttention, FANRPCAttention, describe_attention,
-                                       patch_attention)
-from robustbench_rpc.cli import main
+from robustbench_rpc.attention import (
+    AttentionReinitError, FANAttention, FANRPCAttention, describe_attention, patch_attention,
+)
+from robustbench_rpc.cli.commands import main
 from robustbench_rpc.models import CheckpointError, create_model, load_model
 from robustbench_rpc.models.fan import FAN_SIZES
 
@@ -324,7 +325,7 @@ def _tree(root, wnids, filled, ext: str) -> str:
 def test_paper_fan_suite_is_planned_against_imagenet_layout_trees(tmp_path):
     from robustbench_rpc.attacks import get_preset
     from robustbench_rpc.data.imagenet_classes import IMAGENET_A_WNIDS, IMAGENET_R_WNIDS, IMAGENET_WNIDS
-    from robustbench_rpc.plan import Plan, RunConfig
+    from robustbench_rpc.evaluation.plan import Plan, RunConfig
 
     roots = {"imagenet": _tree(tmp_path / "val", IMAGENET_WNIDS, IMAGENET_WNIDS[:2], ".JPEG"),
              "imagenet-a": _tree(tmp_path / "imagenet-a", IMAGENET_A_WNIDS, IMAGENET_A_WNIDS[:2], ".jpg"),

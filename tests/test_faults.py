@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustbench_rpc.cli import main
-from robustbench_rpc.plan import Plan, RunConfig
+from robustbench_rpc.cli.commands import main
+from robustbench_rpc.evaluation.plan import Plan, RunConfig
 from robustbench_rpc.evalspec import SuiteError
 
 CLEAN = """name = "f"
@@ -214,7 +214,7 @@ def test_nan_logits_through_the_api_raise_instead_of_zero_accuracy():
     from robustbench_rpc.attacks.evaluate import NonFiniteLogitsError, attack_outcomes
     from robustbench_rpc.data.resolve import get_dataset
     from robustbench_rpc.models.normalize import Normalized
-    from robustbench_rpc.units import prediction_rows
+    from robustbench_rpc.evaluation.compute_unit import prediction_rows
 
     ds = get_dataset("digits32")
     x = torch.stack([ds[i][0] for i in range(4)])
@@ -235,7 +235,7 @@ def test_out_that_is_a_file_or_unwritable_is_one_line(tmp_path, capsys, monkeypa
     assert _run(_suite(tmp_path), f) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: --out {f} is an existing file, not a folder"
-    import robustbench_rpc.store as store
+    import robustbench_rpc.store.results as store
 
     def readonly(self, *a, **kw):
         raise sqlite3.OperationalError("attempt to write a readonly database")
@@ -264,7 +264,7 @@ def test_read_only_out_folder(tmp_path, capsys):
 @pytest.mark.parametrize("exc", [sqlite3.OperationalError("database or disk is full"),
                                  OSError(errno.ENOSPC, "No space left on device")])
 def test_full_disk_is_one_line_naming_the_store_and_resumes(tmp_path, capsys, monkeypatch, exc):
-    import robustbench_rpc.store as store
+    import robustbench_rpc.store.results as store
 
     out = tmp_path / "o"
     real = store.ResultsStore.write_unit
@@ -328,7 +328,8 @@ def test_second_run_into_an_occupied_out_is_refused_and_a_killed_holder_does_not
 def test_store_transactions_turn_a_full_disk_into_one_named_line(tmp_path):
     """SQLite's 'database or disk is full' inside a transaction (not a patched write_unit): StoreWriteError
     naming the store, the transaction rolled back, the committed rows kept."""
-    from robustbench_rpc.store import ResultsStore, StoreWriteError
+    from robustbench_rpc.store.results import ResultsStore
+    from robustbench_rpc.store.errors import StoreWriteError
 
     store = ResultsStore(tmp_path / "results.sqlite")
     store.register_model("m", {"name": "m"})

@@ -53,7 +53,7 @@ def _bench_parses(path: Path, argv: list[str], monkeypatch) -> object:
 
 
 def test_every_command_it_runs_exists_with_its_flags(tmp_path, monkeypatch):
-    from robustbench_rpc.cli import build_parser
+    from robustbench_rpc.cli.commands import build_parser
 
     r = _run("--dry-run", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr

@@ -157,7 +157,7 @@ def test_backbone_plus_head_gradients_reach_the_image(trained_head):
 
 
 def test_backbone_plus_head_through_run(trained_head, tmp_path):
-    from robustbench_rpc.store import ResultsStore
+    from robustbench_rpc.store.results import ResultsStore
 
     suite = tmp_path / "s.toml"
     suite.write_text('name = "t"\n[defaults]\ndataset = "digits32"\nbatch_size = 4\n[[evaluation]]\nkind = "clean"\n'
@@ -195,10 +195,10 @@ def test_head_checkpoint_pins_its_backbone(trained_head, tmp_path):
 
 
 def test_shipped_heads_are_certified_and_small():
-    from robustbench_rpc.plan import ModelSpec
+    from robustbench_rpc.evaluation.plan import ModelSpec
     from robustbench_rpc.heads.model import read_head_metadata
     from robustbench_rpc.models import PACKAGED_DIR as PACKAGED
-    from robustbench_rpc.suite import load_suite
+    from robustbench_rpc.evaluation.suite import load_suite
 
     specs = [s for s in load_suite("convex-heads").defaults["models"] if "+" in s]
     assert len(specs) == 12

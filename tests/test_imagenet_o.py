@@ -18,13 +18,14 @@ import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from robustbench_rpc.cli import main
+from robustbench_rpc.cli.commands import main
 from robustbench_rpc.data import folders as F
-from robustbench_rpc.data.imagenet_classes import (IMAGENET_A_WNIDS, IMAGENET_O_INDICES, IMAGENET_O_WNIDS,
-                                                   IMAGENET_R_WNIDS, IMAGENET_WNIDS)
+from robustbench_rpc.data.imagenet_classes import (
+    IMAGENET_A_WNIDS, IMAGENET_O_INDICES, IMAGENET_O_WNIDS, IMAGENET_R_WNIDS, IMAGENET_WNIDS,
+)
 from robustbench_rpc.data.resolve import get_dataset
 from robustbench_rpc.evalspec import SuiteError
-from robustbench_rpc.suite import expand, suite_from_dict
+from robustbench_rpc.evaluation.suite import expand, suite_from_dict
 
 O_NOT_A = [w for w in IMAGENET_O_WNIDS if w not in IMAGENET_A_WNIDS]
 NOT_O = [w for w in IMAGENET_WNIDS if w not in set(IMAGENET_O_WNIDS)]
@@ -159,7 +160,7 @@ def test_protocols_are_planned_and_validated():
 
 
 def test_paper_suite_uses_the_papers_protocol():
-    from robustbench_rpc.suite import load_suite
+    from robustbench_rpc.evaluation.suite import load_suite
 
     evs = expand(load_suite("paper"), "imagenet")
     ood = [e for e in evs if e.kind == "ood"]
@@ -241,7 +242,7 @@ def test_paper_protocol_end_to_end_matches_sklearn(tmp_path):
 def test_ood_result_refuses_mismatched_masks(tmp_path):
     from robustbench_rpc.reports.compute import ood_result
     from robustbench_rpc.reports.data import RunData
-    from robustbench_rpc.store import ResultsStore
+    from robustbench_rpc.store.results import ResultsStore
 
     store = ResultsStore(tmp_path / "results.sqlite")
     store.register_model("m", {"name": "m"})

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from robustbench_rpc.cli import main
+from robustbench_rpc.cli.commands import main
 from robustbench_rpc.registry import DuplicateNameError, Registry
 
 
@@ -333,7 +333,7 @@ def _break_png_stream(path):
 
 
 def _samples(out):
-    from robustbench_rpc.store import ResultsStore
+    from robustbench_rpc.store.results import ResultsStore
 
     with ResultsStore(out / "results.sqlite", readonly=True) as store:
         evals = store.evaluations()
@@ -384,7 +384,8 @@ def test_a_resume_may_add_skip_unreadable_after_a_file_broke_mid_run(tmp_path, c
 
 
 def test_the_store_refuses_a_skip_that_would_move_finished_units(tmp_path):
-    from robustbench_rpc.store import ResultsStore, StoreConflictError
+    from robustbench_rpc.store.results import ResultsStore
+    from robustbench_rpc.store.errors import StoreConflictError
 
     info = {"kind": "clean", "name": "clean", "dataset": "folder", "params": {}, "n_samples": 8}
     rows = lambda ids: {"sample_id": ids, "label": [0] * len(ids), "pred": [0] * len(ids),  # noqa: E731

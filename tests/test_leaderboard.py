@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from robustbench_rpc import cli, metrics
+from robustbench_rpc.cli import commands as cli
+from robustbench_rpc import metrics
 from robustbench_rpc.data import robustbench as rbdata
 from robustbench_rpc.data.subsets import subset_fingerprint
 from robustbench_rpc.leaderboard import build_leaderboard
 from robustbench_rpc.leaderboard.fingerprint import differences, is_reduced_autoattack, selection_of
-from robustbench_rpc.store import ResultsStore
+from robustbench_rpc.store.results import ResultsStore
 
 SYM, RPC, VIT = "symvit_micro_patch4_32", "rpc_symvit_micro_patch4_32", "vit_micro_patch4_32"
 CLEAN_SUITE = """

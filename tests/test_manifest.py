@@ -7,8 +7,10 @@ import json
 
 import pytest
 
-from robustbench_rpc.manifest import build_manifest, compare_manifests, git_state, sample_ids_digest, sha256_file
-from robustbench_rpc.store import ResultsStore
+from robustbench_rpc.store.manifest import (
+    build_manifest, compare_manifests, git_state, sample_ids_digest, sha256_file,
+)
+from robustbench_rpc.store.results import ResultsStore
 
 
 @pytest.fixture

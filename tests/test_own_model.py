@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 import robustbench_rpc
-from robustbench_rpc.cli import main
-from robustbench_rpc.plan import ModelSpec, Plan, RunConfig
-from robustbench_rpc.models import (PACKAGED_DIR, CheckpointError, ModelContractError, load_model,
-                                    register_model, resolve_checkpoint)
+from robustbench_rpc.cli.commands import main
+from robustbench_rpc.evaluation.plan import ModelSpec, Plan, RunConfig
+from robustbench_rpc.models import (
+    PACKAGED_DIR, CheckpointError, ModelContractError, load_model, register_model, resolve_checkpoint,
+)
 from robustbench_rpc.evalspec import SuiteError
-from robustbench_rpc.store import ResultsStore
+from robustbench_rpc.store.results import ResultsStore
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI_SUITE = """

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from robustbench_rpc.attention import describe_attention
-from robustbench_rpc.plan import Plan, RunConfig
+from robustbench_rpc.evaluation.plan import Plan, RunConfig
 from robustbench_rpc.models import CheckpointError, load_model
 from robustbench_rpc.models.loading import resolve_model
 from robustbench_rpc.evalspec import SuiteError
@@ -360,7 +360,7 @@ def test_cli_run_records_where_settings_came_from(tmp_path, capsys):
     import json
     import sqlite3
 
-    from robustbench_rpc.cli import main
+    from robustbench_rpc.cli.commands import main
 
     micro = dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4)
     ref = RefViT(32, 4, 64, 4, 4, 10, lambda i, _: RefSymAttention(64, 4, True, i, 2, 3.0, 2))

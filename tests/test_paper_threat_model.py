@@ -18,9 +18,9 @@ import torch.nn as nn
 from robustbench_rpc.attacks import attack_outcomes, get_attack, get_preset
 from robustbench_rpc.attacks.base import NormalizationError
 from robustbench_rpc.models.normalize import Normalized
-from robustbench_rpc.store import ResultsStore
+from robustbench_rpc.store.results import ResultsStore
 from robustbench_rpc.evalspec import SuiteError
-from robustbench_rpc.suite import expand, load_suite, suite_from_dict
+from robustbench_rpc.evaluation.suite import expand, load_suite, suite_from_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -259,7 +259,7 @@ def test_paper_suite_defaults_and_validation():
 
 
 def test_amp_table_per_device():
-    from robustbench_rpc.plan import amp_for_device
+    from robustbench_rpc.evaluation.plan import amp_for_device
 
     assert amp_for_device({"cuda": "fp16", "cpu": "fp32"}, "cpu", "s") == "fp32"
     assert amp_for_device({"cuda": "fp16", "cpu": "fp32"}, "cuda:1", "s") == "fp16"
@@ -343,7 +343,7 @@ def test_robust_evaluations_stop_early_and_the_paper_protocol_does_not():
 
 def test_paper_threat_model_end_to_end_and_protocol_card(tmp_path):
     """A run in the paper's threat model stores plain accuracy, normalized norms and says so on the card."""
-    from robustbench_rpc.cli import main
+    from robustbench_rpc.cli.commands import main
 
     suite = tmp_path / "s.toml"
     suite.write_text('name = "s"\n[defaults]\ndataset = "digits32"\nmodels = ["symvit_micro_patch4_32:packaged"]\n'

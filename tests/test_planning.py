@@ -5,10 +5,10 @@ import sqlite3
 import pytest
 
 import robustbench_rpc  # noqa: F401
-from robustbench_rpc.cli import main
+from robustbench_rpc.cli.commands import main
 from robustbench_rpc.data import subsets
 from robustbench_rpc.evalspec import SuiteError
-from robustbench_rpc.plan import Plan, RunConfig
+from robustbench_rpc.evaluation.plan import Plan, RunConfig
 
 HEAD = "symvit_micro_patch4_32+linear:packaged"
 CLEAN_SUITE = 'name = "t"\n[defaults]\nlimit = 8\nbatch_size = 8\n[[evaluation]]\nkind = "clean"\n'
@@ -58,7 +58,7 @@ def test_diagnose_limit_is_the_runs_stratified_limit(tmp_path, monkeypatch):
 
     monkeypatch.setattr(diagnostics, "diagnose_inputs", capture)
     monkeypatch.setattr(diagnostics, "write_outputs", lambda rows, axes, out, plots: {"csv": tmp_path / "none.csv"})
-    monkeypatch.setattr("robustbench_rpc.cli._print_pap_summary", lambda csv: None)
+    monkeypatch.setattr("robustbench_rpc.cli.commands._print_pap_summary", lambda csv: None)
     assert main(["diagnose", "--model", "rpc_symvit_micro_patch4_32:packaged", "--limit", "20",
                  "--out", str(tmp_path / "d")]) == 0
     plan = Plan(RunConfig(suite="quick", models=["rpc_symvit_micro_patch4_32:packaged"], limit=20,
@@ -78,7 +78,7 @@ def test_run_config_from_the_cli_flags_names_every_field():
     """RunConfig.from_args reads every field from the run command's flags (no field re-spelled by hand)."""
     import dataclasses
 
-    from robustbench_rpc.cli import build_parser
+    from robustbench_rpc.cli.commands import build_parser
 
     args = build_parser().parse_args(["run", "--model", "a", "--model-arg", "x=1", "--data-root", "folder=/d",
                                       "--mean", "0.5,0.5,0.5", "--batch-size", "4", "--no-report"])

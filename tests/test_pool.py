@@ -168,7 +168,7 @@ def test_a_forked_child_closes_its_copy_of_the_run_lock_and_releases_nothing(tmp
     import fcntl
     import multiprocessing as mp
 
-    from robustbench_rpc.folder_lock import lock_folder
+    from robustbench_rpc.store.lock import lock_folder
 
     lock = lock_folder(tmp_path)
 
@@ -218,8 +218,8 @@ def test_kill_9_of_a_run_with_workers_then_an_immediate_resume(tmp_path):
     import sys
     import time
 
-    from robustbench_rpc.cli import main
-    from robustbench_rpc.folder_lock import lock_folder
+    from robustbench_rpc.cli.commands import main
+    from robustbench_rpc.store.lock import lock_folder
 
     suite = tmp_path / "s.toml"
     suite.write_text('name = "k"\n[defaults]\nbatch_size = 8\nlimit = 32\n[[evaluation]]\nkind = "clean"\n'

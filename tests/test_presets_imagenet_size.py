@@ -22,10 +22,10 @@ import torch.nn as nn
 
 import robustbench_rpc
 from robustbench_rpc.attacks import attack_class, get_preset, list_presets
-from robustbench_rpc.harness import run
-from robustbench_rpc.plan import RunConfig
-from robustbench_rpc.store import ResultsStore
-from robustbench_rpc.suite import load_suite
+from robustbench_rpc.evaluation.harness import run
+from robustbench_rpc.evaluation.plan import RunConfig
+from robustbench_rpc.store.results import ResultsStore
+from robustbench_rpc.evaluation.suite import load_suite
 from test_imagenet_o import NOT_O, val_tree
 
 pytestmark = pytest.mark.usefixtures("one_thread")

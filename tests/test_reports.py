@@ -10,7 +10,8 @@ import pytest
 
 from robustbench_rpc import metrics
 from robustbench_rpc.reports import build_report, compare_models
-from robustbench_rpc.store import ResultsStore, stable_key
+from robustbench_rpc.store.results import ResultsStore
+from robustbench_rpc.store.rows import stable_key
 
 N = 120          # samples per evaluation
 UNIT = 40        # samples per unit
@@ -537,7 +538,7 @@ def test_ce_warning_when_reference_error_is_tiny(tmp_path):
 
 
 def test_console_ends_with_trust_checks_and_report_path(run, capsys):
-    from robustbench_rpc.cli import main
+    from robustbench_rpc.cli.commands import main
 
     run_dir, _, _ = run
     assert main(["report", str(run_dir)]) == 0

@@ -23,12 +23,13 @@ import pytest
 import torch
 from PIL import Image
 
-from robustbench_rpc import cli, metrics
+from robustbench_rpc.cli import commands as cli
+from robustbench_rpc import metrics
 from robustbench_rpc.data import robustbench as rbdata
 from robustbench_rpc.data.imagenet_classes import IMAGENET_WNIDS
 from robustbench_rpc.data.subsets import SubsetError, read_subset_file, sample_ids
-from robustbench_rpc.store import ResultsStore
-from robustbench_rpc.suite import expand, load_suite
+from robustbench_rpc.store.results import ResultsStore
+from robustbench_rpc.evaluation.suite import expand, load_suite
 
 
 def _robustbench():
@@ -94,7 +95,7 @@ def cnn224():
 
 
 def _plan(tmp_path: Path, suite_text: str, **cfg):
-    from robustbench_rpc.plan import Plan, RunConfig
+    from robustbench_rpc.evaluation.plan import Plan, RunConfig
 
     suite = tmp_path / "suite.toml"
     suite.write_text(suite_text)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from robustbench_rpc.cli import main
+from robustbench_rpc.cli.commands import main
 
 MODEL = "symvit_micro_patch4_32:packaged"
 SUITE = """

@@ -14,8 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from robustbench_rpc import metrics, store as store_module
-from robustbench_rpc.store import ResultsStore, StoreConflictError, StoreError, stable_key
+from robustbench_rpc import metrics
+from robustbench_rpc.store import results as store_module
+from robustbench_rpc.store.results import ResultsStore
+from robustbench_rpc.store.errors import StoreConflictError, StoreError
+from robustbench_rpc.store.rows import stable_key
 
 MODEL = {"name": "rpc_vit", "spec": "rpc_symvit_micro_patch4_32:ckpt.safetensors", "arch": "symvit_micro",
          "checkpoint": "ckpt.safetensors", "checkpoint_sha256": "0" * 64,

@@ -16,10 +16,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import robustbench_rpc.store as store_module
-from robustbench_rpc.cli import main
-from robustbench_rpc.manifest import write_manifest
-from robustbench_rpc.store import OutputWriteError, ResultsStore, StoreError
+import robustbench_rpc.store.results as store_module
+from robustbench_rpc.cli.commands import main
+from robustbench_rpc.store.manifest import write_manifest
+from robustbench_rpc.store.errors import OutputWriteError, StoreError
+from robustbench_rpc.store.results import ResultsStore
 from tiny_runs import UNITS, copy_run, count, overwrite, query, run, sql, suite, table_page
 
 ROWS = {"label": [1, 2, 3, 4], "pred": [1, 2, 0, 4], "correct1": [1, 1, 0, 1], "correct5": [1, 1, 1, 1],

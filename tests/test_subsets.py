@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from robustbench_rpc.data.embedded import TensorSampleDataset
-from robustbench_rpc.data.subsets import (SubsetError, read_subset_file, sample_ids, stratified_indices,
-                                          subset_from_entries, take)
+from robustbench_rpc.data.subsets import (
+    SubsetError, read_subset_file, sample_ids, stratified_indices, subset_from_entries, take,
+)
 
 
 def test_stratified_limit_covers_every_class_evenly():
@@ -62,7 +63,7 @@ def test_subset_file_by_path_or_id(tmp_path):
 
 
 def test_limit_in_a_run_is_stratified_and_recorded(tmp_path):
-    from robustbench_rpc.plan import Plan, RunConfig
+    from robustbench_rpc.evaluation.plan import Plan, RunConfig
 
     plan = Plan(RunConfig(suite="quick", limit=30, out=tmp_path / "o"))
     ds = plan.base_dataset("digits32")

@@ -1,7 +1,7 @@
 import pytest
 
 from robustbench_rpc.evalspec import SuiteError, eps_label, parse_eps
-from robustbench_rpc.suite import expand, list_suites, load_suite, suite_from_dict
+from robustbench_rpc.evaluation.suite import expand, list_suites, load_suite, suite_from_dict
 
 
 def test_packaged_suites_validate_and_expand():

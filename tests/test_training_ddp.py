@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from robustbench_rpc.cli import main
+from robustbench_rpc.cli.commands import main
 from robustbench_rpc.models import read_checkpoint_metadata
 
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from robustbench_rpc.attacks import get_attack
-from robustbench_rpc.cli import main
+from robustbench_rpc.cli.commands import main
 from robustbench_rpc.data import digits32
 from robustbench_rpc.data.subsets import stratified_indices
 from robustbench_rpc.models import load_model, read_checkpoint_metadata

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from robustbench_rpc.cli import main
+from robustbench_rpc.cli.commands import main
 from robustbench_rpc.data import digits32
 from robustbench_rpc.models import CheckpointError, load_model, read_checkpoint_metadata, sha256_of
 from robustbench_rpc.models.trained import apply_recorded_attention
-from robustbench_rpc.store import ResultsStore
+from robustbench_rpc.store.results import ResultsStore
 
 PLUGIN = '''
 import math

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from robustbench_rpc.cli import main
+from robustbench_rpc.cli.commands import main
 from robustbench_rpc.models import PACKAGED_DIR, read_checkpoint_metadata
 from robustbench_rpc.training import RECIPES_DIR, RecipeError, build_recipe
 

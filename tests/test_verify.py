@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from robustbench_rpc.cli import main
+from robustbench_rpc.cli.commands import main
 from tiny_runs import ATTACK_SUITE, EXTRA_EVAL, copy_run, query, run, sql, suite
 
 MODEL = "symvit_micro_patch4_32"

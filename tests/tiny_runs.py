@@ -7,7 +7,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from robustbench_rpc.cli import main
+from robustbench_rpc.cli.commands import main
 
 _HEAD = """name = "tiny-store"
 version = 1

@@ -10,24 +10,12 @@ them. See ``evaluate`` (recomputed per-sample outcomes), ``presets`` (named atta
 from . import apgd, autoattack, cw, cw_cleverhans, fgsm, noise, pgd, sld, spsa, square  # noqa: F401  (registers the attacks)
 from .autoattack import AutoAttack, FewClassesWarning
 from .base import (
-    ATTACKS,
-    Attack,
-    GradientAttack,
-    ModelOutputError,
-    attack_class,
-    get_attack,
-    is_gradient_based,  # noqa: F401  (the harness's: which attacks use gradients)
-    list_attacks,
+    ATTACKS, Attack, GradientAttack, ModelOutputError, attack_class, get_attack, is_gradient_based, list_attacks,
     register_attack,
 )
 from .budget import NORMS, budget_violations, lp_norms, project  # noqa: F401  (for the harness, by module)
-from .checks import (  # noqa: F401  (trust checks: the harness's, reached as attacks.checks)
-    CheckResult,
-    EOTModel,
-    check_differentiability,
-    check_gradient_masking,
-    check_large_eps,
-    check_monotone_in_eps,
+from .checks import (
+    CheckResult, EOTModel, check_differentiability, check_gradient_masking, check_large_eps, check_monotone_in_eps,
     detect_stochastic,
 )
 from .cw import CW
@@ -39,8 +27,9 @@ from .pgd import PGD
 from .presets import PRESETS, eps_grid, get_preset, list_presets, register_preset
 from .apgd import APGD
 from . import adaptive  # noqa: E402  (registers bpda and transfer; imports the attacks above)
-from .adaptive import (BPDA, Transfer, check_adaptive_gap, check_eps_zero_identity, check_softmax_output,  # noqa: F401
-                       model_dynamics)
+from .adaptive import (
+    BPDA, Transfer, check_adaptive_gap, check_eps_zero_identity, check_softmax_output, model_dynamics,
+)
 from .sld import SparseL1Descent
 from .spsa import SPSA
 from .square import Square

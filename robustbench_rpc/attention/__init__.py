@@ -1,20 +1,8 @@
 """Attention variants as plug-ins: ``@register_attention(name)`` and ``patch_attention(model, name)``."""
 from .base import (
-    ATTENTIONS,
-    AttentionReinitError,
-    UnknownVariantArgumentError,
-    attention_variant_params,
-    check_variant_args,
-    build_like,
-    describe_attention,
-    get_attention,
-    list_attentions,
-    patch_attention,
-    register_attention,
-    resolve_layers,
-    set_fused,
-    summarize_attention,
-    variant_of,
+    ATTENTIONS, AttentionReinitError, UnknownVariantArgumentError, attention_variant_params, check_variant_args,
+    build_like, describe_attention, get_attention, list_attentions, patch_attention, register_attention,
+    resolve_layers, set_fused, summarize_attention, variant_of,
 )
 from .fan import FANAttention
 from .fan_rpc import FANRPCAttention

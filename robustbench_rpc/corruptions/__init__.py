@@ -9,9 +9,10 @@ Custom corruptions join the registry with a decorator::
     def my_blur(x, severity, rng): ...                      # uint8 (H, W, 3) -> array in [0, 255]
 """
 from . import cifar_c, imagenet_c  # noqa: F401  (register the built-in corruptions)
-from .core import (AUTO_TABLE_MIN_SIDE, CORRUPTIONS, SEVERITY_TABLES, CorruptionSpec, corrupt,
-                   derive_seed, get_corruption, list_corruptions, register_corruption,
-                   resolve_severity_table, seeded_numpy_global)
+from .core import (
+    AUTO_TABLE_MIN_SIDE, CORRUPTIONS, SEVERITY_TABLES, CorruptionSpec, corrupt, derive_seed, get_corruption,
+    list_corruptions, register_corruption, resolve_severity_table, seeded_numpy_global,
+)
 from .cifar_c import CIFAR10_C_PARAMS
 from .dataset import CorruptedDataset, to_uint8_hwc, write_imagenet_c_layout
 from .folders import CIFARCNpy, ImageNetCFolder, find_corruption_folder, imagenet_c_folders

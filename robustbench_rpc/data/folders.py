@@ -35,8 +35,10 @@ from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
 from .images import UnreadableImageError, decode_image, is_readable, load_rgb, to_uint8, unreadable_reason  # noqa: F401
-from .imagenet_classes import (IMAGENET_A_INDICES, IMAGENET_A_WNIDS, IMAGENET_O_INDICES,
-                               IMAGENET_O_WNIDS, IMAGENET_R_INDICES, IMAGENET_R_WNIDS, IMAGENET_WNIDS)
+from .imagenet_classes import (
+    IMAGENET_A_INDICES, IMAGENET_A_WNIDS, IMAGENET_O_INDICES, IMAGENET_O_WNIDS, IMAGENET_R_INDICES, IMAGENET_R_WNIDS,
+    IMAGENET_WNIDS,
+)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -318,7 +320,7 @@ class ImageNetO(_SubsetImageNet):
     :data:`IMAGENET_O_INDICES`, score = -max softmax, OOD positive, AUPR = average precision
     (:func:`robustbench_rpc.metrics.ood_metrics`).  Suites select it with
     ``kind = "ood"``, ``dataset = "imagenet-o"``, ``protocol = "imagenet-o-200"`` (see
-    :mod:`robustbench_rpc.ood`).  An OOD set of your own with other folder names: :class:`OODImageFolder`.
+    :mod:`robustbench_rpc.evaluation.ood`).  An OOD set of your own with other folder names: :class:`OODImageFolder`.
     """
 
     name = "imagenet-o"

@@ -11,8 +11,10 @@ One file per diagnostic, each registered by name (``@register_diagnostic``) and 
 command line; a suite asks for them with a ``kind = "diagnostics"`` evaluation.
 """
 from . import kpca, pap  # noqa: F401  (register the built-in diagnostics)
-from .base import (DIAGNOSTICS, Accumulator, Diagnostic, attention_blocks, explicit_path, get_diagnostic,
-                   list_diagnostics, record_iterates, register_diagnostic, run_diagnostics)
+from .base import (
+    DIAGNOSTICS, Accumulator, Diagnostic, attention_blocks, explicit_path, get_diagnostic, list_diagnostics,
+    record_iterates, register_diagnostic, run_diagnostics,
+)
 from .inputs import INPUT_KINDS, diagnose_inputs
 from .output import CSV_COLUMNS, write_outputs
 

@@ -24,7 +24,7 @@ def _head_meta(checkpoint: str | None) -> dict[str, Any]:
 
 def heads_table(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     from ..metrics import wilson_interval
-    from ..store import ResultsStore
+    from ..store.results import ResultsStore
 
     with ResultsStore(Path(run_dir) / "results.sqlite", readonly=True) as store:
         models = store.models()

@@ -23,7 +23,7 @@ import hashlib
 import json
 from typing import Any, Iterable, Mapping
 
-from ..manifest import sample_ids_digest
+from ..store.manifest import sample_ids_digest
 
 AUTOATTACK_STANDARD = {"version": "standard"}
 #: AutoAttack parameters at which "standard" means the reference's standard run

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..store import ResultsStore
+from ..store.results import ResultsStore
 from .fingerprint import evaluation_fingerprint, ids_digest, model_identity
 
 STORE_NAME = "results.sqlite"

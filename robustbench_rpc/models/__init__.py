@@ -1,21 +1,12 @@
 """Named model registry (also registered into timm), checkpoint loading and the [0,1] wrapper."""
 from .checkpoint import (
-    PACKAGED_DIR,
-    PRETRAINED,
-    CheckpointError,
-    describe_state_dict,
-    extract_state_dict,
-    load_checkpoint,
-    read_checkpoint_file,
-    read_checkpoint_metadata,
-    resolve_checkpoint,
-    save_checkpoint,
-    sha256_of,
-    split_spec,
+    PACKAGED_DIR, PRETRAINED, CheckpointError, describe_state_dict, extract_state_dict, load_checkpoint,
+    read_checkpoint_file, read_checkpoint_metadata, resolve_checkpoint, save_checkpoint, sha256_of, split_spec,
 )
 from .contract import ModelContractError, register_model
-from .loading import (ModelForm, create_model, create_pretrained, data_config_of, form_of, load_model,
-                      register_model_form)
+from .loading import (
+    ModelForm, create_model, create_pretrained, data_config_of, form_of, load_model, register_model_form,
+)
 from .normalize import Normalized
 from .paper_args import ResolvedModel, resolve_model
 from .vit import ARCHS, MODELS, ModelEntry, list_models

@@ -17,10 +17,14 @@ import timm
 from torch import nn
 
 from ..registry import UnknownNameError
-from .checkpoint import (PRETRAINED, CheckpointError, check_named_model, extract_state_dict, load_state_dict_checked,
-                         read_checkpoint_file, resolve_checkpoint, split_spec)
-from .contract import CONTRACT_FLAGS, CONTRACT_KEYS, HOW_TO_DECLARE, REQUIRED, ModelContractError, declared_contract, \
-    normalize_contract
+from .checkpoint import (
+    PRETRAINED, CheckpointError, check_named_model, extract_state_dict, load_state_dict_checked,
+    read_checkpoint_file, resolve_checkpoint, split_spec,
+)
+from .contract import (
+    CONTRACT_FLAGS, CONTRACT_KEYS, HOW_TO_DECLARE, REQUIRED, ModelContractError, declared_contract,
+    normalize_contract,
+)
 from .normalize import Normalized
 from .paper_args import ResolvedModel, resolve_model, size_hint
 from .trained import apply_recorded_attention, build_kwargs, recorded_build

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..atomic import write_text
-from ..store_errors import output_error
+from ..store.errors import output_error
 from .compute import pairwise
 from .data import STORE_FILENAME, RunData
 from .diagnostics import diagnostics_section

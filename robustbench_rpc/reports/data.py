@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..store import ResultsStore
+from ..store.results import ResultsStore
 
 STORE_FILENAME = "results.sqlite"
 

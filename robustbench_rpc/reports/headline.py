@@ -193,7 +193,7 @@ def corruption_columns(data: RunData) -> tuple[list[Column], list[str]]:
 
 
 def shift_and_ood_columns(data: RunData) -> tuple[list[Column], list[str]]:
-    from ..ood import protocol_of
+    from ..evaluation.ood import protocol_of
 
     cols = [(eval_label(data.info(e)), "shift", _acc_getter(data, e), e) for e in data.evals_of("shift")["eval_key"]]
     protocol = []

@@ -15,8 +15,10 @@ import numpy as np  # noqa: E402
 from .. import metrics  # noqa: E402
 from ..atomic import replacing  # noqa: E402
 from ..evalspec import eps_label as format_eps, threat_of  # noqa: E402
-from .compute import (CE_MIN_REF_ERROR, CE_MIN_REF_ERRORS, acc_stats, corruption_results, pairwise,  # noqa: E402
-                      severity_curve, worst_case, worst_groups)
+from .compute import (
+    CE_MIN_REF_ERROR, CE_MIN_REF_ERRORS, acc_stats, corruption_results, pairwise, severity_curve, worst_case,
+    worst_groups,
+)
 from .data import RunData, eps_key, slug  # noqa: E402
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.grid": True, "grid.alpha": 0.3,

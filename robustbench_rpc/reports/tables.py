@@ -7,12 +7,14 @@ import numpy as np
 import pandas as pd
 
 from ..evalspec import THREAT_DEFAULTS, eps_label as format_eps, threat_of, threat_text, top5_reason
-from .compute import BOOT_SEED, N_BOOT, NAN, acc_stats, corruption_results, finite, ood_result, pairwise, worst_case, \
-    worst_groups
+from .compute import (
+    BOOT_SEED, N_BOOT, NAN, acc_stats, corruption_results, finite, ood_result, pairwise, worst_case, worst_groups,
+)
 from .data import RunData, eps_key, slug
 from .headline import headline_table
-from .protocol import (attack_name, common_lines, dataset_lines, eval_label, incomplete_notes, params_text,
-                       pixel_equivalents)
+from .protocol import (
+    attack_name, common_lines, dataset_lines, eval_label, incomplete_notes, params_text, pixel_equivalents,
+)
 from .render import Table, fmt_ci, fmt_delta, fmt_num, fmt_p, pct
 
 NA = "n/a"  # not applicable (as opposed to None = missing result)
@@ -287,7 +289,7 @@ def ood_table(data: RunData) -> Table | None:
     ev = data.evals_of("ood")
     if ev.empty or not data.model_keys:
         return None
-    from ..ood import describe as describe_protocol, protocol_of
+    from ..evaluation.ood import describe as describe_protocol, protocol_of
 
     columns = ["Model", "OOD set", "Protocol", "In-distribution", "AUPR (%) [95% CI]", "AUROC (%)", "FPR95 (%)",
                "n in", "n out"]

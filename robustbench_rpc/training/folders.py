@@ -14,8 +14,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..data.folders import (ClassMismatchError, ImageSampleFolder, ImageNetVal, UnreadableImageError, load_rgb,
-                            scan_class_folders, transform_from_data_config)
+from ..data.folders import (
+    ClassMismatchError, ImageSampleFolder, ImageNetVal, UnreadableImageError, load_rgb, scan_class_folders,
+    transform_from_data_config,
+)
 from ..data.imagenet_classes import IMAGENET_WNIDS
 from ..data.pool import RunLoader
 from .data import DEFAULT_AUGMENT, ON_DISK_AUGMENTS, TrainData, listing_sha256, sample_seed, split_positions

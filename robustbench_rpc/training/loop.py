@@ -124,7 +124,7 @@ def prepare(recipe: Recipe, out: Path, cfg: Settings, ranks: Ranks, log: Callabl
         ema = ModelEmaV3(model, decay=recipe.optim.ema_decay, use_warmup=recipe.optim.ema_warmup)
     settings = {"device_type": torch.device(ranks.device).type, "amp": ranks.amp, "world_size": ranks.world,
                 "threads": torch.get_num_threads(), "workers": cfg.workers}
-    from ..manifest import git_state
+    from ..store.manifest import git_state
 
     return Job(recipe, out, ranks, model, model, data, objective, opt, params, sched, ema, gen, record, settings,
                log, EpochLog(out, ranks.main, cfg.progress, log), git=git_state() if ranks.main else None)
@@ -284,7 +284,7 @@ def _say(line: str) -> None:
 def train(recipe: Recipe, out: str | Path, settings: Settings | None = None,
           log: Callable[[str], None] = _say) -> dict[str, Any]:
     """Train ``recipe`` into the folder ``out`` (resuming what it holds); see the module docstring."""
-    from ..store import lock_folder
+    from ..store.lock import lock_folder
 
     cfg = settings or Settings()
     out = Path(out)

@@ -54,7 +54,7 @@ def _cheap(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     included (also inside an adaptive attack's ``base_args``, for its base)."""
     import inspect
 
-    from ..adaptive.inner import ALIASES
+    from .inner import ALIASES
     from ..base import ATTACKS
 
     try:

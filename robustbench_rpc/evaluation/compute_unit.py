@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-from .evalspec import EvalSpec, attack_params, unit_seed
+from ..evalspec import EvalSpec, attack_params, unit_seed
 
 
 #: classifications of each adversarial image of a stochastic model, per-sample worst case kept
@@ -20,7 +20,7 @@ STOCHASTIC_EVAL_REPEATS = 20
 
 
 def autocast(device: str, amp: str | None):
-    from .attacks.base import amp_dtype_of
+    from ..attacks.base import amp_dtype_of
 
     dtype = amp_dtype_of(amp)
     if dtype is None:
@@ -32,13 +32,13 @@ def autocast(device: str, amp: str | None):
 def prediction_rows(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                     device: str, amp: str | None, class_mask: torch.Tensor | None = None) -> dict[str, list]:
     """Top-1/top-5 correctness and max-softmax confidence of ``model`` on a batch."""
-    from .attacks.evaluate import check_finite
+    from ..attacks.evaluate import check_finite
 
     with autocast(device, amp):
         logits = model(x).float()
     check_finite(logits)  # before the class mask, whose excluded classes are -inf on purpose
     if class_mask is not None:  # ImageNet-A/R: argmax over the 200 classes of the subset only
-        from .data.folders import mask_logits
+        from ..data.folders import mask_logits
 
         logits = mask_logits(logits, class_mask)
     probs = logits.softmax(dim=1)
@@ -57,8 +57,8 @@ def prediction_rows(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, id
 
 def attack_rows(model: torch.nn.Module, spec: EvalSpec, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                 seed: int, device: str, amp: str | None) -> dict[str, list]:
-    from . import attacks
-    from .attacks.base import amp_dtype_of
+    from .. import attacks
+    from ..attacks.base import amp_dtype_of
 
     attack = attacks.get_attack(spec.name, seed=seed, **attack_params(spec, amp))
     # a stochastic model (evaluated through EOT): the final classification is repeated, worst draw kept
@@ -96,7 +96,7 @@ def unit_rows(model: torch.nn.Module, e: EvalSpec, unit: int, x: torch.Tensor, y
     mask = None
     mask_name = e.dataset if e.kind == "shift" else e.params.get("class_mask")  # ood protocols set class_mask
     if mask_name:
-        from .data import folders
+        from ..data import folders
 
         mask = folders.class_mask_for(mask_name).to(device)
     torch.manual_seed(seed)

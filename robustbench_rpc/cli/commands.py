@@ -11,20 +11,20 @@ from pathlib import Path
 
 
 def _kv(items: list[str], flag: str) -> dict[str, str]:
-    from .plan import parse_pairs
+    from ..evaluation.plan import parse_pairs
 
     return parse_pairs(items, flag)
 
 
 def _model_kwargs(items: list[str], flag: str = "--model-arg") -> dict:
-    from .plan import parse_pairs
+    from ..evaluation.plan import parse_pairs
 
     return parse_pairs(items, flag, as_json=True)
 
 
 def load_plugin(spec: str) -> None:
     """Import a user module (dotted name or .py file) so its @register_* decorators run (faults: one line)."""
-    from .plugins import load_plugin as load
+    from ..plugins import load_plugin as load
 
     load(spec)
 
@@ -32,7 +32,7 @@ def load_plugin(spec: str) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     import torch
 
-    from .models import MODELS, PACKAGED_DIR as PACKAGED, create_model
+    from ..models import MODELS, PACKAGED_DIR as PACKAGED, create_model
 
     rows = []
     for name in MODELS.names(args.pattern):
@@ -48,10 +48,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     for r in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
     print(f"\n{len(rows)} models; any timm model works too as timm:<name>")
-    from .attention import list_attentions
+    from ..attention import list_attentions
 
     print(f"attention variants (run --attention NAME): {', '.join(list_attentions())}")
-    from .heads import list_heads
+    from ..heads import list_heads
 
     shipped_heads = sorted(p.stem for p in PACKAGED.glob("*+*.safetensors"))
     print(f"heads on a frozen backbone (run --model BACKBONE+HEAD:CKPT, train-head --head NAME): "
@@ -60,15 +60,19 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .harness import run
-    from .plan import RunConfig
+    from ..evaluation.harness import run
+    from ..evaluation.plan import RunConfig
 
     cfg = RunConfig.from_args(args)
     out = run(cfg)
     if os.environ.get("RANK", "0") != "0":
         return 0
+    if cfg.report:
+        from ..reports import build_report
+
+        build_report(out)
     print(f"results: {Path(out) / 'results.sqlite'}")
-    from .reports.build import checks_text
+    from ..reports.build import checks_text
 
     print(checks_text(out))  # the run's last words: trust checks as stored, report path
     if not args.no_report:
@@ -83,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _failed_checks(out: Path) -> list[str]:
-    from .store import ResultsStore
+    from ..store.results import ResultsStore
 
     with ResultsStore(out / "results.sqlite", readonly=True) as store:
         checks = store.checks()
@@ -91,7 +95,7 @@ def _failed_checks(out: Path) -> list[str]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .reports import build_report
+    from ..reports import build_report
 
     paths = build_report(Path(args.run_dir), Path(args.out) if args.out else None)
     summary = paths.get("summary")
@@ -105,8 +109,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import difflib
 
-    from .reports import compare_models
-    from .store import ResultsStore
+    from ..reports import compare_models
+    from ..store.results import ResultsStore
 
     path = Path(args.run_dir) / "results.sqlite"
     with ResultsStore(path, readonly=True) as store:
@@ -127,8 +131,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Check a rerun against a reference run (robustbench_rpc.verify): manifests, then everything stored."""
-    from .verify import verify_runs
+    """Check a rerun against a reference run (robustbench_rpc.store.verify): manifests, then everything stored."""
+    from ..store.verify import verify_runs
 
     return verify_runs(Path(args.run_a), Path(args.run_b), tolerance=args.tolerance)
 
@@ -143,7 +147,7 @@ TRAIN_FLAGS = {"model": "model.name", "init": "model.init", "attention": "model.
 
 def _train_overrides(args: argparse.Namespace) -> tuple[dict, dict, str | None]:
     """(recipe overrides, the flag that gave each, the dataset named by --data-root NAME=PATH)."""
-    from .training.recipe import RecipeError, parse_value
+    from ..training.recipe import RecipeError, parse_value
 
     over, flags = {}, {}
     for dest, key in TRAIN_FLAGS.items():
@@ -170,7 +174,7 @@ def _train_overrides(args: argparse.Namespace) -> tuple[dict, dict, str | None]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import RecipeError, Settings, build_recipe, train
+    from ..training import RecipeError, Settings, build_recipe, train
 
     try:
         over, flags, named = _train_overrides(args)
@@ -197,10 +201,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """PAP iterates and KPCA checks of each model, clean and (optionally) attacked / corrupted. Planned
     like a run (one ``diagnostics`` evaluation): the same model, attention, data and --limit rules."""
-    from .diagnostics import diagnose_inputs, write_outputs
-    from .harness import build_model
-    from .plan import Plan, RunConfig
-    from .suite import suite_from_dict
+    from ..diagnostics import diagnose_inputs, write_outputs
+    from ..evaluation.harness import build_model
+    from ..evaluation.plan import Plan, RunConfig
+    from ..evaluation.suite import suite_from_dict
 
     evaluation = {"kind": "diagnostics"}
     if args.diagnostic:
@@ -210,7 +214,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     if args.corruption:
         evaluation.update(corruption=args.corruption, severity=args.severity)
     if not args.model:
-        from .evalspec import SuiteError
+        from ..evalspec import SuiteError
 
         raise SuiteError("diagnose needs --model NAME[:CKPT] (repeatable)")
     suite = suite_from_dict({"name": "diagnose", "evaluation": [evaluation]}, "diagnose")
@@ -256,7 +260,7 @@ def _print_pap_summary(csv: Path) -> None:
 def cmd_train_head(args: argparse.Namespace) -> int:
     import json
 
-    from .heads.train import TrainHeadConfig, train_head
+    from ..heads.train import TrainHeadConfig, train_head
 
     cfg = TrainHeadConfig(backbone=args.backbone, head=args.head, solver=args.solver, beta=args.beta,
                           proj_dim=args.proj_dim, head_args=_model_kwargs(args.head_arg), tol=args.tol,
@@ -276,7 +280,7 @@ def cmd_train_head(args: argparse.Namespace) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     """Merge run folders (and published RobustBench model_info JSONs) into one board folder."""
-    from .leaderboard import LeaderboardError, build_leaderboard
+    from ..leaderboard import LeaderboardError, build_leaderboard
 
     try:
         res = build_leaderboard(args.runs, args.out, published=args.published or [], rank_by=args.rank_by,
@@ -295,7 +299,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_heads_report(args: argparse.Namespace) -> int:
-    from .heads.summary import heads_report
+    from ..heads.summary import heads_report
 
     paths = heads_report(Path(args.run_dir), Path(args.out) if args.out else None)
     for k, v in paths.items():
@@ -304,7 +308,7 @@ def cmd_heads_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli_parser import build_parser as build
+    from .parser import build_parser as build
 
     return build({
         "models": cmd_models,
@@ -344,17 +348,17 @@ def _terminate_as_interrupt():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .data.folders import ClassMismatchError, UnreadableImageError
-    from .data.resolve import DataRootError
-    from .dist import RankFailure
-    from .attacks import ModelOutputError
-    from .models import CheckpointError, ModelContractError
-    from .registry import UnknownNameError
-    from .store import StoreError
-    from .evalspec import SuiteError
-    from .plugins import PluginError
+    from ..data.folders import ClassMismatchError, UnreadableImageError
+    from ..data.resolve import DataRootError
+    from ..dist import RankFailure
+    from ..attacks import ModelOutputError
+    from ..models import CheckpointError, ModelContractError
+    from ..registry import UnknownNameError
+    from ..store.errors import StoreError
+    from ..evalspec import SuiteError
+    from ..plugins import PluginError
 
-    from .harness import UnitFault
+    from ..evaluation.harness import UnitFault
 
     try:
         with _terminate_as_interrupt():

@@ -53,17 +53,20 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from .folder_lock import FolderLock, lock_folder  # noqa: F401 (API)
-from .store_errors import (FolderBusyError, OutputWriteError, StoreConflictError, StoreCorruptError,  # noqa: F401
-                           StoreError, StoreWriteError, corrupt_error, is_corruption, is_write_fault, one_line, output_error,
-                           write_error)
-from .store_export import write_tables
-from .store_skips import newly_skipped, skip_conflict
-from .store_rows import (BOOL_COLUMNS, OPTIONAL_SAMPLE_COLUMNS, REQUIRED_SAMPLE_COLUMNS,  # noqa: F401 (API)
-                         SAMPLE_COLUMNS, canonical_json, stable_key)
-from .store_schema import EVAL_KINDS, JSON_COLUMNS, MIGRATIONS, SCHEMA, SCHEMA_VERSION  # noqa: F401 (API)
-from .store_units import (insert_unit, refuse_clashes, require_registered, same_rows, sample_records, stored_whole,
-                          unit_index)
+from .lock import FolderLock, lock_folder  # noqa: F401 (API)
+from .errors import (
+    FolderBusyError, OutputWriteError, StoreConflictError, StoreCorruptError, StoreError, StoreWriteError,
+    corrupt_error, is_corruption, is_write_fault, one_line, output_error, write_error,
+)
+from .export import write_tables
+from .skips import newly_skipped, skip_conflict
+from .rows import (
+    BOOL_COLUMNS, OPTIONAL_SAMPLE_COLUMNS, REQUIRED_SAMPLE_COLUMNS, SAMPLE_COLUMNS, canonical_json, stable_key,
+)
+from .schema import EVAL_KINDS, JSON_COLUMNS, MIGRATIONS, SCHEMA, SCHEMA_VERSION  # noqa: F401 (API)
+from .write_unit import (
+    insert_unit, refuse_clashes, require_registered, same_rows, sample_records, stored_whole, unit_index,
+)
 
 CHECKPOINT_INTERVAL_S = 30.0  # write_unit checkpoints the WAL at least this often (and when an evaluation ends)
 
@@ -623,7 +626,7 @@ class ResultsStore:
 
         Pairs with no samples have n = 0, complete False and NaN statistics.
         """
-        from .metrics import wilson_interval
+        from ..metrics import wilson_interval
 
         models = self._query("SELECT model_key FROM models ORDER BY rowid")
         evals = self._query("SELECT eval_key, info_json FROM evaluations ORDER BY rowid")

@@ -9,8 +9,8 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from .atomic import replacing
-from .store_rows import canonical_json
+from ..atomic import replacing
+from .rows import canonical_json
 
 
 def write_tables(tables: Mapping[str, pd.DataFrame], out: Path, formats: Sequence[str]) -> dict[str, Path]:

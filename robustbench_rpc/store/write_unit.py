@@ -8,8 +8,8 @@ import operator
 import sqlite3
 from typing import Any, Mapping, Sequence
 
-from .store_errors import StoreConflictError, StoreError
-from .store_rows import REQUIRED_SAMPLE_COLUMNS, SAMPLE_COLUMNS, coerce, rows_to_columns, same_value
+from .errors import StoreConflictError, StoreError
+from .rows import REQUIRED_SAMPLE_COLUMNS, SAMPLE_COLUMNS, coerce, rows_to_columns, same_value
 
 UnitKey = tuple[str, str, int]  # (model_key, eval_key, unit)
 _WHERE = "WHERE model_key = ? AND eval_key = ? AND unit = ?"

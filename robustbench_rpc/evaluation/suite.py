@@ -17,9 +17,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .evalspec import EvalSpec, SuiteError, parse_eps, resolve_attack
+from ..evalspec import EvalSpec, SuiteError, parse_eps, resolve_attack
 
-SUITES_DIR = Path(__file__).parent / "suites"
+SUITES_DIR = Path(__file__).parent.parent / "suites"
 KINDS = ("clean", "attack", "corruption", "ood", "shift", "diagnostics")
 _DEFAULT_KEYS = {"dataset", "models", "reference_model", "batch_size", "seed", "limit", "subset", "data_roots",
                  "workers", "amp", "device"}
@@ -27,7 +27,7 @@ _EVAL_KEYS = {
     "clean": {"kind", "dataset"},
     "attack": None,  # any attack parameter passes through to get_attack
     "corruption": {"kind", "corruptions", "severities", "source", "severity_table", "root"},
-    "ood": {"kind", "dataset", "protocol"},  # protocol: see robustbench_rpc.ood
+    "ood": {"kind", "dataset", "protocol"},  # protocol: see robustbench_rpc.evaluation.ood
     "shift": {"kind", "dataset"},
     # robustbench_rpc.diagnostics on clean images and, optionally, the same images attacked / corrupted;
     # stored in the run's meta table (not per-sample rows), shown by reports/diagnostics.py
@@ -142,7 +142,7 @@ def _ood_specs(ev: dict[str, Any], where: str) -> list[EvalSpec]:
 
 def _attack_evals(ev: dict[str, Any], dataset: str, amp: str | None, where: str) -> list[EvalSpec]:
     """One evaluation per attack (a preset's rows) and budget, each attack resolved once."""
-    from . import attacks
+    from .. import attacks
 
     out = []
     for spec in _attack_specs(ev, where):
@@ -164,7 +164,7 @@ def _attack_evals(ev: dict[str, Any], dataset: str, amp: str | None, where: str)
 
 def _corruption_evals(ev: dict[str, Any], dataset: str, where: str) -> list[EvalSpec]:
     """One evaluation per corruption and severity, names and severities checked."""
-    from . import corruptions
+    from .. import corruptions
 
     source = ev.get("source", "on-the-fly")
     if source not in ("on-the-fly", "imagenet-c", "cifar10-c", "cifar100-c"):
@@ -189,7 +189,7 @@ def _corruption_evals(ev: dict[str, Any], dataset: str, where: str) -> list[Eval
 
 
 def _attack_specs(ev: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    from . import attacks
+    from .. import attacks
 
     if "preset" in ev:
         extra = {k: v for k, v in ev.items() if k not in ("kind", "preset")}
@@ -203,7 +203,7 @@ def _attack_specs(ev: dict[str, Any], where: str) -> list[dict[str, Any]]:
 
 def _known(registry, name: str, where: str) -> None:
     """A registered name, or a SuiteError naming the file and the registry's did-you-mean message."""
-    from .registry import UnknownNameError
+    from ..registry import UnknownNameError
 
     try:
         registry.get(name)
@@ -213,8 +213,8 @@ def _known(registry, name: str, where: str) -> None:
 
 def _diagnostics_spec(ev: dict[str, Any], dataset: str, where: str) -> EvalSpec:
     """A ``kind = "diagnostics"`` evaluation, every name and parameter checked now."""
-    from . import attacks, corruptions
-    from .diagnostics import DIAGNOSTICS
+    from .. import attacks, corruptions
+    from ..diagnostics import DIAGNOSTICS
 
     names = ev.get("diagnostics", DIAGNOSTICS.names())
     names = [names] if isinstance(names, str) else list(names)

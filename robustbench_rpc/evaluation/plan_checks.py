@@ -1,4 +1,4 @@
-"""The checks :class:`robustbench_rpc.plan.Plan` makes before any compute: each raises one
+"""The checks :class:`robustbench_rpc.evaluation.plan.Plan` makes before any compute: each raises one
 :class:`SuiteError` line naming the flag or the suite key, the model or the file."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .evalspec import SuiteError
+from ..evalspec import SuiteError
 
 # The arguments are plan.Plan / plan.ModelSpec / plan.RunConfig objects; typed Any so that this module,
 # which plan.py uses, never imports plan.py back.
@@ -65,7 +65,7 @@ def check_settings(plan: "Plan") -> None:
 
 def check_attention_flag(cfg: "RunConfig") -> None:
     """``--attention`` with its arguments and layers: a known variant, known argument names, valid layers."""
-    from .attention import UnknownVariantArgumentError, check_variant_args, get_attention, resolve_layers
+    from ..attention import UnknownVariantArgumentError, check_variant_args, get_attention, resolve_layers
 
     get_attention(cfg.attention)  # unknown variant: did-you-mean
     try:  # the same check patch_attention makes in the API
@@ -82,11 +82,13 @@ def check_model(m: "ModelSpec", cfg: "RunConfig") -> dict[str, Any]:
     """Build ``m`` on the meta device (no weights allocated) with its checkpoint's settings and its
     attention patch: a bad name, keyword, checkpoint or variant value fails now, not after an hour of
     attacks. Returns the model's evaluation contract."""
-    from .models import (PRETRAINED, CheckpointError, ModelContractError, create_model, create_pretrained,
-                         data_config_of, resolve_model)
-    from .models.checkpoint import check_named_model
+    from ..models import (
+        PRETRAINED, CheckpointError, ModelContractError, create_model, create_pretrained, data_config_of,
+        resolve_model,
+    )
+    from ..models.checkpoint import check_named_model
 
-    from .models.trained import apply_recorded_attention, build_kwargs, recorded_build
+    from ..models.trained import apply_recorded_attention, build_kwargs, recorded_build
 
     kw = dict(m.kwargs)  # a paper checkpoint's args configure the model (classes, PAP) here too
     build = recorded_build(m.weights_file)  # so do the kwargs and attention patch `train` recorded
@@ -119,7 +121,7 @@ def check_model(m: "ModelSpec", cfg: "RunConfig") -> dict[str, Any]:
 
 
 def _patch_meta(net: torch.nn.Module, m: "ModelSpec", cfg: "RunConfig") -> None:
-    from .attention import patch_attention
+    from ..attention import patch_attention
 
     try:  # bad variant parameter values fail now too
         patch_attention(net, m.attention["variant"], layers=m.attention["layers"],
@@ -133,7 +135,7 @@ def _patch_meta(net: torch.nn.Module, m: "ModelSpec", cfg: "RunConfig") -> None:
 
 def check_roots(plan: "Plan") -> None:
     """Every --data-root must name a dataset this run reads, from a path that exists."""
-    from .data.resolve import NEEDS_ROOT, ROOT_OF
+    from ..data.resolve import NEEDS_ROOT, ROOT_OF
 
     reads = {plan.dataset}
     for e in plan.evals:
@@ -172,7 +174,7 @@ def _constructor_names(cls: type) -> set[str]:
 def check_sweep(variant: str, layers: list, args: dict[str, list], combos: list[dict], where: str) -> None:
     """A [sweep] grid: a known variant, valid layers, known argument names, and every combination tried
     on a small module on the meta device."""
-    from .attention import get_attention, resolve_layers
+    from ..attention import get_attention, resolve_layers
 
     try:
         cls = get_attention(variant)

@@ -4,7 +4,7 @@ Every evaluation is cut into fixed units (consecutive ``batch_size`` positions o
 composition does not depend on the number of ranks. Each unit is seeded from (seed, evaluation, unit), so
 a unit gives the same rows on any rank, in any order, after any resume. Rank 0 decides what is left to do,
 ranks compute their share round by round, rank 0 writes each finished unit in one transaction. What to run
-was decided and validated by :mod:`robustbench_rpc.plan`; how one unit becomes rows is :mod:`units`.
+was decided and validated by :mod:`robustbench_rpc.evaluation.plan`; how one unit becomes rows is :mod:`units`.
 """
 from __future__ import annotations
 
@@ -17,13 +17,17 @@ from typing import Any, Callable
 
 import torch
 
-from . import dist
-from .evalspec import EvalSpec, SuiteError, describe_eval
-from .models import PRETRAINED, load_model, sha256_of
+from .. import dist
+from ..evalspec import EvalSpec, SuiteError, describe_eval
+from ..models import PRETRAINED, load_model, sha256_of
 from .plan import ModelSpec, Plan, RunConfig, RunFolderError, default_device
-from .store import ResultsStore, StoreWriteError, lock_folder, stable_key, write_error
+from ..store.results import ResultsStore
+from ..store.errors import StoreWriteError, write_error
+from ..store.lock import lock_folder
+from ..store.rows import stable_key
 from .preflight import check_input_gradients, check_output
-from .units import STOCHASTIC_EVAL_REPEATS, unit_rows
+from .compute_unit import STOCHASTIC_EVAL_REPEATS, unit_rows
+from .stored_curves import adaptive_pairs, attack_curves
 
 STORE_NAME = "results.sqlite"
 #: memory for batches shared between a run's models (``data.pool.BatchCache``); only runs of several models
@@ -55,7 +59,7 @@ class Runner:
         refuse settings or evaluations that would mix two protocols in one folder."""
         import sqlite3
 
-        from .store import FolderBusyError
+        from ..store.errors import FolderBusyError
 
         p = self.plan
         if p.out.is_dir() and not (p.out / STORE_NAME).exists() and any(
@@ -117,7 +121,7 @@ class Runner:
             self._lock = None
 
     def model_info(self, m: ModelSpec, model: torch.nn.Module) -> tuple[str, dict[str, Any]]:
-        from .attention import summarize_attention
+        from ..attention import summarize_attention
 
         try:
             attention = summarize_attention(model)
@@ -179,8 +183,8 @@ class Runner:
         """Stochastic models are detected here and evaluated with EOT; compile if asked. NaN/inf logits
         end the run here, named, rather than being mistaken for randomness."""
         p = self.plan
-        from . import attacks
-        from .attacks.evaluate import NonFiniteLogitsError
+        from .. import attacks
+        from ..attacks.evaluate import NonFiniteLogitsError
 
         ds = p.base_dataset(p.dataset)
         x = torch.stack([ds[i][0] for i in range(min(8, len(ds)))]).to(p.device)
@@ -211,7 +215,7 @@ class Runner:
     def loader(self) -> "RunLoader":
         """The run's data workers: started once and shared by every evaluation (see data/pool.py)."""
         if self._loader is None:
-            from .data.pool import RunLoader
+            from ..data.pool import RunLoader
 
             p = self.plan
             self._loader = RunLoader({e.key: p.dataset_for(e) for e in p.evals}, p.workers,
@@ -223,7 +227,7 @@ class Runner:
         return math.ceil(len(self.plan.dataset_for(e)) / self.plan.batch_size)
 
     def run_eval(self, model: torch.nn.Module, model_key: str, m: ModelSpec, e: EvalSpec) -> None:
-        from .attacks.evaluate import BudgetError, NonFiniteLogitsError
+        from ..attacks.evaluate import BudgetError, NonFiniteLogitsError
 
         p = self.plan
         ds = p.dataset_for(e)
@@ -284,7 +288,7 @@ class Runner:
         ``diagnostics/<model_key>/<eval_key>`` (skipped when present: resumable per model)."""
         if dist.rank() != 0 or self.store is None:
             return
-        from .diagnostics import diagnose_inputs
+        from ..diagnostics import diagnose_inputs
 
         meta_key = f"diagnostics/{model_key}/{e.key}"
         if self.store.get_meta(meta_key) is not None:
@@ -328,9 +332,9 @@ class Runner:
         """Clean accuracy above chance; accuracy monotone in eps; large-eps attack drives accuracy to ~0;
         gradient-free vs gradient attacks (masking); differentiability. Recomputed from the store (and seeded),
         so resume-safe."""
-        from .attacks import adaptive as adaptive_checks
-        from .attacks import checks as attack_checks
-        from .attacks.checks import check_chance_level
+        from ..attacks import adaptive as adaptive_checks
+        from ..attacks import checks as attack_checks
+        from ..attacks.checks import check_chance_level
 
         p = self.plan
         if p.clean_key is not None:
@@ -387,7 +391,7 @@ class Runner:
         return {r["name"]: r["dynamics"] for _, r in models.iterrows() if isinstance(r["dynamics"], dict)}
 
     def write_manifest(self) -> None:
-        from .manifest import build_manifest, write_manifest
+        from ..store.manifest import build_manifest, write_manifest
 
         p = self.plan
         manifest = build_manifest(
@@ -441,7 +445,7 @@ def build_model(plan: Plan, m: ModelSpec) -> torch.nn.Module:
     model = load_model(m.name, m.checkpoint, device=plan.device, data_config=plan.cfg.data_config,
                        trusted_globals=plan.cfg.trusted_globals, **m.kwargs)
     if m.attention:
-        from .attention import patch_attention
+        from ..attention import patch_attention
 
         patch_attention(model, m.attention["variant"], layers=m.attention["layers"],
                         allow_reinit=plan.cfg.attention_reinit, **m.patch_params)
@@ -452,7 +456,7 @@ def build_model(plan: Plan, m: ModelSpec) -> torch.nn.Module:
 def model_dynamics_info(model: torch.nn.Module) -> dict[str, Any]:
     """Static or dynamic (``attacks.model_dynamics``: declared by its modules, else detected on random images of
     its input size), for the model info; a model that cannot be probed is recorded as ``unknown``, with why."""
-    from .attacks import model_dynamics
+    from ..attacks import model_dynamics
 
     try:
         found = model_dynamics(model)
@@ -462,68 +466,9 @@ def model_dynamics_info(model: torch.nn.Module) -> dict[str, Any]:
     return {k: found[k] for k in ("kind", "why", "source")}
 
 
-def adaptive_pairs(store: ResultsStore, model_key: str) -> tuple[dict, dict]:
-    """Per budget (dataset, norm, eps, threat model) holding standard and adaptive attacks (``evalspec.is_adaptive``):
-    the per-sample worst case over the standard attacks and over all of them, on the samples every one of
-    them has, as ``({label: correct}, {label: correct})`` for ``check_adaptive_gap``."""
-    import numpy as np
-
-    from .evalspec import eps_label, is_adaptive, threat_of
-
-    evals = store.evaluations()
-    budgets: dict[tuple, dict[str, list[str]]] = {}
-    for _, info in evals.iterrows():
-        params = info["params"]
-        if info["kind"] != "attack" or params.get("eps") is None:
-            continue
-        key = (info["dataset"], str(params.get("norm", "Linf")), float(params["eps"]), threat_of(params))
-        role = "adaptive" if is_adaptive(info["name"], params) else "standard"
-        budgets.setdefault(key, {"standard": [], "adaptive": []})[role].append(info["eval_key"])
-    several = len({k[0] for k in budgets}) > 1
-    standard, adaptive = {}, {}
-    for (dataset, norm, eps, _), roles in sorted(budgets.items(), key=lambda kv: str(kv[0])):
-        if not roles["standard"] or not roles["adaptive"]:
-            continue
-        frames = [store.samples(model_key, e).set_index("sample_id")["correct1"].astype(bool)
-                  for e in roles["standard"] + roles["adaptive"]]
-        if any(f.empty for f in frames):
-            continue
-        ids = sorted(set.intersection(*(set(f.index) for f in frames)))
-        cols = [f.loc[ids].to_numpy() for f in frames]
-        label = (f"{dataset} " if several else "") + f"{norm} {eps_label(eps)}"
-        standard[label] = np.logical_and.reduce(cols[:len(roles["standard"])])
-        adaptive[label] = np.logical_and.reduce(cols)
-    return standard, adaptive
-
-
-def attack_curves(store: ResultsStore, model_key: str) -> tuple[dict, dict, set, int | None]:
-    """One model's stored robust accuracy per attack group (attack + its non-eps parameters) and eps:
-    (curves {group: {eps: top1}}, norms {group: norm}, gradient-free groups, smallest n)."""
-    from . import attacks
-
-    agg = store.aggregates()
-    evals = store.evaluations().set_index("eval_key")
-    curves: dict[str, dict[float, float]] = {}
-    norms: dict[str, str] = {}
-    free: set[str] = set()
-    n_min = None
-    for _, r in agg[agg["model_key"] == model_key].iterrows():
-        info = evals.loc[r["eval_key"]]
-        params = info["params"]
-        if info["kind"] != "attack" or params.get("eps") is None:
-            continue
-        extra = {k: v for k, v in params.items() if k not in ("eps", "alpha", "seed")}
-        group = info["name"] + (" " + " ".join(f"{k}={v}" for k, v in sorted(extra.items())) if extra else "")
-        curves.setdefault(group, {})[float(params["eps"])] = float(r["top1"])
-        norms[group] = str(params.get("norm", "Linf"))
-        n_min = int(r["n"]) if n_min is None else min(n_min, int(r["n"]))
-        if not attacks.is_gradient_based(info["name"]):
-            free.add(group)
-    return curves, norms, free, n_min
-
-
 def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Path:
-    """Validate, evaluate (resuming whatever is already in the store), then write the report."""
+    """Validate and evaluate (resuming whatever is already in the store); returns the run folder. The harness
+    stops at the store: the caller builds the report (``cfg.report``), so evaluation never imports reports."""
     device = cfg.device or default_device()
     if isinstance(cfg.rank_timeout, bool) or not isinstance(cfg.rank_timeout, (int, float)) or not cfg.rank_timeout > 0:
         raise SuiteError(f"--rank-timeout must be > 0 seconds, got {cfg.rank_timeout!r}")
@@ -532,12 +477,7 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Path:
     try:
         plan = Plan(cfg, log)
         runner = Runner(plan, log)
-        out = runner.run()
-        if cfg.report and dist.rank() == 0:
-            from .reports import build_report
-
-            build_report(out)
-        return out
+        return runner.run()
     finally:
         if runner is not None:
             runner.close()  # releases --out's lock, also after an error

@@ -15,7 +15,7 @@ import os
 import weakref
 from pathlib import Path
 
-from .store_errors import FolderBusyError
+from .errors import FolderBusyError
 
 _HELD: "weakref.WeakSet[FolderLock]" = weakref.WeakSet()  # this process's locks, closed in forked children
 

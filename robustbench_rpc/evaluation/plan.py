@@ -1,7 +1,7 @@
 """Planning a run: (suite, flags) -> a frozen, validated :class:`Plan`, before any compute is spent.
 
 Every model name, checkpoint, attention patch, attack, corruption, dataset root and subset is resolved and
-checked here; :mod:`robustbench_rpc.harness` only runs what was planned (lm-evaluation-harness keeps the
+checked here; :mod:`robustbench_rpc.evaluation.harness` only runs what was planned (lm-evaluation-harness keeps the
 same split between ``simple_evaluate`` and ``evaluate``).
 """
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset, Subset
 
-from . import dist
-from .data.resolve import get_dataset
-from .evalspec import EvalSpec, SuiteError
-from .models import PRETRAINED, CheckpointError, resolve_checkpoint, split_spec
-from .models.checkpoint import PACKAGED_DIR
+from .. import dist
+from ..data.resolve import get_dataset
+from ..evalspec import EvalSpec, SuiteError
+from ..models import PRETRAINED, CheckpointError, resolve_checkpoint, split_spec
+from ..models.checkpoint import PACKAGED_DIR
 from .suite import Suite, expand, load_suite
 
 
@@ -207,7 +207,7 @@ class Plan:
         self.roots = {**d.get("data_roots", {}), **cfg.data_roots}
         self.subset_entries = None
         if self.subset_file:
-            from .data.subsets import SubsetError, read_subset_file
+            from ..data.subsets import SubsetError, read_subset_file
 
             first_n = self.limit is not None and cfg.limit is not None and not cfg.subset
             if self.limit is not None and not first_n:
@@ -320,8 +320,8 @@ class Plan:
     def data_read(self) -> dict[str, dict[str, Any]]:
         """{dataset: {"root": absolute path or None (shipped data), "listing_sha256": ...}} of every dataset
         the run reads; released corruption files by their source."""
-        from .data.resolve import ROOT_OF
-        from .data.subsets import listing_fingerprint
+        from ..data.resolve import ROOT_OF
+        from ..data.subsets import listing_fingerprint
 
         out: dict[str, dict[str, Any]] = {}
         for e in self.evals:
@@ -338,7 +338,7 @@ class Plan:
     def subset_info(self) -> dict[str, Any]:
         """How the evaluated images were chosen (stored with the run, shown on the protocol card)."""
         if self.subset_entries is not None:
-            from .data.subsets import subset_fingerprint
+            from ..data.subsets import subset_fingerprint
 
             return {"method": "file", "file": str(self.subset_file), "entries": len(self.subset_entries),
                     "sha256": subset_fingerprint(self.subset_entries)}
@@ -349,7 +349,7 @@ class Plan:
     def choose(self, ds: Dataset, what: str) -> Dataset:
         """The run's images of ``ds``: all, N spread evenly over its classes, or (for the run's dataset)
         the listed ones; other sets (OOD, shifts) are used whole under ``--subset``."""
-        from .data import subsets
+        from ..data import subsets
 
         try:
             if self.subset_entries is not None:
@@ -365,7 +365,7 @@ class Plan:
 
     def base_dataset(self, name: str) -> Dataset:
         if name not in self._datasets:
-            from .data.images import check_readable
+            from ..data.images import check_readable
 
             ds = get_dataset(name, self.roots, self.data_config)  # every file listed: the choice never
             # depends on which decode, so --skip-unreadable on a resume moves no finished unit's images
@@ -376,7 +376,7 @@ class Plan:
     def dataset_for(self, e: EvalSpec) -> Dataset:
         if e.kind != "corruption":
             return self.base_dataset(e.dataset)
-        from . import corruptions
+        from .. import corruptions
 
         p = e.params
         if p["source"] == "on-the-fly":
@@ -390,8 +390,8 @@ class Plan:
 
     def _corruption_files(self, p: dict[str, Any]) -> Dataset:
         """A released corruption set (ImageNet-C folders, CIFAR-C .npy) restricted to the clean subset."""
-        from . import corruptions
-        from .data.resolve import root_for
+        from .. import corruptions
+        from ..data.resolve import root_for
 
         root = root_for(p["source"], self.roots)
         if p["source"] == "imagenet-c":
@@ -399,14 +399,14 @@ class Plan:
             size = int(self.data_config["input_size"][-1])
             transform = None
             if size != 224:
-                from .data.folders import eval_transform
+                from ..data.folders import eval_transform
 
                 transform = eval_transform(size, size, str(self.data_config.get("interpolation", "bilinear")))
             ds = corruptions.ImageNetCFolder(root, p["corruption"], p["severity"], transform=transform)
         else:
             ds = corruptions.CIFARCNpy(root, p["corruption"], p["severity"])
         if self.subset_entries is not None or self.limit is not None:  # the clean subset's images
-            from .data import subsets
+            from ..data import subsets
 
             clean = self.base_dataset(self.dataset)
             what = f"{p['source']} {p['corruption']} s{p['severity']}"
@@ -416,7 +416,7 @@ class Plan:
                                   else subsets.positions_of_ids(ds, subsets.sample_ids(clean), what))
             except subsets.SubsetError as err:
                 raise SuiteError(str(err)) from None
-        from .data.images import check_readable
+        from ..data.images import check_readable
 
         return check_readable(ds, skip=self.cfg.skip_unreadable, what=f"{p['source']} {p['corruption']} "
                                                                       f"s{p['severity']}")
@@ -429,14 +429,14 @@ class Plan:
 
             params["in_eval_key"] = in_eval_key(e, self.clean_key)
         if e.kind == "corruption" and e.params["source"] == "on-the-fly":
-            from . import corruptions
+            from .. import corruptions
 
             c, h, w = self.data_config["input_size"]
             params["severity_table"] = corruptions.resolve_severity_table(h, w, e.params["severity_table"])
         elif e.kind == "corruption":  # released files: their own parameters, whatever the model's input size
             params["severity_table"] = f"{e.params['source']} (files on disk)"
         ds = self.dataset_for(e)
-        from .data.images import skipped_files
+        from ..data.images import skipped_files
 
         skipped = skipped_files(ds)
         if skipped:  # recorded with the results, so a table built on fewer files says so
@@ -448,7 +448,7 @@ class Plan:
             info["skipped_sample_ids"] = sorted(sid for _, sid in skipped if sid is not None)
         if e.key in self.resolved:  # params as declared; resolved: every parameter the attack ran with
             info["resolved"] = self.resolved[e.key]
-        from .data.robustbench import describe_preprocessing  # what the images went through (leaderboard)
+        from ..data.robustbench import describe_preprocessing  # what the images went through (leaderboard)
 
         on_disk = e.kind == "corruption" and e.params["source"] != "on-the-fly"
         info["preprocessing"] = describe_preprocessing(self.data_config, e.params["source"] if on_disk else
@@ -491,7 +491,7 @@ def innermost(ds: Dataset) -> Dataset:
 
 
 def _sample_ids(ds: Dataset) -> list[int]:
-    from .data.subsets import sample_ids
+    from ..data.subsets import sample_ids
 
     if hasattr(ds, "base") and isinstance(ds.base, Dataset) and not isinstance(ds, Subset):
         return _sample_ids(ds.base)  # on-the-fly corruptions keep their base's ids

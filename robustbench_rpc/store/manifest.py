@@ -22,9 +22,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .atomic import write_text
-from .models.checkpoint import sha256_of
-from .store_errors import output_error
+from ..atomic import write_text
+from ..models.checkpoint import sha256_of
+from .errors import output_error
 
 MANIFEST_VERSION = 1
 PACKAGES = ("robustbench-rpc", "torch", "torchvision", "timm", "torchattacks", "pyautoattack",
@@ -62,7 +62,7 @@ def git_state(path: str | Path | None = None) -> dict[str, Any] | None:
     """{'commit', 'dirty'} of the git checkout containing ``path`` (default: this package), or None when
     it is not a git checkout or git is unavailable. 'dirty' counts modified and untracked, not ignored,
     files."""
-    root = Path(path) if path is not None else Path(__file__).resolve().parent.parent
+    root = Path(path) if path is not None else Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                                 text=True, timeout=20)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from .evalspec import EvalSpec, SuiteError
+from ..evalspec import EvalSpec, SuiteError
 
 IMAGENET_O_200 = "imagenet-o-200"
 ALL_CLASSES = "all-classes"

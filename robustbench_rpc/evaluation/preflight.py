@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attacks.base import ModelOutputError
+from ..attacks.base import ModelOutputError
 
 
 def _what(out: object) -> str:

@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from .manifest import ManifestError, compare_manifests, read_manifest
-from .store import SAMPLE_COLUMNS, ResultsStore
+from .rows import SAMPLE_COLUMNS
+from .results import ResultsStore
 
 STORE_NAME = "results.sqlite"
 SHOW = 5  # differences named per kind; the rest are counted
