@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,docs]'  # docs: the site's build is a test
 	$(PY) -m pip install --quiet --no-deps 'robustbench==1.1.1'  # the reference loaders the tests compare with
 	$(PY) -m pip install --quiet --no-deps 'cleverhans==4.0.0'  # cw-cleverhans is checked side by side with it (its torch attacks need only torch, numpy, scipy)
 	touch $(STAMP)
