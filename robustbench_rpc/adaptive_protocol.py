@@ -27,11 +27,12 @@ guarantees it: the value of one tensor, the gradient of another.
 from __future__ import annotations
 
 import contextlib
-import difflib
 from typing import Any, Iterator
 
 import torch
 from torch import nn
+
+from .registry import did_you_mean
 
 
 class _Substitute(torch.autograd.Function):
@@ -89,8 +90,7 @@ def approximation_active(model: nn.Module, name: str, *, required: bool = True) 
     targets = [(path or "<model>", m) for path, m in model.named_modules() if name in _approximations_of(m)]
     if not targets and required:
         declared = sorted(declared_approximations(model))
-        close = difflib.get_close_matches(name, declared, n=2, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name, declared, n=2, cutoff=0.5)
         what = f"declared: {', '.join(declared)}" if declared else (
             "it declares none (a module class declares them in bpda_approximations, see "
             "robustbench_rpc.adaptive_protocol)")

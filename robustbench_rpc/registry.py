@@ -14,12 +14,26 @@ from typing import Callable, Generic, Iterator, TypeVar
 T = TypeVar("T")
 
 
+def close_matches(word: object, known, n: int = 3, cutoff: float = 0.6) -> list[str]:
+    """The known names closest to ``word`` (difflib's ratio), best first."""
+    return difflib.get_close_matches(str(word), sorted(known), n=n, cutoff=cutoff)
+
+
+def did_you_mean(word: object, known, n: int = 3, cutoff: float = 0.6, aside: bool = False) -> str:
+    """The project's one "did you mean" hint: ``" Did you mean: a, b?"`` as a sentence of its own, or
+    ``" (did you mean a, b?)"`` as an aside inside a sentence that goes on; ``""`` when nothing is close."""
+    close = close_matches(word, known, n=n, cutoff=cutoff)
+    if not close:
+        return ""
+    return f" (did you mean {', '.join(close)}?)" if aside else f" Did you mean: {', '.join(close)}?"
+
+
 class UnknownNameError(KeyError):
     """Raised for a name that is not registered; the message lists close matches."""
 
     def __init__(self, kind: str, name: str, known: list[str]):
-        close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        close = close_matches(name, known, n=5, cutoff=0.5)
+        hint = did_you_mean(name, known, n=5, cutoff=0.5)
         shown = ", ".join(known[:30]) + (" ..." if len(known) > 30 else "")
         self.kind, self.name, self.close = kind, name, close
         super().__init__(f"unknown {kind} '{name}'.{hint} Known {kind}s: {shown}")
@@ -56,10 +70,13 @@ def registrant(depth: int = 2) -> str:
 
 class Registry(Generic[T]):
     """Name -> object mapping with a decorator for registration and did-you-mean errors. Each name
-    remembers who registered it (:meth:`registered_by`), so a clash names both sides."""
+    remembers who registered it (:meth:`registered_by`), so a clash names both sides. ``name_attr``: the
+    class attribute through which a registered class knows its own name (``variant_name``, ``head_name``),
+    set at registration unless the class declares it itself."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, name_attr: str | None = None):
         self.kind = kind
+        self.name_attr = name_attr
         self._items: dict[str, T] = {}
         self._origins: dict[str, str] = {}
 
@@ -73,6 +90,8 @@ class Registry(Generic[T]):
             if name not in self._items or self._items[name] is not obj:
                 self._origins[name] = registrant()
             self._items[name] = obj
+            if self.name_attr and isinstance(obj, type) and self.name_attr not in obj.__dict__:
+                setattr(obj, self.name_attr, name)
             return obj
 
         return deco

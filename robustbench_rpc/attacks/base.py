@@ -22,7 +22,6 @@ and ``gradient_based`` (False for black-box attacks; the gradient-masking check 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import inspect
 import sys
 from typing import Any, Callable, ClassVar, Iterator
@@ -31,10 +30,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..registry import Registry
+from ..registry import Registry, did_you_mean
 from .budget import NORMS, Box, project, validate_eps, validate_norm, validate_threat
 
-ATTACKS: Registry[Callable[..., "Attack"]] = Registry("attack")
+ATTACKS: Registry[Callable[..., "Attack"]] = Registry("attack", name_attr="name")
 
 _AMP_ALIASES = {
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -46,13 +45,7 @@ def register_attack(name: str, *, overwrite: bool = False):
     """Class (or factory) decorator: ``@register_attack("my-attack")``. The factory is called with the
     attack's parameters and must return a callable ``attack(model, images, labels) -> x_adv``."""
 
-    def deco(obj):
-        ATTACKS.register(name, overwrite=overwrite)(obj)  # first: a refused name leaves the class as it was
-        if isinstance(obj, type) and issubclass(obj, Attack) and "name" not in obj.__dict__:
-            obj.name = name
-        return obj
-
-    return deco
+    return ATTACKS.register(name, overwrite=overwrite)
 
 
 def list_attacks(pattern: str | None = None) -> list[str]:
@@ -90,8 +83,7 @@ def _check_params(name: str, factory: Callable, params: dict) -> None:
     known = [p for p, v in sig.parameters.items() if v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD)]
     for key in params:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            hint = did_you_mean(key, known, cutoff=0.5)
             raise ValueError(f"attack '{name}' has no parameter '{key}'.{hint} "
                              f"Parameters: {', '.join(known)}")
 

@@ -12,20 +12,14 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from ..registry import Registry
+from ..registry import Registry, did_you_mean
 
-ATTENTIONS: Registry[type[nn.Module]] = Registry("attention variant")
+ATTENTIONS: Registry[type[nn.Module]] = Registry("attention variant", name_attr="variant_name")
 
 
 def register_attention(name: str):
     """Class decorator: make an attention variant usable by name everywhere (API, suites, CLI)."""
-
-    def deco(cls: type[nn.Module]) -> type[nn.Module]:
-        ATTENTIONS.register(name)(cls)  # first: a refused name leaves the class as it was
-        cls.variant_name = name
-        return cls
-
-    return deco
+    return ATTENTIONS.register(name)
 
 
 def list_attentions(pattern: str | None = None) -> list[str]:
@@ -152,15 +146,12 @@ def variant_arg_names(cls: type) -> set[str]:
 def check_variant_args(variant: str | type, args: Iterable[str]) -> None:
     """Raise :class:`UnknownVariantArgumentError` (with did-you-mean) for a name ``variant`` does not take.
     One check for the API (``patch_attention``, ``build_like``) and the CLI (``--attention-arg``)."""
-    import difflib
-
     cls = ATTENTIONS.get(variant) if isinstance(variant, str) else variant
     label = variant if isinstance(variant, str) else getattr(cls, "variant_name", cls.__name__)
     names = variant_arg_names(cls)
     for key in args:
         if key not in names:
-            close = difflib.get_close_matches(key, sorted(names), n=3, cutoff=0.5)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            hint = did_you_mean(key, names, cutoff=0.5)
             err = UnknownVariantArgumentError(f"attention variant '{label}' has no parameter '{key}'.{hint} "
                                               f"Parameters: {', '.join(sorted(names))}")
             err.key = key

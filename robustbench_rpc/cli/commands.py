@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from ..registry import did_you_mean
+
 
 
 def _kv(items: list[str], flag: str) -> dict[str, str]:
@@ -107,8 +109,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import difflib
-
     from ..reports import compare_models
     from ..store.results import ResultsStore
 
@@ -119,8 +119,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     names = [str(v) for v in models.get("name", [])]
     for ident in (args.model_a, args.model_b):
         if ident not in known:
-            close = difflib.get_close_matches(ident, sorted(known), n=3)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            hint = did_you_mean(ident, known)
             print(f"error: no model {ident!r} in {path}.{hint} Models of this run: {', '.join(names) or 'none'}",
                   file=sys.stderr)
             return 2
@@ -175,6 +174,7 @@ def _train_overrides(args: argparse.Namespace) -> tuple[dict, dict, str | None]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..training import RecipeError, Settings, build_recipe, train
+    from ..training.state import TrainingFault
 
     try:
         over, flags, named = _train_overrides(args)
@@ -186,8 +186,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         plugins = [str(Path(p).resolve()) if p.endswith(".py") else p for p in args.plugin]
         res = train(recipe, out, Settings(device=args.device, amp=args.amp, workers=args.workers,
                                           progress=False if args.no_progress else None,
-                                          rank_timeout=args.rank_timeout, plugins=plugins))
-    except RecipeError as e:
+                                          rank_timeout=args.rank_timeout, plugins=plugins,
+                                          skip_unreadable=args.skip_unreadable))
+    except (RecipeError, TrainingFault) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") == "0":

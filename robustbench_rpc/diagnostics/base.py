@@ -21,18 +21,12 @@ from torch import nn
 
 from ..registry import Registry
 
-DIAGNOSTICS: Registry[type["Diagnostic"]] = Registry("diagnostic")
+DIAGNOSTICS: Registry[type["Diagnostic"]] = Registry("diagnostic", name_attr="name")
 
 
 def register_diagnostic(name: str):
     """Class decorator: make a diagnostic usable by name (API, ``robustbench-rpc diagnose``, suites)."""
-
-    def deco(cls):
-        DIAGNOSTICS.register(name)(cls)  # first: a refused name leaves the class as it was
-        cls.name = name
-        return cls
-
-    return deco
+    return DIAGNOSTICS.register(name)
 
 
 def list_diagnostics(pattern: str | None = None) -> list[str]:

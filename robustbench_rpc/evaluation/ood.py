@@ -19,10 +19,10 @@ evaluation's params (``protocol``, ``class_mask``), so the report names the prot
 """
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from ..evalspec import EvalSpec, SuiteError
+from ..registry import did_you_mean
 
 IMAGENET_O_200 = "imagenet-o-200"
 ALL_CLASSES = "all-classes"
@@ -45,8 +45,7 @@ def ood_params(dataset: str, protocol: str | None, where: str) -> dict[str, Any]
     """Validated params of an ``ood`` evaluation: ``protocol`` and, for masked protocols, ``class_mask``."""
     protocol = default_protocol(dataset) if protocol is None else protocol
     if protocol not in PROTOCOLS:
-        close = difflib.get_close_matches(str(protocol), list(PROTOCOLS), n=2)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        hint = did_you_mean(protocol, PROTOCOLS, n=2, aside=True)
         raise SuiteError(f"{where}: unknown ood protocol {protocol!r}{hint}; known: {', '.join(PROTOCOLS)}")
     params: dict[str, Any] = {"protocol": protocol}
     if protocol in _MASKED:

@@ -2,7 +2,6 @@
 :class:`SuiteError` line naming the flag or the suite key, the model or the file."""
 from __future__ import annotations
 
-import difflib
 import inspect
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import torch
 
 from ..evalspec import SuiteError
+from ..registry import did_you_mean
 
 # The arguments are plan.Plan / plan.ModelSpec / plan.RunConfig objects; typed Any so that this module,
 # which plan.py uses, never imports plan.py back.
@@ -18,8 +18,7 @@ Plan = ModelSpec = RunConfig = Any
 
 def close_matches(word: str, known: list[str]) -> str:
     """' (did you mean a, b?)' or ''."""
-    close = difflib.get_close_matches(str(word), sorted(known), n=3)
-    return f" (did you mean {', '.join(close)}?)" if close else ""
+    return did_you_mean(word, known, aside=True)
 
 
 def _where(plan: "Plan", flag: str, key: str, from_cli: bool) -> str:

@@ -6,7 +6,6 @@ concrete ``EvalSpec`` items (one per attack x eps, corruption x severity, ...), 
 """
 from __future__ import annotations
 
-import difflib
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,9 +17,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from ..evalspec import EvalSpec, SuiteError, parse_eps, resolve_attack
+from ..registry import did_you_mean
 
 SUITES_DIR = Path(__file__).parent.parent / "suites"
-KINDS = ("clean", "attack", "corruption", "ood", "shift", "diagnostics")
+KINDS = ("clean", "attack", "corruption", "ood", "shift", "diagnostics", "external", "transfer")
 _DEFAULT_KEYS = {"dataset", "models", "reference_model", "batch_size", "seed", "limit", "subset", "data_roots",
                  "workers", "amp", "device"}
 _EVAL_KEYS = {
@@ -32,6 +32,10 @@ _EVAL_KEYS = {
     # robustbench_rpc.diagnostics on clean images and, optionally, the same images attacked / corrupted;
     # stored in the run's meta table (not per-sample rows), shown by reports/diagnostics.py
     "diagnostics": {"kind", "diagnostics", "attack", "attack_args", "corruption", "severity"},
+    # a given adversarial set scored on the run's models (evaluation/external.py)
+    "external": {"kind", "adversarial", "norm", "eps"},
+    # every model on the sets saved from every model (evaluation/transfer.py; planned once models are known)
+    "transfer": {"kind", "quantize", "sources"},
 }
 #: [sweep]: a model grid -- every model x every layers x every combination of args, with the attention
 #: variant patched in at evaluation time (see harness.sweep_models)
@@ -69,8 +73,7 @@ def load_suite(name_or_path: "str | Path | Suite") -> Suite:
     if not path.suffix:
         path = SUITES_DIR / f"{name_or_path}.toml"
         if not path.is_file():
-            close = difflib.get_close_matches(str(name_or_path), list_suites())
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            hint = did_you_mean(name_or_path, list_suites())
             raise SuiteError(f"unknown suite '{name_or_path}'.{hint} Packaged suites: {', '.join(list_suites())}; "
                              "or pass a .toml file path")
     if not path.is_file():
@@ -84,8 +87,7 @@ def load_suite(name_or_path: "str | Path | Suite") -> Suite:
 
 def _check_keys(given: set[str], allowed: set[str], where: str) -> None:
     for key in sorted(given - allowed):
-        close = difflib.get_close_matches(key, sorted(allowed), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        hint = did_you_mean(key, allowed, aside=True)
         raise SuiteError(f"{where}: unknown key '{key}'{hint}; allowed: {', '.join(sorted(allowed))}")
 
 
@@ -110,8 +112,7 @@ def suite_from_dict(raw: dict[str, Any], path: str = "<suite>") -> Suite:
         where = f"{path} [[evaluation]] #{i + 1}"
         kind = ev.get("kind")
         if kind not in KINDS:
-            close = difflib.get_close_matches(str(kind), KINDS, n=2)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            hint = did_you_mean(kind, KINDS, n=2, aside=True)
             raise SuiteError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}{hint}")
         allowed = _EVAL_KEYS[kind]
         if allowed is not None:
@@ -150,6 +151,9 @@ def _attack_evals(ev: dict[str, Any], dataset: str, amp: str | None, where: str)
         if name is None:
             raise SuiteError(f"{where}: attack spec without a name: {spec}")
         _known(attacks.ATTACKS, name, where)
+        save = spec.pop("save_adversarial", False)
+        if not isinstance(save, bool):
+            raise SuiteError(f"{where}: save_adversarial must be true or false, got {save!r}")
         eps_list = spec.pop("eps", None)
         if isinstance(eps_list, list) and not eps_list:
             raise SuiteError(f"{where}: attack {name}: eps is an empty list; give at least one budget")
@@ -157,7 +161,7 @@ def _attack_evals(ev: dict[str, Any], dataset: str, amp: str | None, where: str)
             params = dict(spec)
             if eps is not None:
                 params["eps"] = parse_eps(eps, where)
-            e = EvalSpec("attack", name, dataset, params)
+            e = EvalSpec("attack", name, dataset, params, save_adversarial=save)
             out.append(replace(e, resolved=resolve_attack(e, amp, where)))
     return out
 
@@ -261,6 +265,11 @@ def expand(suite: Suite, dataset: str, amp: str | None = None) -> list[EvalSpec]
             out.append(_diagnostics_spec(ev, dataset, where))
         elif kind == "corruption":
             out += _corruption_evals(ev, dataset, where)
+        elif kind == "external":
+            from .external import external_spec
+
+            out.append(external_spec(ev, dataset, where))
+        # kind "transfer": planned with the models (evaluation/transfer.py), its keys checked there
     keys = [e.key for e in out]
     dup = {k for k in keys if keys.count(k) > 1}
     if dup:

@@ -26,18 +26,12 @@ from torch import nn
 
 from ..registry import Registry
 
-HEADS: Registry[type["Head"]] = Registry("head")
+HEADS: Registry[type["Head"]] = Registry("head", name_attr="head_name")
 
 
 def register_head(name: str):
     """Class decorator: make a head usable by name (``train-head --head NAME``, ``--model BACKBONE+NAME:CKPT``)."""
-
-    def deco(cls: type["Head"]) -> type["Head"]:
-        HEADS.register(name)(cls)  # first: a refused name leaves the class as it was
-        cls.head_name = name
-        return cls
-
-    return deco
+    return HEADS.register(name)
 
 
 def get_head(name: str) -> type["Head"]:

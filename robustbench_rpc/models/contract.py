@@ -8,13 +8,13 @@ carry it as their (timm) pretrained config; a model of your own declares it once
 """
 from __future__ import annotations
 
-import difflib
 from typing import Any, Callable, Mapping, Sequence
 
 import timm
 from torch import nn
 
 from .vit import MODELS, ModelEntry
+from ..registry import did_you_mean
 
 #: contract key -> the run flag that gives it
 CONTRACT_FLAGS = {"input_size": "--input-size", "mean": "--mean", "std": "--std",
@@ -57,8 +57,7 @@ def normalize_contract(given: Mapping[str, Any] | None, where: str = "contract")
         if value is None:
             continue
         if key not in CONTRACT_KEYS:
-            close = difflib.get_close_matches(key, CONTRACT_KEYS, n=2)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            hint = did_you_mean(key, CONTRACT_KEYS, n=2)
             raise ModelContractError(f"{where}: unknown key '{key}'.{hint} Keys: {', '.join(CONTRACT_KEYS)}")
         if key == "input_size":
             size = value

@@ -17,9 +17,9 @@ The defaults are the recipe of the shipped clean micro checkpoints (``train.py``
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
+import math
 import sys
 from dataclasses import dataclass
 from fractions import Fraction
@@ -33,6 +33,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .objectives import list_objectives
+from ..registry import did_you_mean
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DATASET_NAMES = ("digits32", "folder", "imagenet", "cifar10", "cifar100")
@@ -69,12 +70,18 @@ def _fraction(v):
     return None if 0 <= v < 1 else "must be in [0, 1)"
 
 
+def _linf_budget(v):
+    """A pixel-space Linf budget: > 0 and within the [0, 1] image range, refused in ``run``'s words."""
+    from ..evalspec import linf_range_problem
+
+    return _positive(v) or linf_range_problem(v)
+
+
 def _choice(*options: str):
     def check(v):
         if v in options:
             return None
-        close = difflib.get_close_matches(str(v), options, n=2)
-        return f"must be one of {', '.join(options)}" + (f" (did you mean {', '.join(close)}?)" if close else "")
+        return f"must be one of {', '.join(options)}" + did_you_mean(v, options, n=2, aside=True)
     return check
 
 
@@ -114,13 +121,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "ema_decay": Field("float", 0.0, _fraction), "ema_warmup": Field("bool", False),
     },
     "objective": {
-        "name": Field("str", "standard", _objective), "eps": Field("eps", 8 / 255, _positive),
+        "name": Field("str", "standard", _objective), "eps": Field("eps", 8 / 255, _linf_budget),
         "steps": Field("int", 7, _at_least_one), "step_size": Field("eps", 2 / 255, _positive),
         "random_start": Field("bool", True), "step_ramp_epochs": Field("int", 0, _non_negative),
         "beta": Field("float", 6.0, _non_negative),
     },
     "validation": {
-        "eps": Field("eps", None, _positive, optional=True), "steps": Field("int", 10, _non_negative),
+        "eps": Field("eps", None, _linf_budget, optional=True), "steps": Field("int", 10, _non_negative),
         "step_size": Field("eps", None, _positive, optional=True), "limit": Field("int", 0, _non_negative),
         "every": Field("int", 1, _at_least_one), "select": Field("str", "auto", _choice("auto", "clean", "pgd")),
         "holdout": Field("float", None, _fraction, optional=True), "batch_size": Field("int", 128, _at_least_one),
@@ -138,6 +145,14 @@ def parse_eps(value: Any) -> float:
     return float(Fraction(value.replace(" ", ""))) if isinstance(value, str) else float(value)
 
 
+def _finite(value: float) -> float:
+    """inf or nan passes every range check written as a comparison the wrong way (``inf > 0``) and trains to
+    NaN weights, so no number of a recipe may be one."""
+    if not math.isfinite(value):
+        raise ValueError("a finite number")
+    return value
+
+
 def _coerce(field: Field, value: Any) -> Any:
     """``value`` as ``field.kind`` or raise ValueError with what was expected."""
     kind = field.kind
@@ -146,7 +161,7 @@ def _coerce(field: Field, value: Any) -> Any:
     if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
         return value
     if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return _finite(float(value))
     if kind == "str" and isinstance(value, str):
         return value
     if kind == "bool" and isinstance(value, bool):
@@ -157,9 +172,10 @@ def _coerce(field: Field, value: Any) -> Any:
         return list(value)
     if kind == "eps":
         try:
-            return parse_eps(value)
+            eps = parse_eps(value)
         except (ValueError, ZeroDivisionError, TypeError, AttributeError):
             raise ValueError("a number or a fraction like '8/255'") from None
+        return _finite(eps)
     if kind == "layers" and (isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
                              or (isinstance(value, list) and all(isinstance(i, int) for i in value))):
         return value
@@ -169,8 +185,7 @@ def _coerce(field: Field, value: Any) -> Any:
 
 
 def _unknown(key: str, allowed: list[str], where: str) -> RecipeError:
-    close = difflib.get_close_matches(key, allowed, n=3)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    hint = did_you_mean(key, allowed, aside=True)
     return RecipeError(f"{where}: unknown key '{key}'{hint}; allowed: {', '.join(allowed)}")
 
 
@@ -258,8 +273,7 @@ def recipe_path(name_or_path: str | Path) -> Path:
         if shipped.is_file():
             return shipped
         names = sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
-        close = difflib.get_close_matches(str(name_or_path), names, n=3)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name_or_path, names)
         raise RecipeError(f"unknown recipe '{name_or_path}'.{hint} Shipped recipes: {', '.join(names)}; "
                           "or pass a .toml file")
     if not path.is_file():

@@ -16,18 +16,12 @@ from torch import nn
 
 from ...registry import Registry
 
-OBJECTIVES: Registry[type["Objective"]] = Registry("objective")
+OBJECTIVES: Registry[type["Objective"]] = Registry("objective", name_attr="name")
 
 
 def register_objective(name: str):
     """Class decorator: ``@register_objective("my-objective")`` makes it a recipe's ``objective.name``."""
-
-    def deco(cls: type["Objective"]) -> type["Objective"]:
-        OBJECTIVES.register(name)(cls)  # first: a refused name leaves the class as it was
-        cls.name = name
-        return cls
-
-    return deco
+    return OBJECTIVES.register(name)
 
 
 class Objective:
