@@ -7,10 +7,12 @@
 
 One file per diagnostic, each registered by name (``@register_diagnostic``) and naming its source:
 ``pap`` (pap.py: PAP's S/L/mu/threshold per layer, head and iteration), ``projection_loss`` and ``eq11``
-(kpca.py: Sec. 2.2.1's projection loss, Eq. 11's eigenvector check). ``robustbench-rpc diagnose`` is the
+(kpca.py: Sec. 2.2.1's projection loss, Eq. 11's eigenvector check), and the reproduction study's checks of
+those claims: ``kpca_alignment`` (kpca_alignment.py), ``kpca_reconstruction_terms`` (kpca_terms.py),
+``kpca_eigenvalues`` (kpca_eigen.py). ``robustbench-rpc diagnose`` is the
 command line; a suite asks for them with a ``kind = "diagnostics"`` evaluation.
 """
-from . import kpca, pap  # noqa: F401  (register the built-in diagnostics)
+from . import kpca, kpca_alignment, kpca_eigen, kpca_terms, pap  # noqa: F401  (register the built-ins)
 from .base import (
     DIAGNOSTICS, Accumulator, Diagnostic, attention_blocks, explicit_path, get_diagnostic, list_diagnostics,
     record_iterates, register_diagnostic, run_diagnostics,
