@@ -8,7 +8,13 @@ from typing import Any
 
 import torch
 
+from ..attention import (UnknownVariantArgumentError, check_variant_args, get_attention, patch_attention,
+                         resolve_layers)
+from ..data.resolve import NEEDS_ROOT, ROOT_OF
 from ..evalspec import SuiteError
+from ..models import PRETRAINED, CheckpointError, ModelContractError, create_pretrained, data_config_of
+from ..models.checkpoint import check_named_model
+from ..models.loading import build_unloaded
 from ..registry import did_you_mean
 
 # The arguments are plan.Plan / plan.ModelSpec / plan.RunConfig objects; typed Any so that this module,
@@ -64,8 +70,6 @@ def check_settings(plan: "Plan") -> None:
 
 def check_attention_flag(cfg: "RunConfig") -> None:
     """``--attention`` with its arguments and layers: a known variant, known argument names, valid layers."""
-    from ..attention import UnknownVariantArgumentError, check_variant_args, get_attention, resolve_layers
-
     get_attention(cfg.attention)  # unknown variant: did-you-mean
     try:  # the same check patch_attention makes in the API
         check_variant_args(cfg.attention, cfg.attention_args)
@@ -81,36 +85,22 @@ def check_model(m: "ModelSpec", cfg: "RunConfig") -> dict[str, Any]:
     """Build ``m`` on the meta device (no weights allocated) with its checkpoint's settings and its
     attention patch: a bad name, keyword, checkpoint or variant value fails now, not after an hour of
     attacks. Returns the model's evaluation contract."""
-    from ..models import (
-        PRETRAINED, CheckpointError, ModelContractError, create_model, create_pretrained, data_config_of,
-        resolve_model,
-    )
-    from ..models.checkpoint import check_named_model
-
-    from ..models.trained import apply_recorded_attention, build_kwargs, recorded_build
-
     kw = dict(m.kwargs)  # a paper checkpoint's args configure the model (classes, PAP) here too
-    build = recorded_build(m.weights_file)  # so do the kwargs and attention patch `train` recorded
-    if build is not None:
-        kw = build_kwargs(m.name, build, kw, m.checkpoint)
     override = bool(kw.pop("override_checkpoint_args", False))
     try:
         check_named_model(m.name, m.weights_file, override)
     except CheckpointError as err:
         raise SuiteError(str(err)) from None
-    resolved = resolve_model(m.name, m.checkpoint, kw, override_checkpoint_args=override,
-                             trusted_globals=cfg.trusted_globals)
-    m.settings = resolved.settings
     if m.checkpoint == PRETRAINED:  # timm downloads (or finds in its cache) now: offline fails here
-        create_pretrained(m.name, **resolved.kwargs)
+        create_pretrained(m.name, **kw)
+    try:  # load_model's own build steps, on the meta device: no weights allocated
+        net, resolved = build_unloaded(m.name, m.checkpoint, kw, override=override,
+                                       trusted_globals=cfg.trusted_globals, device="meta")
+    except TypeError as err:  # an unknown --model-arg: the factory's own words, named
+        given = ", ".join(f"{k}={v!r}" for k, v in m.kwargs.items()) or "no arguments"
+        raise SuiteError(f"model {m.spec}: cannot be built with {given}: {err}") from None
+    m.settings = resolved.settings
     with torch.device("meta"):
-        try:
-            net = create_model(resolved.name, **resolved.kwargs)
-        except TypeError as err:  # an unknown --model-arg: the factory's own words, named
-            given = ", ".join(f"{k}={v!r}" for k, v in m.kwargs.items()) or "no arguments"
-            raise SuiteError(f"model {m.spec}: cannot be built with {given}: {err}") from None
-        if build is not None:
-            apply_recorded_attention(net, build, m.checkpoint, m.name)
         if m.attention:
             _patch_meta(net, m, cfg)
         try:
@@ -120,8 +110,6 @@ def check_model(m: "ModelSpec", cfg: "RunConfig") -> dict[str, Any]:
 
 
 def _patch_meta(net: torch.nn.Module, m: "ModelSpec", cfg: "RunConfig") -> None:
-    from ..attention import patch_attention
-
     try:  # bad variant parameter values fail now too
         patch_attention(net, m.attention["variant"], layers=m.attention["layers"],
                         allow_reinit=cfg.attention_reinit, **m.patch_params)
@@ -134,8 +122,6 @@ def _patch_meta(net: torch.nn.Module, m: "ModelSpec", cfg: "RunConfig") -> None:
 
 def check_roots(plan: "Plan") -> None:
     """Every --data-root must name a dataset this run reads, from a path that exists."""
-    from ..data.resolve import NEEDS_ROOT, ROOT_OF
-
     reads = {plan.dataset}
     for e in plan.evals:
         if e.kind == "corruption" and e.params["source"] != "on-the-fly":
@@ -173,8 +159,6 @@ def _constructor_names(cls: type) -> set[str]:
 def check_sweep(variant: str, layers: list, args: dict[str, list], combos: list[dict], where: str) -> None:
     """A [sweep] grid: a known variant, valid layers, known argument names, and every combination tried
     on a small module on the meta device."""
-    from ..attention import get_attention, resolve_layers
-
     try:
         cls = get_attention(variant)
     except Exception as e:  # UnknownNameError: did-you-mean message with the file

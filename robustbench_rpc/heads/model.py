@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import PACKAGED_DIR, ModelForm, register_model_form
+from ..models import ModelForm, register_model_form
+from ..models.checkpoint import resolve_checkpoint
 
 FORMAT = "robustbench_rpc.head/1"
 
@@ -104,7 +105,7 @@ def backbone_checkpoint_path(entry: dict[str, Any]) -> Path | None:
     ckpt = entry.get("checkpoint")
     if ckpt is None:
         return None
-    return PACKAGED_DIR / f"{entry['name']}.safetensors" if ckpt == "packaged" else Path(ckpt)
+    return Path(resolve_checkpoint(entry["name"], ckpt)) if ckpt == "packaged" else Path(ckpt)
 
 
 def read_head_metadata(path: str | Path) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from .base import Head, get_head
 from .convex import fista, one_thread
 from ..models import PACKAGED_DIR
+from ..models.checkpoint import resolve_checkpoint
 from .model import FORMAT
 
 DEFAULT_CACHE = Path.home() / ".cache" / "robustbench_rpc" / "features"
@@ -56,10 +57,7 @@ def _backbone_entry(spec: str) -> tuple[str, Path | None, str | None]:
 
     name, ckpt = split_spec(spec)
     if ckpt == "packaged":
-        path = PACKAGED_DIR / f"{name}.safetensors"
-        if not path.is_file():
-            raise FileNotFoundError(f"no packaged checkpoint for backbone '{name}'")
-        return name, path, "packaged"
+        return name, Path(resolve_checkpoint(name, ckpt)), "packaged"
     if ckpt is None:
         return name, None, None
     path = Path(ckpt)

@@ -336,6 +336,12 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return prefix + name, (ckpt or None) if sep else None
 
 
+def shipped_file(filename: str) -> Path | None:
+    """A shipped checkpoint by its file name (``symvit_micro_patch4_32.safetensors``), or None."""
+    path = PACKAGED_DIR / filename
+    return path if path.is_file() else None
+
+
 def resolve_checkpoint(name: str, checkpoint: str | Path | None) -> str | None:
     """The one place ``:packaged`` / ``:pretrained`` / a file path are resolved (API and CLI):
     ``packaged`` -> the shipped file of ``name``; ``pretrained`` -> kept as is (``timm:<name>`` only);
@@ -343,8 +349,8 @@ def resolve_checkpoint(name: str, checkpoint: str | Path | None) -> str | None:
     if checkpoint is None:
         return None
     if str(checkpoint) == "packaged":
-        path = PACKAGED_DIR / f"{name}.safetensors"
-        if not path.is_file():
+        path = shipped_file(f"{name}.safetensors")
+        if path is None:
             have = sorted(p.stem for p in PACKAGED_DIR.glob("*.safetensors"))
             raise CheckpointError(f"model '{name}': no packaged checkpoint (packaged: {', '.join(have) or 'none'})")
         return str(path)

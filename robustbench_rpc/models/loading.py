@@ -9,11 +9,13 @@ contract, normalization, eval mode, device.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import timm
+import torch
 from torch import nn
 
 from ..registry import UnknownNameError
@@ -141,6 +143,25 @@ def create_pretrained(name: str, **kwargs: Any) -> nn.Module:
                               f"timm's cache, or pass a checkpoint file as {name}:PATH") from None
 
 
+def build_unloaded(name: str, checkpoint: str | Path | None, kwargs: Mapping[str, Any], *, override: bool = False,
+                   checkpoint_obj: Any = None, trusted_globals: Any = None,
+                   device: str | None = None) -> tuple[nn.Module, ResolvedModel]:
+    """The one model-building path, weights not loaded: ``train``'s recorded build (its kwargs and attention
+    patch decide), a paper checkpoint's ``args`` (:func:`resolve_model`), the factory. :func:`load_model`
+    fills in the weights afterwards; planning builds on ``device="meta"`` (nothing allocated), so a bad name,
+    keyword or variant fails before compute exactly as it would at load time."""
+    build = recorded_build(checkpoint)
+    if build is not None:
+        kwargs = build_kwargs(name, build, dict(kwargs), checkpoint)
+    resolved = resolve_model(name, checkpoint, kwargs, override_checkpoint_args=override,
+                             checkpoint_obj=checkpoint_obj, trusted_globals=trusted_globals)
+    with torch.device(device) if device else contextlib.nullcontext():
+        model = create_model(resolved.name, **resolved.kwargs)
+        if build is not None:
+            apply_recorded_attention(model, build, checkpoint, name)
+    return model, resolved
+
+
 def load_model(name: str, checkpoint: str | Path | None = None, *, device: str | None = None,
                prefer_ema: bool = False, override_checkpoint_args: bool = False,
                data_config: Mapping[str, Any] | None = None, trusted_globals: Any = None,
@@ -171,14 +192,8 @@ def load_model(name: str, checkpoint: str | Path | None = None, *, device: str |
         model = create_pretrained(name, **resolved.kwargs)
     else:
         obj = read_checkpoint_file(checkpoint, trusted_globals=trusted_globals) if checkpoint is not None else None
-        build = recorded_build(checkpoint)  # written by `train`: its model kwargs and attention patch decide
-        if build is not None:
-            kwargs = build_kwargs(name, build, kwargs, checkpoint)
-        resolved = resolve_model(name, checkpoint, kwargs, override_checkpoint_args=override_checkpoint_args,
-                                 checkpoint_obj=obj)
-        model = create_model(resolved.name, **resolved.kwargs)
-        if build is not None:
-            apply_recorded_attention(model, build, checkpoint, name)
+        model, resolved = build_unloaded(name, checkpoint, kwargs, override=override_checkpoint_args,
+                                         checkpoint_obj=obj)
         if checkpoint is not None:
             sd = extract_state_dict(obj, checkpoint, prefer_ema=prefer_ema)
             load_state_dict_checked(model, sd, checkpoint, hint=size_hint(name, sd))

@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from ..models import PACKAGED_DIR, CheckpointError, ModelContractError, load_model, sha256_of
+from ..models.checkpoint import shipped_file
 from ..models.trained import BUILD_KEY
 from .recipe import RecipeError
 
@@ -25,8 +26,8 @@ def resolve_init(init: str | None, name: str) -> Path | None:
     path = Path(init).expanduser()
     if path.is_file():
         return path
-    if (PACKAGED_DIR / init).is_file():
-        return PACKAGED_DIR / init
+    if shipped_file(init) is not None:
+        return shipped_file(init)
     shipped = ", ".join(sorted(p.name for p in PACKAGED_DIR.glob("*.safetensors") if "+" not in p.name))
     raise RecipeError(f"model.init: no checkpoint file {init} (neither a path nor a shipped file: {shipped})")
 
