@@ -285,17 +285,52 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     try:
         res = build_leaderboard(args.runs, args.out, published=args.published or [], rank_by=args.rank_by,
-                                title=args.title, export_model_info=args.export_model_info)
+                                title=args.title, export_model_info=args.export_model_info, remove=args.remove)
     except LeaderboardError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the board's state is one file replaced atomically: the previous board stands
+        print(f"interrupted (Ctrl-C): {args.out} keeps the board it had before; rerun the same command",
+              file=sys.stderr)
+        return 130
     for i, b in enumerate(res["boards"], 1):
         top = ", ".join(f"{r['rank']}. {b.rows[r['row']].name}" for r in b.ranking[:3])
         print(f"board {i}: {b.title}: {len(b.rows)} rows x {len(b.columns)} columns"
               + (f"; by {b.rank_column.label}: {top}" if b.rank_column and top else ""))
     if res["exported"]:
         print(f"model_info: {len(res['exported'])} JSON file(s) under {Path(args.out) / 'model_info'}")
+    for why in res["not_exported"]:
+        print(f"model_info: not exported: {why}")
     print(f"leaderboard: {res['paths']['html']}")
+    return 0
+
+
+def cmd_evaluate_external(args: argparse.Namespace) -> int:
+    """A given adversarial set scored on a model, stored as a run (evaluation/external.py)."""
+    from ..evaluation.external import external_run_config, external_summary
+    from ..evaluation.harness import run
+
+    cfg = external_run_config(args)
+    out = run(cfg)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    if cfg.report:
+        from ..reports import build_report
+
+        build_report(out)
+        print(f"report:  {Path(out) / 'index.html'}")
+    for line in external_summary(out):
+        print(line)
+    return 0
+
+
+def cmd_export_adversarial(args: argparse.Namespace) -> int:
+    """A run's saved adversarial images of one evaluation, or a budget's worst case, as .pt/.safetensors/PNGs."""
+    from ..store.adversarial_export import export_from_run
+
+    path, n, what = export_from_run(Path(args.run_dir), args.model, evaluation=args.evaluation,
+                                    worst_case=args.worst_case, norm=args.norm, dest=Path(args.out))
+    print(f"{n} adversarial images ({what}) -> {path}")
     return 0
 
 

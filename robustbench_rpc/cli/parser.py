@@ -51,6 +51,12 @@ heads: linear, mlp, attention, gated_attention, mixer (robustbench_rpc.heads; --
   robustbench-rpc leaderboard runs/c --out board                   # adds runs/c; runs/a, b are not read again
   robustbench-rpc leaderboard runs/rb --out board --published robustbench/model_info/imagenet/Linf \\
       --export-model-info                                          # RobustBench's rows beside yours, and back""",
+    "evaluate-external": """examples:
+  robustbench-rpc run --suite quick --save-adversarial --out runs/q
+  robustbench-rpc export-adversarial runs/q --model symvit_micro_patch4_32 --evaluation 'attack pgd eps=8/255 \\
+      steps=10 alpha_rel=0.25 random_start=True norm=Linf' --out pgd.pt
+  robustbench-rpc evaluate-external --model symvit_micro_patch4_32:packaged --adversarial pgd.pt \\
+      --dataset digits32 --limit 256 --norm Linf --eps 8/255 --out runs/ext""",
     "models": """examples:
   robustbench-rpc models
   robustbench-rpc models 'rpc_*'""",
@@ -80,7 +86,40 @@ def build_parser(commands: Mapping[str, Callable]) -> argparse.ArgumentParser:
     _train_head_args(add)
     _heads_report_args(add)
     _leaderboard_args(add)
+    _adversarial_args(add)
     return p
+
+
+def _adversarial_args(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """evaluate-external and export-adversarial: adversarial sets in and out (docs/adversarial-examples.md)."""
+    x = add("evaluate-external", "robust accuracy of a model on a given adversarial set (RobustBench .pt, "
+            "our .safetensors, or a folder of <sample_id>.png), every image checked against its clean image first")
+    x.add_argument("--model", required=True, metavar="NAME[:CKPT]", help="the model to score")
+    x.add_argument("--adversarial", required=True, metavar="FILE|DIR", help="the adversarial set")
+    x.add_argument("--dataset", required=True, metavar="NAME", help="the dataset the set was made from")
+    x.add_argument("--data-root", action="append", metavar="NAME=PATH", help="on-disk dataset root")
+    x.add_argument("--limit", type=int, help="the set covers N images spread evenly over the classes (as run --limit)")
+    x.add_argument("--subset", metavar="FILE", help="the set covers the images listed in FILE, in its order")
+    x.add_argument("--norm", default="Linf", help="the set's threat model: Linf (default), L2 or L1")
+    x.add_argument("--eps", required=True, help="the budget, e.g. 8/255")
+    x.add_argument("--out", required=True, help="run folder to store the evaluation in (report, verify, leaderboard)")
+    x.add_argument("--batch-size", type=int, default=128, help="images per unit (default 128)")
+    x.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    x.add_argument("--seed", type=int, default=0, help="run seed (stochastic models' draws)")
+    x.add_argument("--no-report", action="store_true", help="skip writing the report")
+    x.add_argument("--no-progress", action="store_true", help="no progress bars")
+    e = add("export-adversarial", "write a run's saved adversarial images of one model and evaluation (or the "
+            "per-sample worst case over a budget's attacks) as RobustBench .pt, .safetensors or PNGs")
+    e.add_argument("run_dir", help="run folder with saved adversarial images")
+    e.add_argument("--model", required=True, help="model (display name, name or key)")
+    e.add_argument("--evaluation", metavar="LABEL|KEY",
+                   help="attack evaluation, as the manifest labels it ('attack pgd eps=8/255 ...') or its key")
+    e.add_argument("--worst-case", metavar="EPS",
+                   help="instead: per sample, the first saved attack at this budget that fools the model")
+    e.add_argument("--norm", default="Linf", help="norm of --worst-case's budget (default Linf)")
+    e.add_argument("--out", required=True, metavar="FILE.pt|FILE.safetensors|DIR",
+                   help=".pt: RobustBench's layout (one tensor, order of the evaluated ids); .safetensors: with the "
+                        "ids; a name without suffix: a folder of 8-bit <sample_id>.png")
 
 
 def _models_args(add: Callable[..., argparse.ArgumentParser]) -> None:
@@ -140,6 +179,9 @@ def _run_args(add: Callable[..., argparse.ArgumentParser]) -> None:
     r.add_argument("--compile", action="store_true", help="torch.compile the model")
     r.add_argument("--eot-samples", type=int, default=8, help="EOT samples for stochastic models")
     r.add_argument("--no-report", action="store_true", help="skip writing the report")
+    r.add_argument("--save-adversarial", action="store_true",
+                   help="keep every attack evaluation's adversarial images (float32 safetensors per unit under "
+                        "OUT/adversarial/, sha256 in the manifest); the disk they take is printed before compute")
     r.add_argument("--strict", action="store_true",
                    help="exit with code 3 when any trust check FAILs (for CI jobs that evaluate checkpoints; "
                         "without it a run exits 0 and reports the failure)")
@@ -191,6 +233,9 @@ def _train_args(add: Callable[..., argparse.ArgumentParser]) -> None:
     t.add_argument("--data-root", action="append", metavar="[NAME=]PATH",
                    help="the dataset's folder (folder: PATH/<class>/<images>; imagenet: PATH/train/<wnid>/*.JPEG; "
                         "cifar: the folder holding cifar-10-batches-py); val=PATH: a validation folder")
+    t.add_argument("--skip-unreadable", action="store_true",
+                   help="folder/imagenet: leave image files that do not decode out of training and validation (listed in "
+                        "the checkpoint's metadata; default: refuse before training, naming them)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
@@ -277,9 +322,15 @@ def _leaderboard_args(add: Callable[..., argparse.ArgumentParser]) -> None:
     lb.add_argument("runs", nargs="*", metavar="RUN", help="run folders (read-only); rerun with one more to add it")
     lb.add_argument("--out", required=True, help="board folder (index.html, leaderboard.md/.csv/.tex, outcomes)")
     lb.add_argument("--published", action="append", metavar="JSON|DIR",
-                    help="RobustBench model_info JSON file(s) or folder(s): reference rows marked published")
-    lb.add_argument("--rank-by", metavar="COLUMN", help="column label to rank by (default: AutoAttack standard, "
-                    "else the first attack, else clean)")
+                    help="RobustBench model_info JSON file(s) or folder(s) (model_info/<dataset>/<threat>/ or a "
+                         "parent): reference rows marked published; published files alone give one board per "
+                         "RobustBench folder, ranked as RobustBench ranks it (best known robust accuracy)")
+    lb.add_argument("--rank-by", metavar="COLUMN", help="column label (or its start) to rank by (default: best "
+                    "known robust accuracy, else AutoAttack standard, else the first attack, else corruption "
+                    "accuracy, else clean)")
     lb.add_argument("--title", help="page title")
     lb.add_argument("--export-model-info", action="store_true",
-                    help="also write every measured row as RobustBench model_info JSON under OUT/model_info/")
+                    help="also write measured rows as RobustBench model_info JSON under OUT/model_info/ (only "
+                         "numbers measured on RobustBench's protocol go under its field names)")
+    lb.add_argument("--remove", action="append", metavar="RUN|JSON", default=[],
+                    help="take a run folder (e.g. one deleted since) or a published file off the board")

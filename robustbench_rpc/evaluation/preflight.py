@@ -21,7 +21,7 @@ def _what(out: object) -> str:
 
 
 def check_output(model: nn.Module, x: torch.Tensor, num_classes: int, who: str) -> None:
-    """``model(x)`` must be floating-point logits of shape (len(x), num_classes)."""
+    """``model(x)`` must be floating-point logits of shape (len(x), num_classes), not probabilities."""
     with torch.no_grad():
         out = model(x)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or not out.is_floating_point():
@@ -33,6 +33,24 @@ def check_output(model: nn.Module, x: torch.Tensor, num_classes: int, who: str) 
         raise ModelOutputError(f"{who} returns {out.shape[1]} logits per image but declares {num_classes} classes "
                                f"(and the data has labels 0..{num_classes - 1}): declare num_classes={out.shape[1]} "
                                "or give the model a head of the right width")
+    check_not_probabilities(out, who)
+
+
+def check_not_probabilities(out: torch.Tensor, who: str, atol: float = 1e-5) -> None:
+    """Refuse an output whose every row lies in [0, 1] and sums to 1: probabilities, not logits. Every number
+    the harness stores is computed from logits (the confidence and OOD scores take their softmax, attacks their
+    cross-entropy), so a model returning probabilities would give wrong confidences, OOD scores and calibration
+    even in a suite without an attack. Logits of a real model never all look like this."""
+    if out.shape[1] < 2 or not out.numel():
+        return
+    p = out.detach().double()
+    lo, hi = float(p.min()), float(p.max())
+    dev = float((p.sum(dim=1) - 1).abs().max())
+    if lo > -atol and hi < 1 + atol and dev < atol:
+        raise ModelOutputError(f"{who} returns probabilities, not logits (every row of its output on the first "
+                               f"{out.shape[0]} images lies in [{lo:.3g}, {hi:.3g}] and sums to 1 within {dev:.1e}): "
+                               "confidences, OOD scores and attacks are computed from logits; return the "
+                               "pre-softmax logits (drop the final softmax)")
 
 
 def check_input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, who: str) -> None:

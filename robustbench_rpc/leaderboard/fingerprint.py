@@ -19,24 +19,17 @@ fields it knows, and joins a column when every one of them agrees (:func:`agrees
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any, Iterable, Mapping
 
+from ..evalspec import THREAT_DEFAULTS, eps_label, is_adaptive, threat_of
 from ..store.manifest import sample_ids_digest
+from ..store.rows import stable_key
 
 AUTOATTACK_STANDARD = {"version": "standard"}
 #: AutoAttack parameters at which "standard" means the reference's standard run
 _AA_STANDARD_DEFAULTS = {"n_iter": 100, "n_queries": 5000, "n_restarts": 1}
-ADAPTIVE_ATTACKS = ("bpda", "transfer")
 CODE_PACKAGES = ("robustbench-rpc", "pyautoattack", "torchattacks", "imagecorruptions-imaug", "torch")
-THREAT_DEFAULTS = {"space": "pixel", "clip": True, "labels": "true", "accuracy": "robust"}
-
-
-def digest(obj: Any) -> str:
-    """Short stable hash of a JSON-able value (12 hex digits of sha256 over canonical JSON)."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _plain(v: Any) -> Any:
@@ -90,8 +83,8 @@ def evaluation_fingerprint(info: Mapping[str, Any], ids_key: str | None, model_i
         fp["precision"] = model_info["precision"]
     if kind == "attack":
         resolved = dict(info.get("resolved") or {})
-        for key, default in THREAT_DEFAULTS.items():
-            fp[f"threat.{key}"] = params.get(key, resolved.get(key, default))
+        for key, value in zip(THREAT_DEFAULTS, threat_of({**resolved, **params})):
+            fp[f"threat.{key}"] = value
         fp["threat.norm"] = params.get("norm", resolved.get("norm"))
         fp["threat.eps"] = _plain(params.get("eps", resolved.get("eps")))
         for key, value in sorted({**params, **resolved}.items()):
@@ -149,15 +142,16 @@ def model_identity(info: Mapping[str, Any]) -> str:
     if not info.get("checkpoint_sha256"):
         keep["init_seed"] = info.get("init_seed")
         keep["checkpoint"] = info.get("checkpoint")  # e.g. timm's 'pretrained'
-    return digest(keep)
+    return stable_key(keep)
 
 
-def format_eps(eps: Any) -> str:
-    """8/255 for multiples of 1/255, else a short decimal; '?' when unrecorded."""
-    if not isinstance(eps, (int, float)):
-        return "?"
-    k = float(eps) * 255
-    return f"{round(k)}/255" if k >= 1 and abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
+def is_adaptive_column(fp: Mapping[str, Any]) -> bool:
+    """Whether a column's attack is adaptive, by the evaluation spec's one rule (``evalspec.is_adaptive``):
+    the fingerprint keeps every attack parameter, ``adaptive`` included, under ``attack.``."""
+    if fp.get("kind") != "attack":
+        return False
+    params = {k[len("attack."):]: v for k, v in fp.items() if k.startswith("attack.")}
+    return is_adaptive(str(fp.get("name")), params)
 
 
 def column_label(fp: Mapping[str, Any]) -> str:
@@ -171,9 +165,12 @@ def column_label(fp: Mapping[str, Any]) -> str:
             name = "AutoAttack" + (" (reduced)" if is_reduced_autoattack(fp) else " standard")
         eps = fp.get("threat.eps")
         norm = fp.get("threat.norm") or "Linf"
-        eps_text = format_eps(eps) if norm == "Linf" else f"{eps:g}" if isinstance(eps, (int, float)) else "?"
+        eps_text = eps_label(eps)
         extra = "" if fp.get("threat.space") == "pixel" else " (norm.)"
         return f"{name} {norm} {eps_text}{extra}"
+    if kind == "best known":
+        extra = "" if fp.get("threat.space", "pixel") == "pixel" else " (norm.)"
+        return f"best known {fp.get('threat.norm') or 'Linf'} {eps_label(fp.get('threat.eps'))}{extra}"
     if kind == "shift":
         return f"shift {fp.get('dataset')}"
     return str(fp.get("name"))

@@ -1,6 +1,6 @@
 """Merging entries of many runs into boards: one column per protocol fingerprint, one row per model.
 
-Rules (issue 18):
+Rules:
 
 - Entries of the same model (fingerprint.model_identity: architecture + checkpoint hash + settings) under the
   same fingerprint, from different runs, are one cell when their per-sample outcomes agree on every shared
@@ -23,7 +23,8 @@ import pandas as pd
 
 from .. import metrics
 from ..data import robustbench as rbdata
-from .fingerprint import column_label, differences, digest
+from ..store.rows import stable_key
+from .fingerprint import column_label, differences, is_adaptive_column, is_reduced_autoattack
 from .sources import Entry, LeaderboardError, RunRecord
 
 ROBUSTBENCH_CORRUPTION_SET = sorted((c, s) for c in rbdata.CORRUPTIONS for s in range(1, 6))
@@ -72,6 +73,9 @@ class Row:
     checks: list[dict[str, Any]] = field(default_factory=list)
     published: bool = False
     flags: list[str] = field(default_factory=list)
+    #: flags that come with the row itself (a published file's "unreliable", "additional_data"; a gone run)
+    own_flags: list[str] = field(default_factory=list)
+    footnote: str = ""
 
 
 @dataclass
@@ -85,6 +89,8 @@ class Board:
     rank_column: Column | None = None
     ranking: list[dict[str, Any]] = field(default_factory=list)
     pairs: list[dict[str, Any]] = field(default_factory=list)
+    #: the RobustBench folder (threat model) a board of published rows only reproduces, else None
+    robustbench: str | None = None
 
     def column(self, key: str) -> Column | None:
         return next((c for c in self.columns if c.key == key), None)
@@ -96,7 +102,7 @@ def merge_entries(entries: list[Entry]) -> list[list[Entry]]:
     """Groups of entries that are one measurement (same row, same fingerprint), checked for agreement."""
     groups: dict[tuple[str, str], list[Entry]] = {}
     for e in entries:
-        groups.setdefault((e.row, digest(e.fingerprint)), []).append(e)
+        groups.setdefault((e.row, stable_key(e.fingerprint)), []).append(e)
     for group in groups.values():
         first = group[0]
         for other in group[1:]:
@@ -168,7 +174,7 @@ def corruption_cells(groups: list[list[Entry]]) -> list[tuple[dict, str, str, Ce
         if fp.get("kind") != "corruption":
             continue
         red = _reduced(fp)
-        key = (g[0].row, digest(red))
+        key = (g[0].row, stable_key(red))
         sets.setdefault(key, {})[(str(fp["corruption.name"]), int(fp["corruption.severity"]))] = g
         fps[key] = red
     out = []
@@ -176,7 +182,7 @@ def corruption_cells(groups: list[list[Entry]]) -> list[tuple[dict, str, str, Ce
         fp = dict(fps[(row, _)])
         keys = sorted(members)
         fp["kind"] = "corruption set"
-        fp["corruption.set"] = digest(keys)
+        fp["corruption.set"] = stable_key(keys)
         fp["corruption.count"] = len(keys)
         fp["corruption.severities"] = sorted({s for _, s in keys})
         label_base = "RobustBench 15 x 5" if keys == ROBUSTBENCH_CORRUPTION_SET else \
@@ -245,14 +251,54 @@ def build_boards(runs: list[RunRecord]) -> list[Board]:
             members = [e for g in sub_groups for e in g if e.row == row]
             _put(board, fp, metric, row, cell, members, by_run)
     for b in boards.values():
+        add_best_known(b)
         split_labels(b)
     return list(boards.values())
+
+
+def _same_budget(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = {k for k in (*a, *b) if k.startswith(("threat.", "samples.")) or k == "dataset"}
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def add_best_known(board: Board) -> None:
+    """A "best known" column beside each AutoAttack standard column, RobustBench's ranking key: per row, the
+    per-sample worst case of AutoAttack and every complete adaptive attack (``evalspec.is_adaptive``) at the
+    same budget, threat model and images; AutoAttack's own number where the row has no adaptive attack."""
+    for aa in [c for c in board.columns if c.fingerprint.get("name") == "autoattack"
+               and not is_reduced_autoattack(c.fingerprint)]:
+        adaptive = [c for c in board.columns if is_adaptive_column(c.fingerprint)
+                    and _same_budget(c.fingerprint, aa.fingerprint)]
+        fp = {k: v for k, v in aa.fingerprint.items() if not k.startswith("attack.") and k not in ("name", "seed")}
+        fp["kind"] = "best known"
+        for row, cell in aa.cells.items():
+            if not cell.complete or cell.correct is None:
+                continue
+            found = [(c, c.cells[row]) for c in adaptive if row in c.cells and c.cells[row].complete
+                     and c.cells[row].correct is not None]
+            if not found:
+                best = Cell(cell.value, cell.lo, cell.hi, cell.n, cell.n_expected, cell.correct, list(cell.runs),
+                            note=f"{aa.label} (no adaptive attack at this budget)")
+            else:
+                frame = pd.concat([cell.correct] + [x.correct for _, x in found], axis=1, join="inner")
+                worst = frame.min(axis=1)
+                k, n = int(worst.sum()), len(worst)
+                lo, hi = metrics.wilson_interval(k, n) if n else (None, None)
+                runs = sorted({r for x in [cell, *(x for _, x in found)] for r in x.runs})
+                best = Cell(k / n if n else float("nan"), lo, hi, n, n, worst, runs,
+                            note="per-sample worst case of " + ", ".join([aa.label] + [c.label for c, _ in found]))
+            key = stable_key({"fp": fp, "metric": "accuracy"})
+            col = board.column(key)
+            if col is None:
+                col = Column(key, dict(fp), column_label(fp), "accuracy")
+                board.columns.append(col)
+            col.cells[row] = best
 
 
 def _put(board: Board, fp: dict, metric: str, row: str, cell: Cell, entries: list[Entry],
          runs: dict[str, RunRecord]) -> None:
     label = fp.pop("label", None) or column_label(fp)
-    key = digest({"fp": fp, "metric": metric})
+    key = stable_key({"fp": fp, "metric": metric})
     col = board.column(key)
     if col is None:
         col = Column(key, fp, label, metric)

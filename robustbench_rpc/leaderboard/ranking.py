@@ -1,14 +1,20 @@
 """Ranks, paired tests and flags of a board.
 
-- The rank column: ``rank_by`` (a column label, or its start), else the first AutoAttack standard column,
-  else the first AutoAttack, else the first attack column, else the first clean column. Rows with a complete
-  value rank by it (ties share a rank); published rows rank by their point estimate.
+- The rank column: ``rank_by`` (a column label, or its start; one naming no column of any board is an
+  error), else the first "best known" column (RobustBench's ranking key: an external or adaptive worst case
+  where known, else AutoAttack standard), else the first AutoAttack standard column, else the first
+  AutoAttack, else the first attack column, else the first corruption accuracy (RobustBench ranks corruption
+  boards by it), else the first clean column. Rows with a complete value rank by it, ties sharing a rank
+  (1 + the rows strictly better); tied rows keep the order they were read in (published files: by name);
+  published rows rank by their point estimate.
 - Rank intervals: a paired bootstrap over the samples every measured row of the column shares
   (:func:`metrics.bootstrap_rank_intervals`, 1,000 resamples, 95 %).
 - Paired McNemar tests between every two measured rows on their shared sample ids
   (:func:`metrics.mcnemar`), Holm-adjusted over the board's pairs (:func:`metrics.holm_adjust`).
-- Flags: published; incomplete; failed trust checks; reduced AutoAttack; a dynamic model (model info
-  ``dynamics.kind == "dynamic"``) without an adaptive attack (bpda, transfer) in its row; a model at chance
+- Flags: published; what a published file states (unreliable AutoAttack, external evaluation, extra data,
+  eps not stated, robust above clean); a run folder gone since it was read; incomplete; failed trust checks;
+  reduced AutoAttack; a dynamic model (model info ``dynamics.kind == "dynamic"``) without an adaptive attack
+  in its row (``evalspec.is_adaptive``: bpda, transfer, or ``adaptive = true``); a model at chance
   (the ``chance_level`` check failed, or without it, a clean Wilson interval containing 1/classes);
   stochastic (evaluated with EOT).
 """
@@ -19,26 +25,42 @@ import math
 import numpy as np
 
 from .. import metrics
-from .fingerprint import ADAPTIVE_ATTACKS, is_reduced_autoattack
+from ..registry import did_you_mean
+from .fingerprint import is_adaptive_column, is_reduced_autoattack
 from .merge import Board, Column
+from .sources import LeaderboardError
 
 N_BOOT = 1000
 
 
+def _matches(board: Board, rank_by: str) -> list[Column]:
+    return [c for c in board.columns if c.label == rank_by] or \
+        [c for c in board.columns if c.label.startswith(rank_by)]
+
+
+def check_rank_by(boards: list[Board], rank_by: str | None) -> None:
+    """``rank_by`` must name a column of some board: one line with the closest labels otherwise."""
+    if rank_by and not any(_matches(b, rank_by) for b in boards):
+        labels = sorted({c.label for b in boards for c in b.columns})
+        raise LeaderboardError(f"--rank-by {rank_by!r}: no board has such a column"
+                               + (did_you_mean(rank_by, labels, aside=True) or "") + "; columns: "
+                               + ", ".join(labels))
+
+
 def choose_rank_column(board: Board, rank_by: str | None = None) -> Column | None:
-    cols = [c for c in board.columns if c.metric == "accuracy"]
     if rank_by:
-        hit = [c for c in board.columns if c.label == rank_by] or \
-              [c for c in board.columns if c.label.startswith(rank_by)]
+        hit = _matches(board, rank_by)
         if hit:
             return hit[0]
     fp = lambda c: c.fingerprint  # noqa: E731
-    for test in (lambda c: fp(c).get("name") == "autoattack" and not is_reduced_autoattack(fp(c)),
+    for test in (lambda c: fp(c).get("kind") == "best known",
+                 lambda c: fp(c).get("name") == "autoattack" and not is_reduced_autoattack(fp(c)),
                  lambda c: fp(c).get("name") == "autoattack", lambda c: fp(c).get("kind") == "attack",
-                 lambda c: fp(c).get("kind") == "clean"):
-        hit = [c for c in cols if test(c)]
+                 lambda c: c.metric == "corruptions_acc", lambda c: fp(c).get("kind") == "clean"):
+        hit = [c for c in board.columns if c.metric in ("accuracy", "corruptions_acc") and test(c)]
         if hit:
             return hit[0]
+    cols = [c for c in board.columns if c.metric == "accuracy"]
     return cols[0] if cols else None
 
 
@@ -96,6 +118,7 @@ def flag_rows(board: Board) -> None:
         cells = {c.label: c.cells[key] for c in board.columns if key in c.cells}
         if row.published:
             flags.append("published")
+        flags += row.own_flags
         if any(not c.complete for c in cells.values()):
             flags.append("incomplete")
         failed = sorted({c["check"] for c in row.checks if c["status"] == "fail" and c["check"] != "chance_level"})
@@ -105,7 +128,7 @@ def flag_rows(board: Board) -> None:
             flags.append("reduced AutoAttack")
         dyn = row.model.get("dynamics")
         if isinstance(dyn, dict) and dyn.get("kind") == "dynamic" and not any(
-                c.fingerprint.get("name") in ADAPTIVE_ATTACKS for c in board.columns if key in c.cells):
+                is_adaptive_column(c.fingerprint) for c in board.columns if key in c.cells):
             flags.append("dynamic model, no adaptive attack")
         if _at_chance(board, key, row):
             flags.append("at chance")

@@ -2,6 +2,7 @@
 a tidy CSV of every number, the McNemar pairs and the per-sample outcomes used."""
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import math
@@ -10,7 +11,9 @@ from pathlib import Path
 import pandas as pd
 
 from ..reports.render import Table, fmt_ci, fmt_num, fmt_p
+from .. import atomic
 from .merge import Board, Cell, Column
+from .published import FLAG_ABOVE_CLEAN, FLAG_EXTERNAL, FLAG_EXTRA_DATA, FLAG_NO_EPS, FLAG_UNRELIABLE
 
 FLAG_TEXT = {
     "published": "imported from a RobustBench model_info JSON: no per-sample outcomes (no McNemar, no rank interval)",
@@ -21,6 +24,15 @@ FLAG_TEXT = {
                                          "(bpda, transfer) was run: AutoAttack alone may overestimate it",
     "at chance": "clean accuracy is not significantly above 1/classes",
     "stochastic (EOT)": "the forward pass is random: evaluated with EOT",
+    FLAG_UNRELIABLE: "the published file marks its AutoAttack evaluation potentially unreliable (RobustBench's "
+                     "flag): its best known robust accuracy comes from another evaluation",
+    FLAG_EXTERNAL: "the published best known robust accuracy comes from an external (adaptive) evaluation, lower "
+                   "than AutoAttack's; RobustBench ranks by it",
+    FLAG_EXTRA_DATA: "trained with data beyond the dataset's training set (the published additional_data)",
+    FLAG_NO_EPS: "the published file states no eps: RobustBench's budget for its folder is assumed",
+    FLAG_ABOVE_CLEAN: "a published robust accuracy is above its clean accuracy: one of the two is wrong",
+    "run folder gone": "the run folder this row was read from no longer exists: its numbers are the board's "
+                       "copy (leaderboard --remove RUN takes them off)",
 }
 
 
@@ -86,6 +98,7 @@ def board_table(board: Board, index: int) -> Table:
                 "McNemar tests on shared sample ids, Holm-adjusted over the board's pairs"]
     protocol += [f"{c.label}: {protocol_text(c)}" for c in board.columns]
     notes = list(board.notes) + [f"{c.label}: {c.note}" for c in board.columns if c.note]
+    notes += [f"{board.rows[k].name}: {board.rows[k].footnote}" for k in ordered_rows(board) if board.rows[k].footnote]
     return Table(f"board_{index}", f"Board {index}: {board.title}", columns, rows, pd.DataFrame(tidy),
                  protocol=protocol, notes=notes)
 
@@ -207,26 +220,41 @@ def write_html(path: Path, title: str, boards: list[Board], tables: list[Table],
             "model contract, mCE baseline); click a column header to sort.</p>"
             f"<ul>{toc}</ul>" + (f"<h2>Flags</h2><ul class='small'>{legend}</ul>" if legend else "")
             + sections + f"<script>{_JS}</script></main></body></html>")
-    path.write_text(page, encoding="utf-8")
+    atomic.write_text(path, page)
     return path
+
+
+def _html_escaped(table: Table) -> Table:
+    """The table with its text HTML-escaped for Markdown, where raw HTML renders (a published name or footnote
+    is text, never markup)."""
+    def esc(v):
+        return html.escape(v, quote=False) if isinstance(v, str) else v
+    return dataclasses.replace(table, title=esc(table.title), columns=[esc(c) for c in table.columns],
+                               rows=[[esc(v) for v in row] for row in table.rows],
+                               protocol=[esc(p) for p in table.protocol], notes=[esc(n) for n in table.notes])
 
 
 def write_all(out: Path, title: str, boards: list[Board], sources: list[str]) -> dict[str, Path]:
     """index.html, leaderboard.md, leaderboard.tex, leaderboard.csv and pairs.csv under ``out``."""
     tables = [board_table(b, i + 1) for i, b in enumerate(boards)]
     paths = {"html": write_html(out / "index.html", title, boards, tables, sources)}
-    md = [f"# {title}", ""] + [t.to_markdown("##") for t in tables]
-    (out / "leaderboard.md").write_text("\n".join(md), encoding="utf-8")
-    (out / "leaderboard.tex").write_text("\n".join(t.to_latex() for t in tables), encoding="utf-8")
+    md = [f"# {html.escape(title)}", ""] + [_html_escaped(t).to_markdown("##") for t in tables]
+    atomic.write_text(out / "leaderboard.md", "\n".join(md))
+    atomic.write_text(out / "leaderboard.tex", "\n".join(t.to_latex() for t in tables))
     tidy = pd.concat([t.tidy for t in tables], ignore_index=True) if tables else pd.DataFrame()
-    tidy.to_csv(out / "leaderboard.csv", index=False, na_rep="")
+    for col in ("rank", "rank_lo", "rank_hi"):  # integers, also where some rows are unranked
+        if col in tidy:
+            tidy[col] = pd.array([None if v is None or v != v else int(v) for v in tidy[col]], dtype="Int64")
+    with atomic.replacing(out / "leaderboard.csv") as tmp:
+        tidy.to_csv(tmp, index=False, na_rep="")
     pairs = [{"board": i + 1, "column": b.rank_column.label if b.rank_column else None,
               "model_a": b.rows[p["a"]].name, "model_b": b.rows[p["b"]].name, **{k: v for k, v in p.items()
                                                                                   if k not in ("a", "b")}}
              for i, b in enumerate(boards) for p in b.pairs]
     cols = ["board", "column", "model_a", "model_b", "n", "delta", "n01", "n10", "statistic", "p_value", "method",
             "p_holm"]
-    pd.DataFrame(pairs, columns=cols).to_csv(out / "pairs.csv", index=False)
+    with atomic.replacing(out / "pairs.csv") as tmp:
+        pd.DataFrame(pairs, columns=cols).to_csv(tmp, index=False)
     paths.update(md=out / "leaderboard.md", tex=out / "leaderboard.tex", csv=out / "leaderboard.csv",
                  pairs=out / "pairs.csv")
     return paths

@@ -54,13 +54,16 @@ class RunRecord:
 
 
 def store_digest(store: ResultsStore) -> str:
-    """A digest of what a store holds (its finished units and trust checks): equal digests = nothing new to
-    read. Cheap: no sample rows are read."""
+    """A digest of what a store holds that a board shows (its finished units, trust checks and the outcome
+    columns of every sample row): equal digests = nothing new to read. The sample rows are hashed, not only
+    the units table, so a row edited in place (same units, other outcomes) is read anew."""
     h = hashlib.sha256()
     h.update(store.units().to_csv(index=False).encode())
     checks = store.checks()
     if not checks.empty:
         h.update(checks[["model_key", "check", "status", "updated_at"]].to_csv(index=False).encode())
+    samples = store.samples(columns=["model_key", "eval_key", *OUTCOME_COLUMNS])
+    h.update(pd.util.hash_pandas_object(samples, index=False).to_numpy().tobytes())
     return h.hexdigest()[:16]
 
 
