@@ -238,3 +238,41 @@ def test_registered_with_their_sources():
                         ("kpca_eigen", "eigenvalues.py")):
         doc = importlib.import_module(f"robustbench_rpc.diagnostics.{mod}").__doc__
         assert "2505.07908" in doc and script in doc
+
+
+# ---- intervals, the suite and its report -------------------------------------------------------------------
+
+def test_pooled_intervals_equal_the_spread_over_images_and_heads():
+    from robustbench_rpc.diagnostics.moments import pooled
+
+    _, k, v = _random_qkv(11, B=5, H=3)
+    per = alignment_metrics(v, kpca_value_matrix(k, k.shape[-1] ** -0.5))["align_kernel_cka"]  # (B, H)
+    means, squares = per.mean(0).tolist(), per.pow(2).mean(0).tolist()  # what the rows store, per head
+    got = pooled(means, squares, n_images=5)
+    flat = per.flatten().numpy()
+    assert got["mean"] == pytest.approx(flat.mean(), abs=1e-12)
+    assert got["sd"] == pytest.approx(flat.std(ddof=1), abs=1e-9)
+    assert got["hi"] - got["mean"] == pytest.approx(1.96 * flat.std(ddof=1) / math.sqrt(15), abs=1e-9)
+
+
+def test_kpca_claims_suite_through_the_cli(tmp_path):
+    from robustbench_rpc.cli.commands import main
+    from robustbench_rpc.diagnostics.moments import pooled
+
+    out = tmp_path / "claims"
+    rc = main(["run", "--suite", "kpca-claims", "--model", "symvit_micro_patch4_32:packaged", "--limit", "6",
+               "--batch-size", "3", "--out", str(out), "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    claims = pd.read_csv(out / "tables" / "kpca_claims.csv")
+    assert set(claims["claim"].str[:10]) == {"values are", "attention ", "Gram eigen"}
+    assert {"paper", "study"} == set(claims["side"])
+    assert claims["reading"].str.contains("supports").all()
+    full = pd.read_csv(out / "tables" / "diagnostics_full.csv")
+    assert set(full["layer"]) == {0, 1, 2, 3} and full["n"].eq(6).all()
+    row = claims[claims["quantity"] == "linear CKA"].iloc[0]
+    ref = pooled(full["align_linear_cka"], full["align_linear_cka_sq"], 6)
+    assert row["mean"] == pytest.approx(ref["mean"]) and row["lo"] == pytest.approx(ref["lo"])
+    assert 0 <= row["mean"] <= 1 and row["lo"] < row["mean"] < row["hi"]
+    report = (out / "report.md").read_text()
+    assert "Kernel-PCA claims" in report and "mean ± sd [95% CI]" in report
+    assert (out / "plots" / "kpca_claims_symvit_micro_patch4_32.png").is_file()

@@ -212,6 +212,7 @@ def diagnostics_section(data: RunData, out: Path) -> tuple[list[Table], list[Plo
     """Tables, plots (under ``out/plots``) and extra CSVs (under ``out/tables``: every row, and eq. 11 per
     axis) for the run's diagnostics and sweep; ([], [], {}) when it has neither."""
     from ..diagnostics.output import kpca_plot, pap_plot
+    from .kpca_claims import claims_plots, claims_table
 
     df, adf = diagnostics_frames(data)
     folder = Path(out) / "plots"
@@ -219,7 +220,8 @@ def diagnostics_section(data: RunData, out: Path) -> tuple[list[Table], list[Plo
     plots: list[Plot] = []
     files: dict[str, Path] = {}
     if not df.empty:
-        tables += [t for t in (pap_table(df), kpca_table(df)) if t is not None]
+        tables += [t for t in (pap_table(df), kpca_table(df), claims_table(df)) if t is not None]
+        plots += claims_plots(df, folder)  # both sides of the kernel-PCA claims, where the run has them
         (Path(out) / "tables").mkdir(parents=True, exist_ok=True)
         for name, frame_ in (("diagnostics_full", df), ("diagnostics_axes", adf)):
             if not frame_.empty:
