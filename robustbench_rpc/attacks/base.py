@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import Registry, did_you_mean
-from .budget import NORMS, Box, project, validate_eps, validate_norm, validate_threat
+from .budget import NORMS, Box, canonical_norm, project, validate_eps, validate_norm, validate_threat
 
 ATTACKS: Registry[Callable[..., "Attack"]] = Registry("attack", name_attr="name")
 
@@ -70,7 +70,60 @@ def get_attack(name: str, **params: Any) -> "Attack":
     """
     factory = ATTACKS.get(name)
     _check_params(name, factory, params)
-    return factory(**params)
+    attack = factory(**params)
+    if isinstance(attack, Attack):
+        return attack
+    if not callable(attack):
+        raise TypeError(f"attack '{name}': its factory returned {type(attack).__name__}, not a callable "
+                        "attack(model, images, labels) -> adversarial images")
+    return PluginAttack(name, attack, factory, params)
+
+
+class PluginAttack:
+    """A registered attack that is not an :class:`Attack` (a plain function, as ``register_attack`` allows),
+    carrying the threat model it was asked for.
+
+    Why: ``attack_outcomes`` checks every attack's output against its ``eps`` / ``norm`` / ``space`` / ``clip``
+    attributes; a plain function has none, so its images were only checked for [0, 1] and a plug-in returning
+    images at 1.5x eps was stored as a valid evaluation. Here they are the parameters ``get_attack`` passed
+    (the evaluation's), else the factory's defaults, else the callable's own attributes, else the project's
+    defaults (Linf, pixel space, clipped); ``params`` records them, so the run's resolved parameters show
+    them too. The call is the plug-in's own, unchanged."""
+
+    def __init__(self, name: str, fn: Callable, factory: Callable, params: dict[str, Any]):
+        try:
+            sig = inspect.signature(factory).parameters.values()
+        except (TypeError, ValueError):
+            sig = []
+        defaults = {p.name: p.default for p in sig if p.default is not inspect.Parameter.empty
+                    and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        given = {**defaults, **params}
+
+        def threat(key: str, fallback: Any) -> Any:
+            value = given.get(key, getattr(fn, key, None))
+            return fallback if value is None else value
+
+        self.name, self.fn = name, fn
+        eps = given.get("eps", getattr(fn, "eps", None))
+        self.eps = None if eps is None else float(eps)
+        self.norm = canonical_norm(threat("norm", "Linf"))
+        self.space, self.clip, self.labels = validate_threat(threat("space", "pixel"), threat("clip", True),
+                                                             threat("labels", "true"), name)
+        self.gradient_based = bool(getattr(fn, "gradient_based", getattr(factory, "gradient_based", True)))
+        self.batch_size = getattr(fn, "batch_size", None)
+        self.params: dict[str, Any] = {**given, "eps": self.eps, "norm": self.norm, "space": self.space,
+                                       "clip": self.clip}
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.fn(model, images, labels)
+
+    def __getattr__(self, key: str) -> Any:  # anything else the plug-in exposes (its own state, helpers)
+        if key == "fn":
+            raise AttributeError(key)
+        return getattr(self.fn, key)
+
+    def __repr__(self) -> str:
+        return f"PluginAttack({self.name!r}, eps={self.eps!r}, norm={self.norm!r})"
 
 
 def _check_params(name: str, factory: Callable, params: dict) -> None:
