@@ -10,15 +10,18 @@ also shows ``unreliable`` ("AA eval. potentially unreliable"), ``additional_data
 Here, each file's row is identified by (dataset, threat, file name) from its location, so a parent folder
 gives one board per RobustBench folder and no row replaces another's numbers. A published-only board ranks
 by the same key RobustBench sorts by (the "best known" column, or corruption accuracy); ties share a rank.
-Budgets: a file's ``eps`` written to three decimals (``"0.031"``, six CIFAR-10 Linf files) is RobustBench's
-8/255 rounded, and RobustBench ranks those files with the 8/255 ones: such an eps counts as the folder's
-budget, with a note. A file without ``eps`` takes its folder's budget, flagged. Numbers must be percentages
+Budgets: RobustBench ranks every file of a folder together whatever its ``eps``; six CIFAR-10 Linf files state
+``"0.031"`` (7.9/255, their footnotes say, not 8/255). An eps within 5e-4 of the folder's budget therefore
+sits in the folder's column and is ranked there, flagged "eps not the folder's" with the value it states; a
+file without ``eps`` takes its folder's budget, flagged "eps not stated"; any other eps has a column of its own. Numbers must be percentages
 in [0, 100] (strings or numbers, not booleans); anything else is one error naming the file and the key.
 """
 from __future__ import annotations
 
+import html
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -38,12 +41,13 @@ ACC_FIELDS = {"Linf": ("external", "autoattack_acc"), "L2": ("external", "autoat
               "corruptions": ("corruptions_acc",)}
 PERCENT_FIELDS = ("clean_acc", "autoattack_acc", "external", "corruptions_acc", "corruptions_acc_3d",
                   "corruptions_mce", "corruptions_mce_3d")
-#: a budget written with this many decimals is the folder's budget rounded (8/255 = 0.0314 -> "0.031")
+#: a stated eps this close to its folder's budget is ranked with it (RobustBench ranks 0.031 with 8/255)
 _ROUNDING = 5e-4
 FLAG_UNRELIABLE = "AA eval. potentially unreliable"
 FLAG_EXTRA_DATA = "extra data"
 FLAG_EXTERNAL = "external evaluation"
 FLAG_NO_EPS = "eps not stated"
+FLAG_OTHER_EPS = "eps not the folder's"
 FLAG_ABOVE_CLEAN = "robust above clean"
 
 
@@ -222,8 +226,9 @@ def _threat_eps(pub: Published, eps: float | None, dataset: str, threat: str) ->
                          "(RobustBench ranks every file of a folder together)")
         return round(budget, 12)
     if budget is not None and eps != budget and abs(eps - budget) <= _ROUNDING:
-        pub.notes.append(f"eps written {pub.info.get('eps')!r}: RobustBench's {eps_label(budget)} rounded, ranked "
-                         f"with the {eps_label(budget)} rows as RobustBench ranks it")
+        pub.flags.append(f"{FLAG_OTHER_EPS}: {pub.info.get('eps')}")
+        pub.notes.append(f"eps written {pub.info.get('eps')!r}, not {eps_label(budget)}: ranked in the "
+                         f"{eps_label(budget)} column of its folder, as RobustBench ranks it")
         return round(budget, 12)
     return round(eps, 12)
 
@@ -264,8 +269,21 @@ def add_published(boards: list[Board], paths: list[str]) -> list[Board]:
                                                       "published": {k: info.get(k) for k in
                                                                     ("link", "name", "venue", "authors")}},
                                   runs=[str(path)], published=True, own_flags=list(pub.flags),
-                                  footnote="; ".join(x for x in [info.get("footnote") or "", *pub.notes] if x))
+                                  footnote="; ".join(x for x in [footnote_text(info.get("footnote")), *pub.notes]
+                                                     if x))
     return boards
+
+
+def footnote_text(footnote: Any) -> str:
+    """A published footnote as plain text: RobustBench writes them as HTML for its page (``<br>``, links,
+    MathJax); here they are text (a link keeps its address), escaped wherever they are shown."""
+    if footnote is None:
+        return ""
+    text = str(footnote)
+    text = re.sub(r"<br\s*/?>", " ", text, flags=re.I)
+    text = re.sub(r"<a\s[^>]*href=[\"']([^\"']*)[\"'][^>]*>(.*?)</a>", r"\2 (\1)", text, flags=re.I | re.S)
+    text = re.sub(r"<[^>]+>", "", text)
+    return " ".join(html.unescape(text).split())
 
 
 def _board_for(boards: list[Board], pub: Published) -> Board:

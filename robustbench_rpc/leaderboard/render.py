@@ -13,7 +13,8 @@ import pandas as pd
 from ..reports.render import Table, fmt_ci, fmt_num, fmt_p
 from .. import atomic
 from .merge import Board, Cell, Column
-from .published import FLAG_ABOVE_CLEAN, FLAG_EXTERNAL, FLAG_EXTRA_DATA, FLAG_NO_EPS, FLAG_UNRELIABLE
+from .published import (FLAG_ABOVE_CLEAN, FLAG_EXTERNAL, FLAG_EXTRA_DATA, FLAG_NO_EPS, FLAG_OTHER_EPS,
+                        FLAG_UNRELIABLE)
 
 FLAG_TEXT = {
     "published": "imported from a RobustBench model_info JSON: no per-sample outcomes (no McNemar, no rank interval)",
@@ -30,6 +31,8 @@ FLAG_TEXT = {
                    "than AutoAttack's; RobustBench ranks by it",
     FLAG_EXTRA_DATA: "trained with data beyond the dataset's training set (the published additional_data)",
     FLAG_NO_EPS: "the published file states no eps: RobustBench's budget for its folder is assumed",
+    FLAG_OTHER_EPS: "the published eps is close to but not its folder's budget (0.031 is 7.9/255): ranked in "
+                    "the folder's column, as RobustBench ranks it",
     FLAG_ABOVE_CLEAN: "a published robust accuracy is above its clean accuracy: one of the two is wrong",
     "run folder gone": "the run folder this row was read from no longer exists: its numbers are the board's "
                        "copy (leaderboard --remove RUN takes them off)",
