@@ -276,3 +276,44 @@ def test_kpca_claims_suite_through_the_cli(tmp_path):
     report = (out / "report.md").read_text()
     assert "Kernel-PCA claims" in report and "mean ± sd [95% CI]" in report
     assert (out / "plots" / "kpca_claims_symvit_micro_patch4_32.png").is_file()
+
+
+# ---- per-epoch diagnostics in training ---------------------------------------------------------------------
+
+def test_training_records_diagnostics_per_epoch_equal_to_diagnose_on_the_checkpoint(tmp_path):
+    from robustbench_rpc.cli.commands import main
+    from robustbench_rpc.training import Settings, build_recipe, train
+
+    tiny = {"embed_dim": 16, "depth": 2, "num_heads": 2}
+    names = ["kpca_reconstruction_terms", "projection_loss"]
+    recipe = build_recipe(None, {"model.name": "symvit_micro_patch4_32", "model.kwargs": tiny, "data.limit": 96,
+                                 "optim.epochs": 2, "optim.warmup_epochs": 1, "validation.limit": 16,
+                                 "validation.steps": 0, "validation.diagnostics": names,
+                                 "validation.diagnostics_limit": 10})
+    res = train(recipe, tmp_path / "t", Settings(progress=False), log=lambda _: None)
+    csv_rows = pd.read_csv(tmp_path / "t" / "metrics.csv")
+    assert len(csv_rows) == 2
+    for col in ("diag_recon_phi_norm", "diag_recon_h_norm", "diag_recon_rel_error_wrt_h", "diag_proj_error"):
+        assert col in csv_rows and csv_rows[col].notna().all()
+    assert "diag_proj_loss" in csv_rows  # NaN while the paper's error is negative (log undefined)
+    assert csv_rows["diag_recon_h_norm"].iloc[0] != csv_rows["diag_recon_h_norm"].iloc[1]  # one value per epoch
+    out = tmp_path / "diag"
+    rc = main(["diagnose", "--model", f"symvit_micro_patch4_32:{res['last_checkpoint']}", "--limit", "10",
+               *[a for n in names for a in ("--diagnostic", n)], "--out", str(out)])
+    assert rc == 0
+    diag = pd.read_csv(out / "diagnostics.csv")
+    assert diag["n"].eq(10).all()
+    last = csv_rows.iloc[-1]
+    for col in ("recon_phi_norm", "recon_h_norm", "recon_abs_error", "recon_rel_error_wrt_h",
+                "recon_rel_error_wrt_phi", "proj_loss", "proj_error"):
+        assert last[f"diag_{col}"] == pytest.approx(diag[col].mean(), rel=1e-9, nan_ok=True), col
+
+
+def test_recipe_refuses_an_unknown_per_epoch_diagnostic_and_keeps_old_recipes_unchanged():
+    from robustbench_rpc.training import build_recipe
+    from robustbench_rpc.training.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match=r"validation.diagnostics must list registered diagnostics.*kpca_alignment"):
+        build_recipe(None, {"model.name": "symvit_micro_patch4_32", "validation.diagnostics": ["kpca_alignmnt"]})
+    plain = build_recipe("symvit_micro_patch4_32")
+    assert "diagnostics" not in plain.to_dict()["validation"]  # recipes without the key keep their hash

@@ -56,7 +56,8 @@ class EpochLog:
         if not self.main:
             return
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+        diag = [k for k in dict.fromkeys(k for row in history for k in row) if k.startswith("diag_")]
+        w = csv.DictWriter(buf, fieldnames=COLUMNS + tuple(diag), extrasaction="ignore")  # + opt-in diagnostics
         w.writeheader()
         w.writerows(history)
         atomic_write(self.out / "metrics.csv", lambda tmp: tmp.write_text(buf.getvalue()))

@@ -33,7 +33,7 @@ from .logs import EpochLog, epoch_line
 from .model import build_model, check_fits
 from .objectives import get_objective
 from .recipe import Recipe
-from .validation import validate
+from .validation import epoch_diagnostics, validate
 
 
 @dataclass
@@ -239,6 +239,7 @@ def finish_epoch(job: Job, row: dict[str, Any]) -> None:
     r, ranks, epoch = job.recipe, job.ranks, row["epoch"]
     if epoch % r.validation.every == 0 or epoch == r.optim.epochs:
         row.update(validate(job.eval_model, job.data, r, epoch - 1, ranks))
+        row.update(epoch_diagnostics(job.eval_model, job.data, r))  # opt-in: validation.diagnostics
     score = _selected(row, r.validation.select)
     row["best"] = score is not None and score > job.best.get("score", -1.0)
     if row["best"]:

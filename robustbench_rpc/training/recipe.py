@@ -8,7 +8,7 @@ A recipe has top-level ``name``, ``version`` (the recipe's own version, recorded
     [optim]      optimizer, lr, weight_decay, momentum, nesterov, betas, batch_size, epochs, warmup_epochs,
                  min_lr, label_smoothing, clip_grad, ema_decay, ema_warmup
     [objective]  name (standard | pgd-at | trades), eps, steps, step_size, random_start, step_ramp_epochs, beta
-    [validation] eps, steps, step_size, limit, every, select, holdout, batch_size
+    [validation] eps, steps, step_size, limit, every, select, holdout, batch_size, diagnostics, diagnostics_limit
 
 Unknown keys are refused with close matches, values are type- and range-checked, and each error is one line
 naming the file and the key. Overrides (``--epochs 5``, ``--set optim.lr=1e-3``) are checked the same way.
@@ -89,6 +89,18 @@ def _objective(v):
     return _choice(*list_objectives())(v)
 
 
+def _diagnostic_names(v):
+    """Opt-in per-epoch diagnostics (``validation.diagnostics``): registered names only."""
+    from ..diagnostics import list_diagnostics
+
+    known = list_diagnostics()
+    unknown = [n for n in v if n not in known]
+    if unknown or not v:
+        return (f"must list registered diagnostics ({', '.join(known)})"
+                + (did_you_mean(unknown[0], known, n=2, aside=True) if unknown else ""))
+    return None
+
+
 def _betas(v):
     if len(v) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in v):
         return "must be two numbers in [0, 1), e.g. [0.9, 0.999]"
@@ -131,11 +143,15 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "step_size": Field("eps", None, _positive, optional=True), "limit": Field("int", 0, _non_negative),
         "every": Field("int", 1, _at_least_one), "select": Field("str", "auto", _choice("auto", "clean", "pgd")),
         "holdout": Field("float", None, _fraction, optional=True), "batch_size": Field("int", 128, _at_least_one),
+        "diagnostics": Field("list", None, _diagnostic_names, optional=True),
+        "diagnostics_limit": Field("int", None, _at_least_one, optional=True),
     },
 }
 SECTIONS = tuple(s for s in SCHEMA if s)
 #: keys that describe the recipe, not the training it asks for (left out of the recipe hash)
 _UNHASHED = {"description"}
+#: opt-in keys left out of ``to_dict`` while unset, so recipes without them keep their dict and hash
+_ABSENT_UNLESS_SET = (("validation", "diagnostics"), ("validation", "diagnostics_limit"))
 
 
 def parse_eps(value: Any) -> float:
@@ -226,6 +242,9 @@ class Recipe:
                                "seed": self.seed}
         for s in SECTIONS:
             out[s] = copy.deepcopy(vars(getattr(self, s)))
+        for s, k in _ABSENT_UNLESS_SET:
+            if out[s].get(k) is None:
+                out[s].pop(k, None)
         return out
 
     def sha256(self) -> str:

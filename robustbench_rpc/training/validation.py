@@ -7,6 +7,13 @@ the project's ``pgd`` attack (the one ``run`` evaluates with): L-inf, ``validati
 ``step_size``, uniform random start. PGD accuracy counts images classified correctly both clean and attacked
 (robust accuracy, as RobustBench). The attack forks the RNG, so validating never changes the training's
 random streams.
+
+Opt-in (``validation.diagnostics = [...]``): the named diagnostics (e.g. ``kpca_reconstruction_terms``,
+``projection_loss``: the paper's Figure 1 and the reproduction study's relative errors over training) on the
+first ``validation.diagnostics_limit`` (default 64) validation images spread evenly over the classes, the
+images ``diagnose --limit`` takes from the same split. Each column is averaged over the rows (layers, heads,
+iterations) into ``diag_<column>`` of the epoch's row, so the CSV value equals the mean of that column of
+``diagnose`` on the epoch's weights. Every rank computes it alike (no communication, no randomness).
 """
 from __future__ import annotations
 
@@ -47,6 +54,37 @@ def _counts(model, data, units, mine, v, seed, epoch, ranks, amp_dtype) -> tuple
             with torch.no_grad(), ranks.autocast():
                 robust += int((ok & (model(adv).argmax(1) == y)).sum())
     return n, clean, robust
+
+
+DIAGNOSTICS_LIMIT = 64
+_ROW_KEYS = ("layer", "head", "iteration")
+
+
+def summarize_diagnostics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """``diag_<column>``: each diagnostic column's mean over the rows where it is defined (NaN where it is
+    nowhere, e.g. the projection loss of a negative error); the ``_sq`` moments are left out."""
+    sums: dict[str, list[float]] = {}
+    for r in rows:
+        for k, v in r.items():
+            if k not in _ROW_KEYS and not k.endswith("_sq") and isinstance(v, (int, float)):
+                sums.setdefault(k, [])
+                if v == v:
+                    sums[k].append(float(v))
+    return {f"diag_{k}": sum(v) / len(v) if v else float("nan") for k, v in sums.items()}
+
+
+def epoch_diagnostics(model: torch.nn.Module, data, recipe) -> dict[str, float]:
+    """The recipe's per-epoch diagnostics on the validation images (module docstring); {} when none."""
+    from ..diagnostics import run_diagnostics
+
+    v = recipe.validation
+    if not getattr(v, "diagnostics", None):
+        return {}
+    limit = v.diagnostics_limit or DIAGNOSTICS_LIMIT
+    (unit,) = val_units(data.val_labels, limit, len(data.val_labels))
+    x = torch.cat([xb for xb, _ in data.val_batches([unit])])
+    rows, _ = run_diagnostics(getattr(model, "module", model), x, v.diagnostics, batch_size=v.batch_size)
+    return summarize_diagnostics(rows)
 
 
 def validate(model: torch.nn.Module, data, recipe, epoch: int, ranks) -> dict[str, Any]:
