@@ -43,6 +43,8 @@ class EvalSpec:
     params: dict[str, Any] = field(default_factory=dict)
     #: an attack's every parameter as it will run (planning fills it; not part of the key or equality)
     resolved: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    #: keep the adversarial images of an attack evaluation (store/adversarial.py); not part of the key
+    save_adversarial: bool = field(default=False, compare=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -94,6 +96,8 @@ def describe_eval(e: EvalSpec) -> str:
         return f"corruption {e.name} s{e.params['severity']}"
     if e.kind == "attack":
         return "attack " + attack_label(e.name, e.params, skip=())
+    if e.kind in ("external", "transfer"):  # the name says the set, its budget and (external) its sha256
+        return e.name
     head = e.kind if e.kind == e.name else f"{e.kind} {e.name}"
     return " ".join([head] + [f"{k}={v}" for k, v in e.params.items()])
 

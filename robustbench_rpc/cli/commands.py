@@ -357,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train-head": cmd_train_head,
         "heads-report": cmd_heads_report,
         "leaderboard": cmd_leaderboard,
+        "evaluate-external": cmd_evaluate_external,
+        "export-adversarial": cmd_export_adversarial,
     })
 
 

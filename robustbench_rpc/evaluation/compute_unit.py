@@ -12,6 +12,7 @@ import contextlib
 import torch
 
 from ..evalspec import EvalSpec, attack_params, unit_seed
+from ..store.adversarial import IMAGES_KEY
 
 
 #: classifications of each adversarial image of a stochastic model, per-sample worst case kept
@@ -61,13 +62,19 @@ def attack_rows(model: torch.nn.Module, spec: EvalSpec, x: torch.Tensor, y: torc
     from ..attacks.base import amp_dtype_of
 
     attack = attacks.get_attack(spec.name, seed=seed, **attack_params(spec, amp))
+    if spec.save_adversarial:  # the images the rows are scored on, kept for store/adversarial.py
+        from .adversarial_run import KeepImages
+
+        attack = KeepImages(attack)
     # a stochastic model (evaluated through EOT): the final classification is repeated, worst draw kept
     stochastic = isinstance(getattr(model, "_orig_mod", model), attacks.EOTModel)
     out = attacks.attack_outcomes(model, attack, x, y, amp=amp_dtype_of(amp),
                                   repeats=STOCHASTIC_EVAL_REPEATS if stochastic else 1)
     plain = spec.params.get("accuracy", "robust") == "plain"
     top1, top5 = (out.plain_correct1, out.plain_correct5) if plain else (out.adv_correct1, out.adv_correct5)
+    kept = {IMAGES_KEY: attack.images} if spec.save_adversarial else {}
     return {
+        **kept,
         "sample_id": ids.tolist(),
         "label": y.tolist(),
         "pred": out.adv_pred.tolist(),
@@ -93,6 +100,10 @@ def unit_rows(model: torch.nn.Module, e: EvalSpec, unit: int, x: torch.Tensor, y
     seed = unit_seed(run_seed, e.key, unit)
     if e.kind == "attack":
         return attack_rows(model, e, x, y, ids, seed, device, amp)
+    if e.kind in ("external", "transfer"):  # given adversarial images, no attack run
+        from .external import given_rows
+
+        return given_rows(model, e, x, y, ids, unit, device, amp)
     mask = None
     mask_name = e.dataset if e.kind == "shift" else e.params.get("class_mask")  # ood protocols set class_mask
     if mask_name:

@@ -155,6 +155,9 @@ class Runner:
     # -- the loop ---------------------------------------------------------------------------------------
     def run(self) -> Path:
         p = self.plan
+        from .adversarial_run import preflight, run_transfer
+
+        preflight(p, self.log)  # the disk saved images take; given sets checked against their clean images
         self.store = dist.run_everywhere(lambda: self.open_store() if dist.rank() == 0 else None, "opening the store")
         t_start = time.time()
         for m in p.models:
@@ -170,9 +173,12 @@ class Runner:
                 if e.kind == "diagnostics":  # the model's own forward (not the EOT wrapper), rank 0
                     self.run_diagnostics(model, key, m, e)
                     continue
+                if e.kind == "transfer":  # after every model's own evaluations: it reads their saved images
+                    continue
                 self.run_eval(eval_model, key, m, e)
             if dist.rank() == 0 and (p.clean_key or any(e.kind == "attack" for e in p.evals)):
                 self.trust_checks(eval_model, key)
+        run_transfer(self)
         if dist.rank() == 0:
             self.write_manifest()
             self.store.export(p.out / "results", formats=("csv", "parquet"))
@@ -235,7 +241,9 @@ class Runner:
         if self.store is not None:  # stores from before info["resolved"] gain it instead of a conflict
             self.store.register_evaluation(e.key, p.eval_info(e))
         label = describe_eval(e)
-        todo = dist.broadcast(sorted(set(range(n_units)) - (self.store.done_units(model_key, e.key)
+        from .adversarial_run import done_units  # units that keep images are done only with their file
+
+        todo = dist.broadcast(sorted(set(range(n_units)) - (done_units(self.store, p.out, model_key, e)
                                                            if self.store is not None else set())),
                               f"planning {label} on {m.display}")
         if not todo:
@@ -316,6 +324,9 @@ class Runner:
         for res in results:
             if res is not None:
                 try:
+                    from .adversarial_run import write_images
+
+                    write_images(self.plan.out, model_key, eval_key, res)  # before the rows: never rows alone
                     self.store.write_unit(model_key, eval_key, res[0], res[1])
                 except (OSError, sqlite3.OperationalError) as err:  # disk full, I/O error: one line, resumable
                     raise write_error(self.store.path, err) from None
@@ -405,6 +416,9 @@ class Runner:
                    "model_dynamics": self._dynamics(),
                    "pretrained": [m.display for m in p.models if m.checkpoint == PRETRAINED]},
         )
+        from .adversarial_run import manifest_listing
+
+        manifest["adversarial"] = manifest_listing(self.store, p.out)  # saved images, sha256 per unit file
         self.store.set_meta("manifest", manifest)
         write_manifest(p.out / "manifest.json", manifest)  # atomic: a cut-short manifest never replaces one
 

@@ -124,6 +124,7 @@ class RunConfig:
     trusted_globals: list[str] = field(default_factory=list)  # extra pickle globals trusted checkpoints may use
     skip_unreadable: bool = False  # on-disk sets: leave unreadable files out and count them (else: error)
     rank_timeout: float = dist.DEFAULT_TIMEOUT_S  # torchrun: seconds a rank may stay silent before the job ends
+    save_adversarial: bool = False  # keep every attack evaluation's adversarial images (store/adversarial.py)
 
     @classmethod
     def from_args(cls, args: Any) -> "RunConfig":
@@ -283,6 +284,9 @@ class Plan:
         from . import ood
 
         self.evals = expand(self.suite, self.dataset, self.amp)  # attacks resolved with the run's --amp
+        from .adversarial_run import plan_adversarial  # saved images, and transfer evaluations of the models
+
+        self.evals = plan_adversarial(self.suite, self.evals, self.models, self.cfg.save_adversarial)
         self.clean_key = next((e.key for e in self.evals if e.kind == "clean" and e.dataset == self.dataset), None)
         if self.clean_key is None and any(e.kind == "ood" and ood.in_distribution_spec(e) is None for e in self.evals):
             raise SuiteError(f"{self.suite.path}: an ood evaluation with protocol '{ood.ALL_CLASSES}' needs a clean "

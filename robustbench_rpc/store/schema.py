@@ -5,7 +5,7 @@ SCHEMA_VERSION = 2
 MIGRATIONS = {1: ("ALTER TABLE samples ADD COLUMN clean_correct5 INTEGER CHECK (clean_correct5 IN (0, 1))",
                   "ALTER TABLE samples ADD COLUMN plain_correct1 INTEGER CHECK (plain_correct1 IN (0, 1))",
                   "ALTER TABLE samples ADD COLUMN plain_correct5 INTEGER CHECK (plain_correct5 IN (0, 1))")}
-EVAL_KINDS = ("clean", "attack", "corruption", "ood", "shift")
+EVAL_KINDS = ("clean", "attack", "corruption", "ood", "shift", "external", "transfer")
 
 JSON_COLUMNS = (("meta", "value_json"), ("models", "info_json"), ("evaluations", "info_json"),
                 ("checks", "details_json"))  # every JSON text, parsed on open

@@ -74,6 +74,9 @@ def verify_runs(a: str | Path, b: str | Path, tolerance: float = 0.0,
             found = StoreComparison(*stores, float(tolerance), out)
             found.manifest_copies(ma, mb)
             found.run()
+            from .adversarial_verify import compare_saved_sets  # saved adversarial images, per sample
+
+            compare_saved_sets(a, b, ma, mb, float(tolerance), found.diff, out)
             failed = failed or found.failed
         else:
             out("per-sample outcomes: not compared (a manifest file was given, not two run folders)")
