@@ -287,6 +287,7 @@ class Plan:
         from .adversarial_run import plan_adversarial  # saved images, and transfer evaluations of the models
 
         self.evals = plan_adversarial(self.suite, self.evals, self.models, self.cfg.save_adversarial)
+        self.evals = _once_each(self.evals, self.log)
         self.clean_key = next((e.key for e in self.evals if e.kind == "clean" and e.dataset == self.dataset), None)
         if self.clean_key is None and any(e.kind == "ood" and ood.in_distribution_spec(e) is None for e in self.evals):
             raise SuiteError(f"{self.suite.path}: an ood evaluation with protocol '{ood.ALL_CLASSES}' needs a clean "
@@ -467,6 +468,33 @@ class Plan:
             if name not in out:
                 out[name] = _sample_ids(self.dataset_for(e))
         return out
+
+
+def _once_each(evals: list[EvalSpec], log: Callable[[str], None]) -> list[EvalSpec]:
+    """Attack evaluations that run the same attack with the same parameters once their defaults are filled in
+    (``pgd`` and ``pgd`` with ``norm = "Linf"`` spelled out) are computed once: the first is kept and the plan
+    says which it stands for. Their declared parameters differ, so their store keys would too, and the same
+    numbers would be computed twice and shown as two rows."""
+    from ..evalspec import EVAL_PARAMS, describe_eval
+
+    unsaid = {"accuracy": "robust", "attack_amp": True, "adaptive": False}  # the evaluation-level defaults
+    kept: list[EvalSpec] = []
+    first: dict[str, EvalSpec] = {}
+    for e in evals:
+        if e.kind != "attack" or e.resolved is None:
+            kept.append(e)
+            continue
+        settings = {k: e.params.get(k, unsaid.get(k)) for k in EVAL_PARAMS}  # not the attack's: not resolved
+        ident = json.dumps([e.name, e.dataset, e.resolved, settings, getattr(e, "save_adversarial", False)],
+                           sort_keys=True, default=str)
+        if ident in first:
+            said = lambda x: ", ".join(f"{k}={v}" for k, v in x.params.items())  # noqa: E731
+            log(f"note: {describe_eval(e)} is declared twice ({said(first[ident])} and {said(e)}: the same attack "
+                "once its defaults are filled in): computed once")
+            continue
+        first[ident] = e
+        kept.append(e)
+    return kept
 
 
 def _refuse_twice(models: list[ModelSpec]) -> None:
