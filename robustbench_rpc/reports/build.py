@@ -64,6 +64,10 @@ def _write_report(data: RunData, run_dir: Path, out: Path) -> dict:
     plots = all_plots(data, out / "plots")
     d_tables, d_plots, paths = diagnostics_section(data, out)  # diagnostics / [sweep] runs only
     tables, plots = tables + d_tables, plots + d_plots
+    from .adversarial import adversarial_section  # external sets, transfer matrix, gallery
+
+    a_tables, a_plots = adversarial_section(data, out)
+    tables, plots = tables + a_tables, plots + a_plots
     for t in tables:
         paths.update(t.write(out / "tables"))
     for p in plots:
