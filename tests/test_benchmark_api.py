@@ -1,4 +1,4 @@
-"""robustbench_rpc.benchmark(): an nn.Module in memory through the whole harness; the README's example as written."""
+"""robustbench_rpc.benchmark(): an nn.Module in memory through the whole harness; the guide's example as written."""
 from __future__ import annotations
 
 import re
@@ -13,7 +13,7 @@ import robustbench_rpc
 from robustbench_rpc.models import ModelContractError
 from robustbench_rpc.store.results import ResultsStore
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "running.md"  # its "From a notebook" section
 SUITE = """
 name = "api-tiny"
 [defaults]
@@ -36,14 +36,14 @@ def _net(seed: int = 0) -> nn.Module:
                          nn.Linear(8, 10))
 
 
-def test_readme_example_runs_as_written(tmp_path, monkeypatch, capsys):
-    text = README.read_text()
-    section = text[text.index("**From a notebook**"):]
+def test_notebook_guide_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    text = GUIDE.read_text()
+    section = text[text.index("## From a notebook\n"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert "robustbench_rpc.benchmark(net" in code
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own example
+    exec(compile(code, "docs/running.md", "exec"), scope)  # noqa: S102 - the guide's own example
     res = scope["res"]
     assert isinstance(res.headline, pd.DataFrame) and len(res.headline) == 1
     assert isinstance(res.tables["clean"], pd.DataFrame) and (res.out / "index.html").is_file()

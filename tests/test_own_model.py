@@ -1,4 +1,4 @@
-"""Issue 12: your own model with its evaluation contract, your own image folder, :packaged / :pretrained in the
+"""Your own model with its evaluation contract, your own image folder, :packaged / :pretrained in the
 API, attention swaps that cannot keep weights, and the chance-level trust check."""
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def _models(out: Path):
 # -------------------------------------------------------------------------------------- the contract
 
 def _timm_factory_without_cfg(name: str):
-    """What the issue's user did: a timm factory (swallowing pretrained_cfg) that declares no contract."""
+    """What a user once did: a timm factory (swallowing pretrained_cfg) that declares no contract."""
     def factory(pretrained=False, **kwargs):
         kwargs = {k: v for k, v in kwargs.items() if not k.startswith("pretrained") and k != "cache_dir"}
         return timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1,
@@ -268,19 +268,19 @@ def test_attention_args_checked_by_the_shared_check(mini_suite):
         Plan(RunConfig(suite=mini_suite, attention="rpc", attention_args={"n_iters": 6}))
 
 
-# ------------------------------------------------------------------------------------ README example
+# ------------------------------------------------------------------------------ the guide's example
 
-def readme_section(title: str) -> list[tuple[str, str]]:
-    text = (ROOT / "README.md").read_text()
+def guide_section(title: str) -> list[tuple[str, str]]:
+    text = (ROOT / "docs" / "own-model.md").read_text()
     start = text.index(f"## {title}\n")
     end = text.find("\n## ", start + 1)
     return re.findall(r"```(\w+)\n(.*?)```", text[start:end if end > 0 else None], flags=re.S)
 
 
-def test_readme_own_model_section_runs_as_copied(tmp_path):
-    """Write the plugin from the README, run every command of the section as written (with the user's
+def test_own_model_guide_runs_as_copied(tmp_path):
+    """Write the plugin from the guide (docs/own-model.md), run every command of the section as written (with the user's
     images in my_images/), and the Python example."""
-    blocks = readme_section("Evaluate your own model")
+    blocks = guide_section("Evaluate your own model")
     python = [b for lang, b in blocks if lang == "python"]
     bash = [b for lang, b in blocks if lang == "bash"]
     assert python[0].startswith("# my_models.py\n") and len(bash) >= 2
@@ -300,7 +300,7 @@ def test_readme_own_model_section_runs_as_copied(tmp_path):
             if " models " in command:
                 assert "my_cnn" in res.stdout and "small CNN for 32x32 digits" in res.stdout
             else:
-                assert "FAIL chance_level (my_cnn)" in res.stdout  # untrained, as the README says
+                assert "FAIL chance_level (my_cnn)" in res.stdout  # untrained, as the guide says
     for out in ("runs/mine", "runs/mine-folder"):
         models, samples, _ = _models(tmp_path / out)
         assert list(models["arch"]) == ["my_cnn"] and models.iloc[0]["contract"] == "model"
