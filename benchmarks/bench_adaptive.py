@@ -1,6 +1,6 @@
 """(g) What the adaptive preset costs: ``robustbench-rpc run --suite adaptive`` on the shipped micro models.
 
-Issue 22 asks for the adaptive preset's running time on the demo models (2-core CPU). This runs the suite
+What the adaptive preset costs on the demo models (2-core CPU): this runs the suite
 exactly as a user does (the CLI, a fresh output folder, no report), reads each evaluation's seconds and
 accuracy from the lines the run prints, and reports them per attack and model, with the run's wall time.
 Nothing is compared against another library here: there is no peer with BPDA/transfer/APGD x5/Square-5000

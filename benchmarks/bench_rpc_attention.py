@@ -7,9 +7,9 @@ for every variant and left out, so they cannot hide the attention cost):
 
 * ``softmax``: ``SymmetricAttention.mix`` = one fused SDPA softmax(K K^T / sqrt(d)) V;
 * ``rpc fused``: ``RPCAttention.mix`` (n_iter SDPA calls plus the elementwise PAP updates), with
-  denormals flushed to zero on every intra-op thread (``attention/denormals.py``, issue 23);
+  denormals flushed to zero on every intra-op thread (``attention/denormals.py``);
 * ``rpc fused, denormals kept`` (n_iter > 1): the same with the CPU's denormal handling left as it is,
-  the behaviour before issue 23 (on CPUs that handle denormals in microcode, 3-6x slower);
+  the behaviour before flush-to-zero (on CPUs that handle denormals in microcode, 3-6x slower);
 * ``rpc reference``: the same algorithm written here with explicit matmuls (materializes the N x N matrix
   each iteration), the straightforward implementation;
 * ``softmax explicit``: the materializing softmax, for the memory comparison.
@@ -201,7 +201,7 @@ def main(argv=None) -> dict:
                                f"{frac:.0%}" if frac is not None else "-", f"{ref:.2f}" if ref else "skipped",
                                f"{r.get(f'rpc{n} max|fused-ref|', float('nan')):.1e}"])
     details += "\n\n" + C.md_table(["N", "n_iter", "rpc fused / (n_iter x softmax) time",
-                                    "same, denormals kept (before issue 23)", "denormal probabilities (last iter)",
+                                    "same, denormals kept (before flush-to-zero)", "denormal probabilities (last iter)",
                                     "rpc fused / reference time", "max|fused - reference| output"], ratio_rows)
     scal = []
     for key in ["softmax", "softmax explicit"] + [f"rpc{n} {w}" for n in iters for w in ("fused", "reference")]:
@@ -215,7 +215,7 @@ def main(argv=None) -> dict:
                 f"Denormals flushed in PAP on: {flush}. CPU: {info['cpu']}.")
     print(details)
 
-    # the issue's goal is stated at ViT-tiny's N = 197; other N are listed in the note
+    # the speed goal is stated at ViT-tiny's N = 197; other N are listed in the note
     N_goal = 197 if 197 in tokens else tokens[-1]
     summary = []
     for n in iters:
@@ -227,7 +227,7 @@ def main(argv=None) -> dict:
         if all(f"kept ratio{n}" in res[N] for N in tokens):
             kept = [res[N][f"kept ratio{n}"] for N in tokens]
             summary.append(C.summary_row(
-                "rpc_attention", f"same, denormals kept (before issue 23), n_iter={n}",
+                "rpc_attention", f"same, denormals kept (before flush-to-zero), n_iter={n}",
                 f"{res[N_goal][f'kept ratio{n}']:.2f} @N={N_goal}", "(info)",
                 "over N: " + ", ".join(f"{x:.2f}" for x in kept) + "; denormal probabilities in the last iteration: "
                 + ", ".join(f"{res[N][f'rpc{n} denormal fraction']:.0%}" for N in tokens)))

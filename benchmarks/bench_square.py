@@ -1,6 +1,6 @@
 """(f) Square Attack: where its time goes, and what a faster loop around the same queries could gain.
 
-Issue 23 asks for 2x pyautoattack's Square queries/s at equal robust accuracy (same loss, schedule, budget and
+The goal was 2x pyautoattack's Square queries/s at equal robust accuracy (same loss, schedule, budget and
 seeds). A loop that makes exactly the reference's queries (which a bit-identical result requires: every
 accepted square depends on the margins of every earlier query) runs the same model forwards on the same
 images; it can only save the time the reference spends *outside* them. This benchmark measures that split on

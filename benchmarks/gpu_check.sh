@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (issue 23): everything the project can say about a CUDA machine, in one run of ~8 minutes.
+# The GPU check: everything the project can say about a CUDA machine, in one run of ~8 minutes.
 #
 #   bash benchmarks/gpu_check.sh                  # results -> benchmarks/gpu_check_results.md (+ .json files)
 #   bash benchmarks/gpu_check.sh --out DIR        # results folder of your choice

@@ -1,5 +1,5 @@
 """The results file of ``benchmarks/gpu_check.sh``: every figure its steps produced, the GPU's name, and the
-issue-23 goals checked against them.
+speed goals checked against them.
 
 Reads ``<out>/status.tsv`` (one line per step: name, state, seconds, note), the benchmarks' JSON files in
 ``<out>/json`` (``_common.finish``: machine, summary rows, detail tables) and the quick-suite runs'

@@ -120,7 +120,7 @@ def threat_text(params: dict) -> str:
 
 
 def is_adaptive(name: str, params: dict) -> bool:
-    """Whether an attack evaluation is adaptive (issue 22): ``bpda``/``transfer``, or ``adaptive = true``."""
+    """Whether an attack evaluation is adaptive: ``bpda``/``transfer``, or ``adaptive = true``."""
     return name in ADAPTIVE_ATTACKS or params.get("adaptive") is True
 
 

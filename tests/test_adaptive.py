@@ -1,4 +1,4 @@
-"""Adaptive evaluation (issue 22): static/dynamic, BPDA, transfer, APGD, the adaptive preset and checks,
+"""Adaptive evaluation: static/dynamic, BPDA, transfer, APGD, the adaptive preset and checks,
 on a model built to fool standard attacks."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Adaptive evaluation through the CLI (issue 22): a gradient-masked ``--plugin`` model with standard and
+"""Adaptive evaluation through the CLI: a gradient-masked ``--plugin`` model with standard and
 adaptive attacks, the trust checks that flag it, the report's standard-vs-adaptive headline, and a dynamic
 model without adaptive evaluation marked as such."""
 from __future__ import annotations

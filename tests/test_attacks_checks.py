@@ -270,7 +270,7 @@ class _Lambda(nn.Module):
 def test_chance_level_check_uses_the_wilson_interval():
     from robustbench_rpc.attacks.checks import check_chance_level
 
-    at_chance = check_chance_level(5, 53, 10)  # 9.4 %: the re-initialised qkv of issue 12
+    at_chance = check_chance_level(5, 53, 10)  # 9.4 %: a re-initialised qkv, as once measured
     assert at_chance.status == "fail" and "not significantly above chance 1/10" in at_chance.message
     assert at_chance.details["ci"][0] < 0.1 < at_chance.details["ci"][1]
     assert check_chance_level(3, 12, 10).status == "fail"  # 25 % of 12: Wilson lower bound 0.089 < 0.1

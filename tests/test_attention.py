@@ -185,7 +185,7 @@ def test_rpc_refuses_second_derivatives_instead_of_returning_wrong_ones():
         g.sum().backward()
 
 
-# -- denormals (issue 23): PAP flushes them on every intra-op thread, results unchanged ---------------
+# -- denormals: PAP flushes them on every intra-op thread, results unchanged ---------------
 _TINY_NORMAL = torch.finfo(torch.float32).tiny
 
 

@@ -1,4 +1,4 @@
-"""Budgets re-measured from returned images (issue 21, sections 1 and 6): float rounding of the pixel <->
+"""Budgets re-measured from returned images: float rounding of the pixel <->
 normalized representation never fails a correct attack, at 3x32x32 or 3x224x224, while a real violation
 (1.01 eps), NaN/inf images or a wrong shape raise one named error line with the numbers in its fields.
 
@@ -66,9 +66,9 @@ def sparse_delta(z: torch.Tensor, eps: float, norm: str, scale: float = 1.0, den
     return d / lp_norms(d, norm).view(-1, 1, 1, 1) * (eps * scale)
 
 
-# --------------------------------------------------------------------------- the issue's failure
+# ------------------------------------------------- the paper suite's SLD row at ImageNet size, once a failure
 def test_paper_sld_row_at_imagenet_size_passes_the_budget_check():
-    """Issue 21, 1: this raised BudgetError (excess 1.6e-3 > 1e-5 on nearly every sample)."""
+    """Before the rounding bound, this raised BudgetError (excess 1.6e-3 > 1e-5 on nearly every sample)."""
     model, x = tiny(224), images(6, 224)
     y = torch.zeros(6, dtype=torch.long)
     out = attack_outcomes(model, get_attack("sld", seed=0, **paper_row("sld")), x, y)

@@ -1,4 +1,4 @@
-"""`cw-cleverhans` is cleverhans 4.0.0's `carlini_wagner_l2`, binary-search aliasing bug included (issue 21, 2).
+"""`cw-cleverhans` is cleverhans 4.0.0's `carlini_wagner_l2`, binary-search aliasing bug included.
 
 cleverhans keeps its search bounds in Python lists and writes ``upper_bound[n] = min(upper_bound[n],
 const[n])`` / ``lower_bound[n] = max(lower_bound[n], const[n])``: both store the tensor *view*
@@ -34,7 +34,7 @@ def batch(n: int = 64, seed: int = 1):
 
 def intended_search():
     """The bisection cleverhans meant (its bounds hold values), with the signature of the aliased step;
-    what this project ran before issue 21. One instance per attack call (it holds the bounds)."""
+    what this project's `cw` runs. One instance per attack call (it holds the bounds)."""
     bounds = {}
 
     def step(success, const, upper_is_const, lower_is_const):

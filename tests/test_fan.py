@@ -1,4 +1,4 @@
-"""FAN-ViT and RPC-FAN (issue 20), without FAN's released weights.
+"""FAN-ViT and RPC-FAN, without FAN's released weights.
 
 The expected state-dict layout below is written out here from a reading of NVlabs/FAN ``models/fan.py``
 (``FAN``, ``FANBlock``, ``TokenMixing``, ``ChannelProcessing``, ``Mlp``/``DWConv``, ``ConvPatchEmbed``,

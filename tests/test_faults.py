@@ -1,4 +1,4 @@
-"""Issue 12, "nothing silent": every mistake is refused before compute, and faults during a run end it with
+"""Nothing silent: every mistake is refused before compute, and faults during a run end it with
 one line naming the model, evaluation, path or rank, keeping what was already computed."""
 from __future__ import annotations
 

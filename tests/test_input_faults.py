@@ -1,4 +1,4 @@
-"""Input that is half right (issue 21, section 7): plug-ins that do not import, subset files that list an
+"""Input that is half right: plug-ins that do not import, subset files that list an
 image twice, checkpoints that inflate, unreadable and 16-bit images, and a resume that adds
 --skip-unreadable. Each fault gets one line naming the thing, and loses nothing."""
 from __future__ import annotations

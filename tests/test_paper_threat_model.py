@@ -1,4 +1,4 @@
-"""The RPC paper's threat model (issue 9): attacks in normalized units, no clipping, predicted labels, plain
+"""The RPC paper's threat model: attacks in normalized units, no clipping, predicted labels, plain
 accuracy; the `paper` preset's parameters; the store keeps both accuracy definitions.
 
 The references below are written in this file from cleverhans v4's PyTorch attacks, which the paper's

@@ -1,4 +1,4 @@
-"""One pool of data workers for a run (issue 11): identical images for 0, 1 and 2 workers, workers reused
+"""One pool of data workers for a run: identical images for 0, 1 and 2 workers, workers reused
 across evaluations."""
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ def test_decoder_uint8_path_gives_the_same_corrupted_pixels(tmp_path):
         assert torch.equal(direct[i][0], via_float[i][0]) and direct[i][2] == via_float[i][2]
 
 
-# ----------------------------------------------------------------- workers die with their run (issue 21 §5)
+# ----------------------------------------------------------------------------- workers die with their run
 
 def test_a_forked_child_closes_its_copy_of_the_run_lock_and_releases_nothing(tmp_path):
     import fcntl

@@ -1,5 +1,5 @@
-"""Every attack row of every preset and of every packaged suite, through the suite path at ImageNet size
-(issue 21, section 1): a suite file, ``harness.run(RunConfig(...))``, a 3x224x224 model and an ImageNet
+"""Every attack row of every preset and of every packaged suite, through the suite path at ImageNet size:
+a suite file, ``harness.run(RunConfig(...))``, a 3x224x224 model and an ImageNet
 val tree built here. The paper suite's SLD row used to end the run (float32 rounding of the pixel round
 trip, summed over 150528 coordinates, beat the fixed 1e-5 budget tolerance); here every row must finish
 and its stored norms must respect its budget.

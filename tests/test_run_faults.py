@@ -1,4 +1,4 @@
-"""Issue 21 faults on the run path (planning, resume, preflight, exit codes), each replayed through the CLI."""
+"""Faults on the run path (planning, resume, preflight, exit codes), each replayed through the CLI."""
 import os
 import shutil
 import signal

@@ -1,4 +1,4 @@
-"""Issue 21 §3: the store keeps everything, and says when it cannot. The store file alone holds every
+"""The store keeps everything, and says when it cannot. The store file alone holds every
 finished evaluation (WAL checkpoints), a damaged store is one line in every reader, files made from the
 store are written whole or not at all, a full disk during the export or the report is one line, and a unit
 that lost sample rows is recomputed on resume."""

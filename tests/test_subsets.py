@@ -1,4 +1,4 @@
-"""Subsets that represent the dataset (issue 11): stratified --limit, --subset FILE, ImageNet-C ids."""
+"""Subsets that represent the dataset: stratified --limit, --subset FILE, ImageNet-C ids."""
 from __future__ import annotations
 
 import collections

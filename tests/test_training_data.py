@@ -1,4 +1,4 @@
-"""Issue 19's datasets: CIFAR-10 as torchvision / RobustBench store it, the ImageNet train layout, and
+"""The training datasets: CIFAR-10 as torchvision / RobustBench store it, the ImageNet train layout, and
 augmentation that is deterministic given the seed (per image and epoch for on-disk sets)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 19 on torchrun: two gloo ranks train what one process trains (same global batches), the result is
+"""Training on torchrun: two gloo ranks train what one process trains (same global batches), the result is
 evaluated with ``run``, and a failing or hung rank ends the job with an error naming it."""
 from __future__ import annotations
 

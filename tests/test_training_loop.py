@@ -1,4 +1,4 @@
-"""Issue 19: the training loop does what a plain PyTorch loop does, bit for bit; a kill -9 mid-epoch then the
+"""The training loop does what a plain PyTorch loop does, bit for bit; a kill -9 mid-epoch then the
 same command ends with the weights of an uninterrupted run; PGD-AT and TRADES are the papers' objectives."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 19, the researcher's path: an attention variant of my own in a plug-in file, trained clean and
+"""The researcher's path: an attention variant of my own in a plug-in file, trained clean and
 adversarially on digits32 and on a small image folder, then evaluated with ``run`` and nothing else to say."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 19: training recipes are validated before any compute; every mistake is one line naming it."""
+"""Training recipes are validated before any compute; every mistake is one line naming it."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Issue 21 §4: ``verify`` compares everything it claims to. A real rerun reproduces; a rerun tampered in
+"""``verify`` compares everything it claims to. A real rerun reproduces; a rerun tampered in
 any stored field (per-sample values, rows, units, evaluations, trust checks, infos, meta, the manifest)
 does not, with a line naming the model, the evaluation and the first differing keys; bad input is one
 line (exit 2)."""

@@ -1,4 +1,4 @@
-"""Flush-to-zero on every intra-op thread while PAP runs (issue 23).
+"""Flush-to-zero on every intra-op thread while PAP runs.
 
 Why: PAP's later iterations sharpen the attention so much that a third of its softmax probabilities fall
 below the smallest normal float (1.2e-38). On CPUs that handle denormals in microcode (measured on an
@@ -146,7 +146,7 @@ def _applies(t: torch.Tensor) -> bool:
 @contextlib.contextmanager
 def denormals_kept():
     """Within the block (this thread), PAP computes with denormals as the CPU leaves them: the behaviour
-    before issue 23, for the side-by-side benchmark and the equality tests."""
+    before flush-to-zero, for the side-by-side benchmark and the equality tests."""
     before = getattr(_state, "kept", False)
     _state.kept = True
     try:

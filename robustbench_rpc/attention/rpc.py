@@ -23,7 +23,7 @@ Diagnostics: the module exposes its iterates (``exposes_iterates = True``). When
 once per iteration with ``(iteration, k=K, S=S, L=L, Z=Y/mu, mu=mu, tau=lambda*mu)``; unset (the default),
 the forward pays one attribute test per iteration.
 
-Adaptive evaluation (issue 22; declarations read by ``attacks.adaptive``, see ``adaptive_protocol``):
+Adaptive evaluation (declarations read by ``attacks.adaptive``, see ``adaptive_protocol``):
 
 * ``dynamic`` is True for ``n_iter > 1``: the forward then runs an unrolled optimization (PAP's ADMM
   iterations, each depending on the previous attention output), the kind of forward RobustBench excludes
@@ -282,7 +282,7 @@ class RPCAttention(PrincipalAttentionPursuit, SymmetricAttention):
 
 @register_attention("rpc_keyscale")
 class RPCKeyScaleAttention(RPCAttention):
-    """PAP with a scale-aware soft threshold (ours, not the paper's; issue 10).
+    """PAP with a scale-aware soft threshold (ours, not the paper's).
 
     The paper's threshold lambda*mu = lambda*H / (4 mean|K|) (H heads) shrinks as the keys grow, so the
     fraction of key entries it flags depends on the key scale a model happens to learn: on the shipped

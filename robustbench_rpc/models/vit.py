@@ -154,7 +154,7 @@ _register("rpc_symvit_micro_patch4_32", "micro", "rpc",
           "embedded default: RPC-SymViT, 32x32, 10 classes (4 iters, first layer)")
 
 _register("rpc_keyscale_symvit_micro_patch4_32", "micro", "rpc_keyscale",
-          "embedded: RPC-SymViT with the scale-aware PAP threshold (rpc_keyscale; issue 10), fine-tuned from SymViT",
+          "embedded: RPC-SymViT with the scale-aware PAP threshold (rpc_keyscale), fine-tuned from SymViT",
           rpc_iters=2, rpc_lambda=8.0, rpc_layers="first")
 # The same three architectures adversarially trained (PGD-AT, training/recipes/<name>.toml): the shipped
 # checkpoint of each is checkpoints/<name>.safetensors, so NAME:packaged evaluates it.

@@ -1,4 +1,4 @@
-"""Adaptive evaluation (issue 22): attacks adapted to models whose forward optimizes, and the checks that
+"""Adaptive evaluation: attacks adapted to models whose forward optimizes, and the checks that
 say whether a robustness number survived them.
 
 * ``dynamics``: ``model_dynamics(model)`` -> static / dynamic, declared or detected (AutoAttack's
