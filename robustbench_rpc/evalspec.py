@@ -208,6 +208,16 @@ def check_param_types(e: EvalSpec, where: str) -> None:
             raise SuiteError(f"{where}: attack {e.name}: {key} must be {want}, got {value!r}")
 
 
+def linf_range_problem(eps: float) -> str | None:
+    """Why a pixel-space Linf budget cannot be what was meant (above 1 it exceeds the whole [0, 1] range:
+    usually '8' for '8/255'), with the fraction it likely stands for; None when within range. ``run`` and
+    ``train`` refuse the same budgets with the same words."""
+    if not eps > 1:
+        return None
+    hint = f" (did you mean '{eps:g}/255'?)" if float(eps).is_integer() and eps <= 255 else ""
+    return f"eps={eps:g} is beyond the Linf range of pixel-space images (values in [0, 1], so eps <= 1){hint}"
+
+
 def resolve_attack(e: EvalSpec, amp: str | None, where: str) -> dict[str, Any]:
     """Build the attack once (no model, no data) and return every parameter as it will run (defaults
     included, the run's ``amp`` applied). A misspelt parameter or a bad value fails here, before any
@@ -227,10 +237,9 @@ def resolve_attack(e: EvalSpec, amp: str | None, where: str) -> dict[str, Any]:
         run = f" with --amp {amp}" if amp else ""
         raise SuiteError(f"{where}: attack {describe_eval(e)}{run}: {err}") from None
     eps = getattr(attack, "eps", None)
-    if eps is not None and eps > 1 and attack.norm == "Linf" and attack.space == "pixel":
-        hint = f" (did you mean '{eps:g}/255'?)" if float(eps).is_integer() and eps <= 255 else ""
-        raise SuiteError(f"{where}: attack {e.name}: eps={eps:g} is beyond the Linf range of pixel-space images "
-                         f"(values in [0, 1], so eps <= 1){hint}")
+    beyond = linf_range_problem(eps) if eps is not None and attack.norm == "Linf" and attack.space == "pixel" else None
+    if beyond:
+        raise SuiteError(f"{where}: attack {e.name}: {beyond}")
     params = dict(getattr(attack, "params", None) or {})
     params.pop("seed", None)  # per unit: info["seed"] and the unit index determine it
     return {k: _plain(v) for k, v in params.items()}

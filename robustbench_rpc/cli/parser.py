@@ -234,8 +234,8 @@ def _train_args(add: Callable[..., argparse.ArgumentParser]) -> None:
                    help="the dataset's folder (folder: PATH/<class>/<images>; imagenet: PATH/train/<wnid>/*.JPEG; "
                         "cifar: the folder holding cifar-10-batches-py); val=PATH: a validation folder")
     t.add_argument("--skip-unreadable", action="store_true",
-                   help="folder/imagenet: leave image files that do not decode out of training and validation (listed in "
-                        "the checkpoint's metadata; default: refuse before training, naming them)")
+                   help="folder/imagenet: leave image files that do not decode out of training and validation "
+                        "(listed in the checkpoint's metadata; default: refuse before training, naming them)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)

@@ -69,3 +69,42 @@ class FolderLock:
 def lock_folder(folder: str | Path) -> FolderLock:
     """Take ``folder``'s run lock or raise ``FolderBusyError`` naming the PID that holds it."""
     return FolderLock(folder)
+
+
+class ForeignFolderError(ValueError):
+    """An output folder that holds files another command or the user put there (:func:`refuse_foreign_folder`)."""
+
+
+#: the file that marks a folder as written by a command (its own state), and what such a folder is, in words
+FOLDER_MARKERS = {"results.sqlite": "an evaluation run folder (robustbench-rpc run)",
+                  "state.pt": "a training folder (robustbench-rpc train)"}
+
+
+def _own_leftover(name: str) -> bool:
+    """The lock, and a temporary file of an interrupted atomic write (``atomic.replacing``: ``.NAME.*.tmp``)."""
+    return name == ".lock" or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def refuse_foreign_folder(folder: str | Path, marker: str, command: str, *, writes: str = "its outputs",
+                          error: type[Exception] = ForeignFolderError) -> None:
+    """Every command that writes a folder follows one rule: it writes into a new or empty folder, or into a
+    folder holding its own ``marker`` (its state, to resume); any other folder is the user's (or another
+    command's) and is refused before anything is written, naming what it holds. Raises ``error`` (one line)."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise error(f"--out {folder} is a file, not a folder")
+    if (folder / marker).exists():
+        return
+    try:
+        held = sorted(e.name for e in os.scandir(folder) if not _own_leftover(e.name))
+    except OSError as err:
+        raise error(f"--out {folder}: cannot list it ({err.strerror or err})") from None
+    if not held:
+        return
+    other = next((FOLDER_MARKERS[name] for name in held if name in FOLDER_MARKERS), None)
+    what = other or "a folder of other files"
+    shown = ", ".join(held[:4]) + (f", ... ({len(held)} entries)" if len(held) > 4 else "")
+    raise error(f"--out {folder} is {what} ({shown}), not a {command} folder (no {marker}): {command} would "
+                f"overwrite {writes} there; choose an empty or new folder, or a {command} folder to resume")

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from ..data.folders import (
     ClassMismatchError, ImageSampleFolder, ImageNetVal, UnreadableImageError, load_rgb, scan_class_folders,
     transform_from_data_config,
 )
+from ..data.images import check_readable
 from ..data.imagenet_classes import IMAGENET_WNIDS
 from ..data.pool import RunLoader
 from .data import DEFAULT_AUGMENT, ON_DISK_AUGMENTS, TrainData, listing_sha256, sample_seed, split_positions
@@ -100,7 +101,27 @@ def _validation(name, classes, samples, held, val_dir, recipe, evaluation) -> tu
     return ClassFolder(str(val_dir), evaluation), f"folder {val_dir}"
 
 
-def folder_data(name: str, root: Path, recipe, data_config: dict[str, Any], workers: int = 0) -> TrainData:
+def _readable(name: str, root: Path, classes, samples, train: list[int], held: list[int], val, skip: bool
+              ) -> tuple[list[int], list[int], Any, list[str]]:
+    """Scan every image file the training will read before its first step, as ``run`` does
+    (``data.images.check_readable``): a damaged file is refused in one line naming it and ``--skip-unreadable``,
+    or with ``skip`` left out (training and held-out positions, validation folder). Returns (train, held,
+    val, the paths left out)."""
+    listing = ImageSampleFolder([(p, c, i) for i, (p, c) in enumerate(samples)], None, classes=classes)
+    used = Subset(listing, list(train) + list(held))
+    kept = check_readable(used, skip=skip, what=f"train {name} {root}")
+    left_out = list(getattr(kept, "skipped_paths", []))
+    if left_out:
+        keep = set(kept.indices)
+        train, held = [i for i in train if i in keep], [i for i in held if i in keep]
+    if not held:  # a validation folder of its own
+        val = check_readable(val, skip=skip, what=f"train {name} validation")
+        left_out += list(getattr(val, "skipped_paths", []))
+    return train, held, val, left_out
+
+
+def folder_data(name: str, root: Path, recipe, data_config: dict[str, Any], workers: int = 0,
+                skip_unreadable: bool = False) -> TrainData:
     """The training data of an on-disk set (see :mod:`robustbench_rpc.training.data`)."""
     d, v = recipe.data, recipe.validation
     augment = DEFAULT_AUGMENT[name] if d.augment == "default" else d.augment
@@ -117,6 +138,9 @@ def folder_data(name: str, root: Path, recipe, data_config: dict[str, Any], work
         train, held = split_positions([s[1] for s in samples], holdout, d.limit)
         evaluation = transform_from_data_config(data_config)
         val, val_name = _validation(name, classes, samples, held, val_dir, recipe, evaluation)
+        train, held, val, left_out = _readable(name, root, classes, samples, train, held, val, skip_unreadable)
+        if held and left_out:  # the held-out images without the files left out
+            val, _ = _validation(name, classes, samples, held, val_dir, recipe, evaluation)
     except (ClassMismatchError, FileNotFoundError, UnreadableImageError) as e:
         raise _one_line(e) from None
     train_samples = [samples[i] for i in train]
@@ -146,5 +170,14 @@ def folder_data(name: str, root: Path, recipe, data_config: dict[str, Any], work
     size = tuple(int(s) for s in data_config["input_size"])
     doc = {"augment": augment + (f" (pad {d.pad})" if augment == "crop-flip" else ""), "holdout": holdout,
            "root": os.path.abspath(root)}
+    if skip_unreadable:
+        doc["unreadable_left_out"] = left_out
     return TrainData(name, tuple(classes), size, n, listing_sha256(root, train_samples), augment, val_name,
-                     [int(t) for t in getattr(val, "targets")], doc, train_batches, val_batches)
+                     _targets(val), doc, train_batches, val_batches)
+
+
+def _targets(val: Dataset) -> list[int]:
+    """The validation labels, also of a folder with unreadable files left out (a Subset of it)."""
+    if isinstance(val, Subset):
+        return [int(val.dataset.samples[i][1]) for i in val.indices]
+    return [int(t) for t in getattr(val, "targets")]

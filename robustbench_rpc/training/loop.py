@@ -46,6 +46,7 @@ class Settings:
     progress: bool | None = None
     rank_timeout: float = 600.0
     plugins: list[str] = field(default_factory=list)
+    skip_unreadable: bool = False  # on-disk sets: leave image files that do not decode out (else: refuse)
 
 
 def make_optimizer(model: nn.Module, o) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
@@ -106,7 +107,7 @@ def prepare(recipe: Recipe, out: Path, cfg: Settings, ranks: Ranks, log: Callabl
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     model, record = build_model(recipe, cfg.plugins)
-    data = build_data(recipe, model.data_config, cfg.workers)
+    data = build_data(recipe, model.data_config, cfg.workers, cfg.skip_unreadable)
     check_fits(model, data, recipe.model.name)
     if ranks.rank:  # each rank its own random starts; rank 0 keeps the single-process stream
         from .data import sample_seed
@@ -124,6 +125,8 @@ def prepare(recipe: Recipe, out: Path, cfg: Settings, ranks: Ranks, log: Callabl
         ema = ModelEmaV3(model, decay=recipe.optim.ema_decay, use_warmup=recipe.optim.ema_warmup)
     settings = {"device_type": torch.device(ranks.device).type, "amp": ranks.amp, "world_size": ranks.world,
                 "threads": torch.get_num_threads(), "workers": cfg.workers}
+    if cfg.skip_unreadable:  # which images are trained on: recorded, and a resume must keep it
+        settings["skip_unreadable"] = True
     from ..store.manifest import git_state
 
     return Job(recipe, out, ranks, model, model, data, objective, opt, params, sched, ema, gen, record, settings,
@@ -137,6 +140,8 @@ def resume(job: Job) -> None:
     state = ranks.run(lambda: st.load_state(out) if ranks.main else None, "reading the training state")
     state = ranks.broadcast(state, "sending the training state")
     if state is not None:
+        if not state.get("checksum_verified"):
+            job.log(f"{out / st.STATE_FILE} was written by an older version, without a checksum: resumed unchecked")
         for note in st.check_resume(state, job.recipe.to_dict(), job.settings, out):
             job.log(note)
         restore(job, state)
@@ -164,6 +169,12 @@ def _step(job: Job, x: torch.Tensor, y: torch.Tensor, epoch: int, where: str) ->
     error, loss, logits = None, None, None
     try:
         loss, logits = job.objective.loss(job.net, job.model, x, y, epoch)
+        if not torch.isfinite(loss):  # its backward would make every weight NaN, silently
+            raise st.TrainingFault(
+                f"{where}: the loss is {float(loss.detach())} at learning rate {job.opt.param_groups[0]['lr']:g} "
+                f"(optim.lr {job.recipe.optim.lr:g}); training stops "
+                "before its weights become NaN: lower optim.lr or clip harder (optim.clip_grad); the last finished "
+                "epoch is kept")
     except Exception as e:  # noqa: BLE001 - every rank learns of it below, naming this rank
         error = e
     job.ranks.agree(error, where)
@@ -245,22 +256,41 @@ def finish_epoch(job: Job, row: dict[str, Any]) -> None:
     if row["best"]:
         job.best = {"score": score, "epoch": epoch, "metric": r.validation.select}
     job.history.append(row)
+    ranks.run(lambda: _refuse_non_finite_weights(job, epoch), f"checking the weights of epoch {epoch}")
     rngs = ranks.gather(st.rng_state, f"saving the state of epoch {epoch}")
     if not ranks.main:
         return
     out = job.out
-    st.atomic_write(out / "last.safetensors",
-                    lambda tmp: save_checkpoint(job.eval_model, tmp, metadata(job, "last", epoch)))
-    if row["best"]:
-        st.atomic_write(out / "best.safetensors",
-                        lambda tmp: save_checkpoint(job.eval_model, tmp, metadata(job, "best", epoch)))
-    job.epoch_log.write(job.history, final=epoch == r.optim.epochs)
-    st.save_state(out, {
-        "epoch": epoch, "step": job.step, "model": job.model.state_dict(), "optimizer": job.opt.state_dict(),
-        "scheduler": job.sched.state_dict(), "ema": job.ema.module.state_dict() if job.ema else None,
-        "scaler": ranks.scaler.state_dict() if ranks.scaler else None, "data_rng": job.gen.get_state(),
-        "rng": rngs, "history": job.history, "best": job.best, "recipe": r.to_dict(), "settings": job.settings})
+    target = out / "last.safetensors"
+    try:
+        st.atomic_write(target, lambda tmp: save_checkpoint(job.eval_model, tmp, metadata(job, "last", epoch)))
+        if row["best"]:
+            target = out / "best.safetensors"
+            st.atomic_write(target, lambda tmp: save_checkpoint(job.eval_model, tmp, metadata(job, "best", epoch)))
+        target = out / "metrics.csv"
+        job.epoch_log.write(job.history, final=epoch == r.optim.epochs)
+        target = out / st.STATE_FILE
+        st.save_state(out, {
+            "epoch": epoch, "step": job.step, "model": job.model.state_dict(), "optimizer": job.opt.state_dict(),
+            "scheduler": job.sched.state_dict(), "ema": job.ema.module.state_dict() if job.ema else None,
+            "scaler": ranks.scaler.state_dict() if ranks.scaler else None, "data_rng": job.gen.get_state(),
+            "rng": rngs, "history": job.history, "best": job.best, "recipe": r.to_dict(), "settings": job.settings})
+    except OSError as err:  # a full disk: one line naming the file; the previous epoch's files are whole
+        raise st.write_fault(target, err, epoch) from None
     job.log(epoch_line(row, r.optim.epochs, f"{r.validation.eps * 255:.3g}/255"))
+
+
+def _refuse_non_finite_weights(job: Job, epoch: int) -> None:
+    """A step can leave inf/NaN weights with a finite loss (the update itself overflowed); such weights are
+    never saved as a checkpoint."""
+    for module, what in ((job.model, "weights"), (job.ema.module if job.ema else None, "EMA weights")):
+        bad = [n for n, t in (module.state_dict().items() if module is not None else ())
+               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise st.TrainingFault(f"epoch {epoch}: {len(bad)} tensor(s) of the {what} are inf or NaN ({bad[0]}"
+                                   f"{', ...' if len(bad) > 1 else ''}) after {job.step} steps at optim.lr "
+                                   f"{job.recipe.optim.lr:g}: not saved; lower optim.lr; the last finished epoch "
+                                   "is kept")
 
 
 def run(job: Job) -> dict[str, Any]:
@@ -285,7 +315,7 @@ def _say(line: str) -> None:
 def train(recipe: Recipe, out: str | Path, settings: Settings | None = None,
           log: Callable[[str], None] = _say) -> dict[str, Any]:
     """Train ``recipe`` into the folder ``out`` (resuming what it holds); see the module docstring."""
-    from ..store.lock import lock_folder
+    from ..store.lock import lock_folder, refuse_foreign_folder
 
     cfg = settings or Settings()
     out = Path(out)
@@ -293,8 +323,8 @@ def train(recipe: Recipe, out: str | Path, settings: Settings | None = None,
     held: list[Any] = []
 
     def start() -> Job:
-        if ranks.main and out.exists() and not out.is_dir():
-            raise st.RecipeError(f"--out {out} is a file, not a folder")
+        if ranks.main:  # a folder of the user's or of another command is never written into
+            refuse_foreign_folder(out, st.STATE_FILE, "train", writes=st.OUTPUTS, error=st.RecipeError)
         job = prepare(recipe, out, cfg, ranks, log if ranks.main else _quiet)  # no file is written before this
         if ranks.main:
             out.mkdir(parents=True, exist_ok=True)

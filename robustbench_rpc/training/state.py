@@ -2,7 +2,10 @@
 
 ``DIR/state.pt`` holds everything the next epoch depends on: model, optimizer, scheduler, EMA and
 gradient-scaler states, the data-order generator and every rank's torch RNG (CPU and CUDA), the epoch
-history and the best metric, plus the recipe and the run settings it was made with. It is written to a
+history and the best metric, plus the recipe and the run settings it was made with. The file is one header
+line recording the sha256 of the torch payload that follows it, so a flipped byte (a bad disk, a copy cut
+short) is refused in one line on resume instead of loading weights that train to ``loss nan``; states written
+before the header existed are read unchecked, with a note. It is written to a
 temporary file, fsynced and renamed over the old one (then the folder is fsynced), so a kill -9 at any
 moment leaves either the previous epoch's state or the new one, never a torn file. The same command then
 continues from the last finished epoch; on CPU with the same thread count the result is bit-identical to
@@ -11,7 +14,11 @@ are replaced the same way, before the state, so the state never points past them
 """
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -22,6 +29,27 @@ from .recipe import RecipeError
 
 STATE_FILE = "state.pt"
 STATE_FORMAT = 1
+#: the first line of a state file: this prefix, the payload's sha256 (hex), a newline; then the torch payload
+STATE_HEADER = b"robustbench-rpc training state sha256="
+#: what ``train`` writes into its folder (the folder rule of ``store.lock.refuse_foreign_folder``)
+OUTPUTS = f"last.safetensors, best.safetensors, metrics.csv, curves.png and {STATE_FILE}"
+
+
+class TrainingFault(RuntimeError):
+    """A training that cannot go on (a non-finite loss, a full disk): one line naming the step or file; the
+    folder keeps the last finished epoch, so the same command resumes once the cause is fixed."""
+
+
+def write_fault(path: Path, err: OSError, epoch: int) -> TrainingFault:
+    """One line for a failed write of ``path``: the OS reason, the free space left there, what is kept."""
+    try:
+        free = f"{shutil.disk_usage(Path(path).parent).free / 2**20:.1f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+    kept = f"epoch {epoch - 1}'s files and state are kept" if epoch > 1 else "no epoch had finished"
+    return TrainingFault(f"cannot write {path} at the end of epoch {epoch}: {err.strerror or err} ({free}); {kept}: "
+                         + ("free space" if full else "fix the folder") + " and rerun the same command to resume")
 
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
@@ -53,7 +81,33 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def save_state(out: Path, state: Mapping[str, Any]) -> Path:
-    return atomic_write(Path(out) / STATE_FILE, lambda tmp: torch.save({"format": STATE_FORMAT, **state}, tmp))
+    buf = io.BytesIO()
+    torch.save({"format": STATE_FORMAT, **state}, buf)
+    payload = buf.getbuffer()
+    header = STATE_HEADER + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(header)
+            f.write(payload)
+
+    return atomic_write(Path(out) / STATE_FILE, write)
+
+
+def _payload(path: Path) -> tuple[io.BytesIO, bool]:
+    """(the torch payload of a state file, whether a checksum vouched for it); a mismatch is one line."""
+    data = path.read_bytes()
+    if not data.startswith(STATE_HEADER):  # written before the header: nothing to check it against
+        return io.BytesIO(data), False
+    end = data.find(b"\n", len(STATE_HEADER))
+    recorded = data[len(STATE_HEADER):end].decode("ascii", "replace") if end > 0 else ""
+    body = memoryview(data)[end + 1:] if end > 0 else memoryview(b"")
+    actual = hashlib.sha256(body).hexdigest()
+    if actual != recorded:
+        raise RecipeError(f"{path}: the training state is damaged: its sha256 is {actual[:16]}..., not the "
+                          f"{recorded[:16]}... recorded when it was written ({len(body)} bytes); restore it, or move "
+                          "it away to start the training over")
+    return io.BytesIO(body), True
 
 
 def load_state(out: Path) -> dict[str, Any] | None:
@@ -62,11 +116,16 @@ def load_state(out: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        payload, checked = _payload(path)
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read the training state ({e.strerror or e})") from None
+    try:
+        state = torch.load(payload, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for damaged files
         raise RecipeError(f"{path}: unreadable training state ({type(e).__name__}); move it away to start over")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise RecipeError(f"{path}: not a training state of this version; move it away to start over")
+    state["checksum_verified"] = checked
     return state
 
 
@@ -94,6 +153,10 @@ def check_resume(state: Mapping[str, Any], recipe: Mapping[str, Any], settings: 
         if old.get(key) != settings.get(key):
             raise RecipeError(f"--out {out} was trained with {key} {old.get(key)!r}, not {settings.get(key)!r}: "
                               "resume it with the same setting, or pass another --out")
+    if bool(old.get("skip_unreadable")) != bool(settings.get("skip_unreadable")):
+        was = "with" if old.get("skip_unreadable") else "without"
+        raise RecipeError(f"--out {out} was trained {was} --skip-unreadable, which decides the images trained on: "
+                          "resume it the same way, or pass another --out")
     notes = []
     for key, what in (("world_size", "ranks"), ("threads", "torch threads")):
         if old.get(key) != settings.get(key):
