@@ -40,6 +40,9 @@ def _raw(**ev):
     (_raw(kind="clean", datset="x"), "unknown key 'datset'.*dataset"),
     ({"name": "t", "evaluation": [{"kind": "clean"}], "defaults": {"batchsize": 3}}, "unknown key 'batchsize'"),
     ({"name": "t"}, "missing required key 'evaluation'"),
+    ({"name": "t", "version": "one", "evaluation": [{"kind": "clean"}]}, "version must be a whole number >= 1"),
+    ({"name": "t", "version": 1.5, "evaluation": [{"kind": "clean"}]}, r"version must be .*got 1\.5"),
+    ({"name": 3, "evaluation": [{"kind": "clean"}]}, "name must be a non-empty string, got 3"),
 ])
 def test_bad_suites_name_the_problem(raw, match):
     with pytest.raises(SuiteError, match=match):

@@ -91,11 +91,25 @@ def _check_keys(given: set[str], allowed: set[str], where: str) -> None:
         raise SuiteError(f"{where}: unknown key '{key}'{hint}; allowed: {', '.join(sorted(allowed))}")
 
 
+def _check_header(raw: dict[str, Any], path: str) -> None:
+    """``name`` a non-empty string, ``version`` the suite's own revision (a whole number >= 1, stored with the run
+    and compared on resume: 1.5 or "one" would be cut or crash later), ``description`` a string."""
+    name, version = raw["name"], raw.get("version", 1)
+    if not isinstance(name, str) or not name.strip():
+        raise SuiteError(f"{path}: name must be a non-empty string, got {name!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise SuiteError(f"{path}: version must be a whole number >= 1 (the suite's own revision, e.g. version = 2), "
+                         f"got {version!r}")
+    if not isinstance(raw.get("description", ""), str):
+        raise SuiteError(f"{path}: description must be a string, got {raw['description']!r}")
+
+
 def suite_from_dict(raw: dict[str, Any], path: str = "<suite>") -> Suite:
     _check_keys(set(raw), {"name", "version", "description", "defaults", "evaluation", "sweep"}, path)
     for req in ("name", "evaluation"):
         if req not in raw:
             raise SuiteError(f"{path}: missing required key '{req}'")
+    _check_header(raw, path)
     defaults = dict(raw.get("defaults", {}))
     _check_keys(set(defaults), _DEFAULT_KEYS, f"{path} [defaults]")
     models = defaults.get("models", [])
@@ -126,7 +140,7 @@ def suite_from_dict(raw: dict[str, Any], path: str = "<suite>") -> Suite:
             raise SuiteError(f"{path} [sweep]: needs 'attention' (a registered attention variant)")
         if not isinstance(sweep.get("args", {}), dict):
             raise SuiteError(f"{path} [sweep]: 'args' must be a table of lists, e.g. lam = [1, 4]")
-    return Suite(raw["name"], int(raw.get("version", 1)), raw.get("description", ""), defaults, evals, path,
+    return Suite(raw["name"], raw.get("version", 1), raw.get("description", ""), defaults, evals, path,
                  sweep)
 
 
