@@ -385,18 +385,24 @@ def _terminate_as_interrupt():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from ..data.folders import ClassMismatchError, UnreadableImageError
-    from ..data.resolve import DataRootError
-    from ..dist import RankFailure
-    from ..attacks import ModelOutputError
-    from ..models import CheckpointError, ModelContractError
-    from ..registry import UnknownNameError
-    from ..store.errors import StoreError
-    from ..evalspec import SuiteError
-    from ..plugins import PluginError
+    try:  # start-up (arguments, imports): a Ctrl-C here is one line too, never an import's traceback
+        args = build_parser().parse_args(argv)
+        from ..data.folders import ClassMismatchError, UnreadableImageError
+        from ..data.resolve import DataRootError
+        from ..dist import RankFailure
+        from ..attacks import ModelOutputError
+        from ..models import CheckpointError, ModelContractError
+        from ..registry import UnknownNameError
+        from ..store.errors import StoreError
+        from ..evalspec import SuiteError
+        from ..plugins import PluginError
 
-    from ..evaluation.harness import UnitFault
+        from ..evaluation.harness import UnitFault
+    except KeyboardInterrupt:
+        from .startup import INTERRUPTED
+
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
 
     try:
         with _terminate_as_interrupt():
