@@ -30,6 +30,8 @@ from .compute_unit import STOCHASTIC_EVAL_REPEATS, unit_rows
 from .stored_curves import adaptive_pairs, attack_curves
 
 STORE_NAME = "results.sqlite"
+#: what a model's record says about where its checkpoint lay: information, not identity (the key has its sha256)
+LOCATION_FIELDS = ("checkpoint", "spec", "name")
 #: memory for batches shared between a run's models (``data.pool.BatchCache``); only runs of several models
 BATCH_CACHE_BYTES = 1 << 30
 
@@ -152,6 +154,19 @@ class Runner:
     def build_model(self, m: ModelSpec) -> torch.nn.Module:
         return build_model(self.plan, m)
 
+    def located_as_stored(self, key: str, info: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint is identified by its content (the key holds its sha256), its path is information only,
+        as ``verify`` treats it: a resume after the file (or the whole clone) moved keeps the location the store
+        recorded, and says where the same bytes were found now."""
+        old = self.store.model_info(key) if self.store is not None else None
+        moved = [k for k in LOCATION_FIELDS if old is not None and k in old and old[k] != info.get(k)]
+        if not moved:
+            return info
+        self.log(f"[{old.get('name')}] checkpoint {info.get('checkpoint')}: the same bytes (sha256 "
+                 f"{str(info.get('checkpoint_sha256'))[:12]}...) as {old.get('checkpoint')}, recorded when this run "
+                 "started; resuming (the store keeps the recorded location)")
+        return {**info, **{k: old[k] for k in moved}}
+
     # -- the loop ---------------------------------------------------------------------------------------
     def run(self) -> Path:
         p = self.plan
@@ -166,7 +181,7 @@ class Runner:
             self.num_classes[key] = info["num_classes"]
             eval_model = self.prepare(model, key, m)
             if self.store is not None:
-                self.store.register_model(key, info)
+                self.store.register_model(key, self.located_as_stored(key, info))
             self.log(f"[{m.display}] {info['num_params'] / 1e6:.2f}M params, attention "
                      + "; ".join(f"{g['variant']}@{g['layers']}" for g in info["attention"]["groups"]))
             for e in p.evals:
@@ -239,7 +254,7 @@ class Runner:
         ds = p.dataset_for(e)
         n_units = self.units_of(e)
         if self.store is not None:  # stores from before info["resolved"] gain it instead of a conflict
-            self.store.register_evaluation(e.key, p.eval_info(e))
+            self.store.register_evaluation(e.key, subset_as_stored(self.store.evaluation_info(e.key), p.eval_info(e)))
         label = describe_eval(e)
         from .adversarial_run import done_units  # units that keep images are done only with their file
 
@@ -425,11 +440,25 @@ class Runner:
 
 def _comparable(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """``a`` with its data restricted to the datasets ``b`` reads too: a dataset only one of the runs
-    reads is a change of evaluations, which the planned-evaluations check names."""
+    reads is a change of evaluations, which the planned-evaluations check names. A subset file counts by
+    its entries, not its path (moved with the clone, it is the same subset)."""
+    subset = a.get("subset")
+    if isinstance(subset, dict) and subset.get("sha256"):  # a subset file is its entries (their sha256), not its path
+        a = {**a, "subset": {k: v for k, v in subset.items() if k != "file"}}
     data = a.get("data")
     if not isinstance(data, dict) or not isinstance(b.get("data"), dict):
         return a
     return {**a, "data": {k: v for k, v in data.items() if k in b["data"]}}
+
+
+def subset_as_stored(old: dict[str, Any] | None, info: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation's record with the subset file's path the store recorded, when its entries are the same
+    (same sha256): the file moved (or the clone did), the subset did not."""
+    was, now = (old or {}).get("subset"), info.get("subset")
+    if not (isinstance(was, dict) and isinstance(now, dict) and was.get("sha256") and was.get("sha256") == now.get(
+            "sha256") and "file" in was):
+        return info
+    return {**info, "subset": {**now, "file": was["file"]}}
 
 
 def settings_diff(old: dict[str, Any], now: dict[str, Any]) -> str:
