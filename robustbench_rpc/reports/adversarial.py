@@ -60,6 +60,13 @@ def transfer_frame(data: RunData) -> pd.DataFrame:
     return pd.DataFrame(transfer_cells(data.store))
 
 
+def _axes(part: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Sources in the run's model order, targets in the same order (the diagonal on the diagonal)."""
+    sources = list(dict.fromkeys(part["source"]))
+    found = set(part["target"])
+    return sources, [s for s in sources if s in found] + [t for t in dict.fromkeys(part["target"]) if t not in sources]
+
+
 def transfer_tables(df: pd.DataFrame) -> list[Table]:
     """A source x target table per (attack evaluation, float / 8-bit)."""
     if df.empty:
@@ -67,8 +74,7 @@ def transfer_tables(df: pd.DataFrame) -> list[Table]:
     out = []
     for (ek, quantized), part in df.groupby(["source_eval", "quantized"], sort=False):
         first = part.iloc[0]
-        sources = list(dict.fromkeys(part["source"]))
-        targets = list(dict.fromkeys(part["target"]))
+        sources, targets = _axes(part)
         cell = {(r.source, r.target): r for r in part.itertuples()}
         rows = []
         for s in sources:
@@ -96,8 +102,7 @@ def transfer_plots(df: pd.DataFrame, folder: Path) -> list[Plot]:
     plots = []
     for (ek, quantized), part in df.groupby(["source_eval", "quantized"], sort=False) if not df.empty else ():
         first = part.iloc[0]
-        sources = list(dict.fromkeys(part["source"]))
-        targets = list(dict.fromkeys(part["target"]))
+        sources, targets = _axes(part)
         grid = np.full((len(sources), len(targets)), np.nan)
         for r in part.itertuples():
             grid[sources.index(r.source), targets.index(r.target)] = 100 * r.accuracy
