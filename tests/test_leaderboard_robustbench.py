@@ -189,7 +189,8 @@ def test_external_unreliable_footnote_and_extra_data_are_shown(tmp_path):
 
 # --------------------------------------------------------------------------------------- export
 
-def _imagenet_run(folder: Path, model: str, counts: dict[str, int], reduced: bool = False) -> Path:
+def imagenet_run(folder: Path, model: str, counts: dict[str, int], reduced: bool = False,
+                 checkpoint: str | None = None) -> Path:
     """A store shaped like ``run --suite robustbench`` on RobustBench's 5,000 ImageNet ids plus the adaptive
     preset's APGD (marked ``adaptive = true``) at the same budget; ``counts``: correct images per
     evaluation (the adaptive attack's correct set is a subset of AutoAttack's)."""
@@ -200,9 +201,9 @@ def _imagenet_run(folder: Path, model: str, counts: dict[str, int], reduced: boo
     aa = {"norm": "Linf", "eps": eps, "version": "custom" if reduced else "standard"}
     with ResultsStore(folder / "results.sqlite") as s:
         s.set_meta("settings", {"dataset": "imagenet", "subset": subset})
-        s.register_model("m1", {"name": model, "arch": model, "checkpoint_sha256": model.encode().hex().ljust(64, "0"),
-                                "kwargs": {}, "num_classes": 1000, "mean": [0.5] * 3, "std": [0.5] * 3,
-                                "precision": "fp32"})
+        sha = checkpoint or model.encode().hex().ljust(64, "0")
+        s.register_model("m1", {"name": model, "arch": model, "checkpoint_sha256": sha, "kwargs": {},
+                                "num_classes": 1000, "mean": [0.5] * 3, "std": [0.5] * 3, "precision": "fp32"})
         common = {"dataset": "imagenet", "n_samples": 5000, "dataset_size": 50000, "subset": subset, "seed": 0}
         s.register_evaluation("clean", {**common, "kind": "clean", "name": "clean", "params": {}})
         s.register_evaluation("aa", {**common, "kind": "attack", "name": "autoattack", "params": aa,
@@ -219,9 +220,9 @@ def _imagenet_run(folder: Path, model: str, counts: dict[str, int], reduced: boo
 
 
 def test_export_loads_in_robustbench_and_adaptive_worst_case_goes_out_as_external(tmp_path, monkeypatch, capsys):
-    strong = _imagenet_run(tmp_path / "strong", "my_vit", {"clean": 3896, "aa": 2982, "apgd": 2750})
-    plain = _imagenet_run(tmp_path / "plain", "my_deit", {"clean": 3700, "aa": 2500, "apgd": 2500})
-    reduced = _imagenet_run(tmp_path / "reduced", "my_reduced", {"clean": 3600, "aa": 2400}, reduced=True)
+    strong = imagenet_run(tmp_path / "strong", "my_vit", {"clean": 3896, "aa": 2982, "apgd": 2750})
+    plain = imagenet_run(tmp_path / "plain", "my_deit", {"clean": 3700, "aa": 2500, "apgd": 2500})
+    reduced = imagenet_run(tmp_path / "reduced", "my_reduced", {"clean": 3600, "aa": 2400}, reduced=True)
     out = tmp_path / "board"
     assert cli.main(["leaderboard", str(strong), str(plain), str(reduced), "--out", str(out), "--published",
                      str(MODEL_INFO / "imagenet" / "Linf"), "--export-model-info"]) == 0

@@ -13,8 +13,9 @@ by the same key RobustBench sorts by (the "best known" column, or corruption acc
 Budgets: RobustBench ranks every file of a folder together whatever its ``eps``; six CIFAR-10 Linf files state
 ``"0.031"`` (7.9/255, their footnotes say, not 8/255). An eps within 5e-4 of the folder's budget therefore
 sits in the folder's column and is ranked there, flagged "eps not the folder's" with the value it states; a
-file without ``eps`` takes its folder's budget, flagged "eps not stated"; any other eps has a column of its own. Numbers must be percentages
-in [0, 100] (strings or numbers, not booleans); anything else is one error naming the file and the key.
+file without ``eps`` takes its folder's budget, flagged "eps not stated"; any other eps has a column of its own.
+Numbers must be percentages in [0, 100] (strings or numbers, not booleans); anything else is one error naming
+the file and the key.
 """
 from __future__ import annotations
 

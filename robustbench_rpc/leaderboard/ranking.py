@@ -42,8 +42,13 @@ def check_rank_by(boards: list[Board], rank_by: str | None) -> None:
     """``rank_by`` must name a column of some board: one line with the closest labels otherwise."""
     if rank_by and not any(_matches(b, rank_by) for b in boards):
         labels = sorted({c.label for b in boards for c in b.columns})
-        raise LeaderboardError(f"--rank-by {rank_by!r}: no board has such a column"
-                               + (did_you_mean(rank_by, labels, aside=True) or "") + "; columns: "
+        hint = did_you_mean(rank_by, labels, aside=True)
+        if not hint:  # a misspelt start ("claen") of a long label ("clean (digits32)"): match on first words
+            firsts = {label.split(" ")[0]: label for label in labels}
+            hint = did_you_mean(rank_by.split(" ")[0], firsts, aside=True)
+            for first, label in firsts.items():
+                hint = hint.replace(f" {first}?", f" {label}?").replace(f" {first},", f" {label},")
+        raise LeaderboardError(f"--rank-by {rank_by!r}: no board has such a column{hint}; columns: "
                                + ", ".join(labels))
 
 
