@@ -162,6 +162,14 @@ def test_every_documented_command_parses():
     assert problems == []
 
 
+def test_every_packaged_suite_is_in_the_running_guide():
+    from robustbench_rpc.evaluation.suite import list_suites
+
+    table = section(DOCS / "running.md", "The shipped suites")
+    missing = [name for name in list_suites() if f"`{name}`" not in table]
+    assert missing == [], f"packaged suites missing from docs/running.md's table of shipped suites: {missing}"
+
+
 def test_every_suite_snippet_is_a_valid_suite(tmp_path):
     from robustbench_rpc.evaluation.suite import expand, load_suite
 
