@@ -43,8 +43,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             m = create_model(name)
         params = f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f}M"
         shipped = "yes" if (PACKAGED / f"{name}.safetensors").is_file() else ""
-        rows.append((name, params, entry.attention, shipped, entry.notes))
-    headers = ("name", "params", "attention", "packaged ckpt", "notes")
+        rows.append((name, entry.task, params, entry.attention, shipped, entry.notes))
+    headers = ("name", "task", "params", "attention", "packaged ckpt", "notes")
     widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(len(headers))]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
     for r in rows:

@@ -11,6 +11,7 @@ from .normalize import Normalized
 from .paper_args import ResolvedModel, resolve_model
 from .vit import ARCHS, MODELS, ModelEntry, list_models
 from . import fan  # noqa: E402,F401  FAN-ViT and RPC-FAN register themselves (models/fan.py)
+from . import segmenter  # noqa: E402,F401  Segmenter models register themselves (models/segmenter.py)
 
 __all__ = [
     "ARCHS", "MODELS", "PACKAGED_DIR", "PRETRAINED", "CheckpointError", "ModelContractError", "ModelEntry",

@@ -23,6 +23,9 @@ CONTRACT_KEYS = tuple(CONTRACT_FLAGS) + ("num_classes",)
 #: what a contract must state; interpolation and crop default as in register_model (bilinear, 1.0)
 REQUIRED = ("input_size", "mean", "std")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+#: what a model's output means: "classification" = logits (B, num_classes); "segmentation" = per-pixel logits
+#: (B, num_classes, H, W) at the input's resolution (input_size is then the window a sliding evaluation uses)
+TASKS = ("classification", "segmentation")
 HOW_TO_DECLARE = (
     "declare it once with @robustbench_rpc.register_model(NAME, input_size=(3, H, W), mean=(...), std=(...), "
     "num_classes=K) (README: 'Evaluate your own model'), or per run with --input-size 3,H,W --mean R,G,B "
@@ -110,8 +113,18 @@ def declared_contract(model: nn.Module) -> dict[str, Any] | None:
     return None
 
 
+def task_of(model: nn.Module) -> str:
+    """What a built (or loaded, [0, 1]-wrapped) model's output means: its declared ``task``, else
+    "classification" (every model declared before tasks existed is a classifier)."""
+    inner = getattr(model, "model", model) if hasattr(model, "mean") and hasattr(model, "std") else model
+    cfg = getattr(inner, "pretrained_cfg", None)
+    task = cfg.get("task") if isinstance(cfg, Mapping) else None
+    return task or "classification"
+
+
 def register_model(name: str, *, input_size: int | Sequence[int], mean: Sequence[float], std: Sequence[float],
                    num_classes: int, interpolation: str = "bilinear", crop_pct: float = 1.0,
+                   task: str = "classification",
                    notes: str = "") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a model of your own, with its evaluation contract, under ``name``::
 
@@ -120,18 +133,21 @@ def register_model(name: str, *, input_size: int | Sequence[int], mean: Sequence
         def my_cnn(**kwargs) -> nn.Module: ...
 
     The factory is a plain function returning an ``nn.Module`` that takes *normalized* images and returns
-    logits; it receives only the run's ``--model-arg`` values (timm's ``pretrained*`` arguments are handled
+    logits (``task="segmentation"``: per-pixel logits ``(B, num_classes, H, W)`` at the input's resolution,
+    ``input_size`` being the window a sliding evaluation feeds it); it receives only the run's ``--model-arg`` values (timm's ``pretrained*`` arguments are handled
     here). Then ``load_model("my_cnn", checkpoint=...)``, ``--model my_cnn[:weights.pth]`` (with
     ``--plugin file.py``) and ``timm.create_model("my_cnn")`` all work. Returns the factory unchanged.
     """
     if not isinstance(name, str) or not name or ":" in name:
         raise ValueError(f"model name must be a non-empty string without ':', got {name!r}")
+    if task not in TASKS:
+        raise ModelContractError(f"register_model('{name}'): task {task!r} is not one of {', '.join(TASKS)}")
     contract = normalize_contract(dict(input_size=input_size, mean=mean, std=std, num_classes=num_classes,
                                        interpolation=interpolation, crop_pct=crop_pct), f"register_model('{name}')")
     missing = [k for k in CONTRACT_KEYS if k not in contract]
     if missing:
         raise ModelContractError(f"register_model('{name}'): {', '.join(missing)} must be given")
-    cfg = dict(contract, crop_mode="center", first_conv="", classifier="")
+    cfg = dict(contract, crop_mode="center", first_conv="", classifier="", task=task)
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if not callable(fn):
@@ -170,7 +186,7 @@ def register_model(name: str, *, input_size: int | Sequence[int], mean: Sequence
 
         timm_register(factory)
         where = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__name__', '?')}"
-        MODELS.add(name, ModelEntry(name, factory, "custom", notes or f"your model ({where})", cfg, {}, ""))
+        MODELS.add(name, ModelEntry(name, factory, "custom", notes or f"your model ({where})", cfg, {}, "", task))
         return fn
 
     return deco

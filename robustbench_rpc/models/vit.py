@@ -55,6 +55,7 @@ class ModelEntry:
     cfg: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
     arch: str = ""  # key of ARCHS
+    task: str = "classification"  # or "segmentation": per-pixel logits (B, C, H, W)
 
 
 MODELS: Registry[ModelEntry] = Registry("model")
