@@ -518,3 +518,16 @@ def test_api_a_float64_module_is_evaluated_as_it_computes(tmp_path):
     with torch.no_grad():
         assert list(rows["pred"]) == net(x).argmax(1).tolist()
     assert next(net.parameters()).dtype == torch.float64
+
+
+def test_train_resumes_a_state_written_before_its_checksum_with_a_note(tmp_path, capsys):
+    """A folder trained by the version before the checksum stays resumable, and the resume says it is unchecked."""
+    out = tmp_path / "o"
+    assert _train(out) == 0
+    state = out / "state.pt"
+    state.write_bytes(state.read_bytes().split(b"\n", 1)[1])  # the bare torch payload, as that version wrote it
+    capsys.readouterr()
+    assert _train(out) == 0
+    said = capsys.readouterr().out
+    assert f"{state} was written by an older version, without a checksum: resumed unchecked" in said, said
+    assert "already trained (1/1 epochs)" in said
