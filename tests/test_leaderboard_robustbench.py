@@ -211,6 +211,12 @@ def imagenet_run(folder: Path, model: str, counts: dict[str, int], reduced: bool
         s.register_evaluation("apgd", {**common, "kind": "attack", "name": "apgd",
                                        "params": {"norm": "Linf", "eps": eps, "loss": "dlr", "adaptive": True},
                                        "resolved": {"norm": "Linf", "eps": eps, "loss": "dlr", "n_iter": 100}})
+        # a given adversarial set, as evaluate-external stores it (evaluation/external.py external_spec)
+        s.register_evaluation("ext", {**common, "kind": "external", "name": "external Linf eps=4/255 sha256:ab12",
+                                      "params": {"external": True, "adversarial_sha256": "ab12" * 16,
+                                                 "adversarial_format": "robustbench-pt", "norm": "Linf",
+                                                 "eps": eps, "accuracy": "robust"},
+                                      "resolved": {"file": str(folder / "given.pt")}})
         for key, k in counts.items():
             correct = [1] * k + [0] * (5000 - k)
             s.write_unit("m1", key, 0, {"sample_id": list(range(5000)), "label": [0] * 5000,
@@ -223,8 +229,10 @@ def test_export_loads_in_robustbench_and_adaptive_worst_case_goes_out_as_externa
     strong = imagenet_run(tmp_path / "strong", "my_vit", {"clean": 3896, "aa": 2982, "apgd": 2750})
     plain = imagenet_run(tmp_path / "plain", "my_deit", {"clean": 3700, "aa": 2500, "apgd": 2500})
     reduced = imagenet_run(tmp_path / "reduced", "my_reduced", {"clean": 3600, "aa": 2400}, reduced=True)
+    given = imagenet_run(tmp_path / "given", "my_malt", {"clean": 3800, "aa": 3000, "ext": 2600})
     out = tmp_path / "board"
-    assert cli.main(["leaderboard", str(strong), str(plain), str(reduced), "--out", str(out), "--published",
+    assert cli.main(["leaderboard", str(strong), str(plain), str(reduced), str(given), "--out", str(out),
+                     "--published",
                      str(MODEL_INFO / "imagenet" / "Linf"), "--export-model-info"]) == 0
     printed = capsys.readouterr().out
     board = _board(out)
@@ -235,13 +243,20 @@ def test_export_loads_in_robustbench_and_adaptive_worst_case_goes_out_as_externa
     vit = json.loads((exported / "my_vit.json").read_text())
     assert vit["autoattack_acc"] == "59.64" and vit["external"] == "55.0" and vit["clean_acc"] == "77.92"
     assert "apgd" in vit["footnote"] and "AutoAttack standard" in vit["footnote"]
+    # a given adversarial set (evaluate-external) at the same budget ranks the row and goes out as external
+    malt = board[(board["model"] == "my_malt") & board["ranked_by"]].iloc[0]
+    assert malt["value"] == pytest.approx(0.52)
+    assert "external set Linf 4/255 sha256:ab12ab12ab12" in set(board[board["model"] == "my_malt"]["column"])
+    given_doc = json.loads((exported / "my_malt.json").read_text())
+    assert given_doc["external"] == "52.0" and given_doc["autoattack_acc"] == "60.0"
+    assert "external set Linf 4/255 sha256:ab12ab12ab12" in given_doc["footnote"]
     deit = json.loads((exported / "my_deit.json").read_text())
     assert "external" not in deit and deit["autoattack_acc"] == "50.0"  # the adaptive attack lowered nothing
     assert vit["venue"] == "N/A" and all(v is not None for v in (vit["name"], vit["authors"], vit["link"]))
     # a reduced AutoAttack never goes out under autoattack_acc: not exported, and the CLI says why
     assert not (exported / "my_reduced.json").exists()
     assert "not exported: my_reduced Linf: AutoAttack (reduced) Linf 4/255" in printed
-    assert "model_info: 2 JSON file(s)" in printed
+    assert "model_info: 3 JSON file(s)" in printed
 
     utils, _ = _robustbench()
     allowed = {f.name for f in dataclasses.fields(utils.ModelInfo)} | {"external", "unreliable"}
@@ -259,7 +274,8 @@ def test_export_loads_in_robustbench_and_adaptive_worst_case_goes_out_as_externa
     assert "my_vit" in html and "None%" not in html
     order = [m["_file"] for m in models]
     ours = board[board["ranked_by"]].drop_duplicates("row_id").set_index("model")["rank"]
-    assert order.index("my_vit") + 1 == ours["my_vit"] and order.index("my_deit") + 1 == ours["my_deit"]
+    for name in ("my_vit", "my_deit", "my_malt"):
+        assert order.index(name) + 1 == ours[name], name
     monkeypatch.chdir(tmp_path / "merged")
     entries, text = utils.get_leaderboard_bibtex("imagenet", "Linf")
     assert entries and "my_vit" not in text  # N/A venue: skipped, as RobustBench skips its own N/A rows

@@ -3,7 +3,9 @@
 A fingerprint is a flat dict of named fields read from a run's store (evaluation info, model info, settings,
 manifest) and nothing else:
 
-- ``dataset`` and ``kind`` (clean / attack / corruption / shift) and the evaluation's ``name``;
+- ``dataset`` and ``kind`` (clean / attack / external / corruption / shift) and the evaluation's ``name``;
+  an external evaluation (a given adversarial set) states its threat model like an attack and its set by
+  ``attack.adversarial_sha256``;
 - ``samples.selection`` (how the images were chosen: all, stratified N, or a list by its sha256; ``first-N``
   covering the whole set counts as all) and ``samples.ids`` (sha256 of the evaluated sample ids);
 - the threat model of attacks: ``threat.norm``, ``threat.eps``, ``threat.space``, ``threat.clip``,
@@ -81,8 +83,10 @@ def evaluation_fingerprint(info: Mapping[str, Any], ids_key: str | None, model_i
         fp.update({f"contract.preprocessing.{k}": _plain(v) for k, v in prep.items()})
     if model_info.get("precision"):
         fp["precision"] = model_info["precision"]
-    if kind == "attack":
-        resolved = dict(info.get("resolved") or {})
+    if kind in ("attack", "external"):
+        # an external evaluation (a given adversarial set) is identified by its file's sha256, not its path
+        resolved = {k: v for k, v in dict(info.get("resolved") or {}).items() if not (kind == "external"
+                                                                                      and k == "file")}
         for key, value in zip(THREAT_DEFAULTS, threat_of({**resolved, **params})):
             fp[f"threat.{key}"] = value
         fp["threat.norm"] = params.get("norm", resolved.get("norm"))
@@ -168,6 +172,9 @@ def column_label(fp: Mapping[str, Any]) -> str:
         eps_text = eps_label(eps)
         extra = "" if fp.get("threat.space") == "pixel" else " (norm.)"
         return f"{name} {norm} {eps_text}{extra}"
+    if kind == "external":
+        sha = str(fp.get("attack.adversarial_sha256") or "?")[:12]
+        return f"external set {fp.get('threat.norm') or 'Linf'} {eps_label(fp.get('threat.eps'))} sha256:{sha}"
     if kind == "best known":
         extra = "" if fp.get("threat.space", "pixel") == "pixel" else " (norm.)"
         return f"best known {fp.get('threat.norm') or 'Linf'} {eps_label(fp.get('threat.eps'))}{extra}"

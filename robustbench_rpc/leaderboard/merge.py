@@ -263,11 +263,13 @@ def _same_budget(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def add_best_known(board: Board) -> None:
     """A "best known" column beside each AutoAttack standard column, RobustBench's ranking key: per row, the
-    per-sample worst case of AutoAttack and every complete adaptive attack (``evalspec.is_adaptive``) at the
-    same budget, threat model and images; AutoAttack's own number where the row has no adaptive attack."""
+    per-sample worst case of AutoAttack and every complete adaptive attack (``evalspec.is_adaptive``) or
+    external evaluation (a given adversarial set) at the same budget, threat model and images; AutoAttack's
+    own number where the row has neither."""
     for aa in [c for c in board.columns if c.fingerprint.get("name") == "autoattack"
                and not is_reduced_autoattack(c.fingerprint)]:
-        adaptive = [c for c in board.columns if is_adaptive_column(c.fingerprint)
+        adaptive = [c for c in board.columns if (is_adaptive_column(c.fingerprint)
+                                                 or c.fingerprint.get("kind") == "external")
                     and _same_budget(c.fingerprint, aa.fingerprint)]
         fp = {k: v for k, v in aa.fingerprint.items() if not k.startswith("attack.") and k not in ("name", "seed")}
         fp["kind"] = "best known"
@@ -278,7 +280,7 @@ def add_best_known(board: Board) -> None:
                      and c.cells[row].correct is not None]
             if not found:
                 best = Cell(cell.value, cell.lo, cell.hi, cell.n, cell.n_expected, cell.correct, list(cell.runs),
-                            note=f"{aa.label} (no adaptive attack at this budget)")
+                            note=f"{aa.label} (no adaptive attack or external set at this budget)")
             else:
                 frame = pd.concat([cell.correct] + [x.correct for _, x in found], axis=1, join="inner")
                 worst = frame.min(axis=1)

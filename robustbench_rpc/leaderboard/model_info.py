@@ -11,8 +11,8 @@ plain pixel threat model for ``autoattack_acc``; its 15 corruptions x 5 severiti
 written per threat model that has such a number; every other number of the row (a reduced AutoAttack,
 another attack, a smaller corruption set) is named in the file's ``footnote``, and a threat model with
 none is not exported, with the reason returned. The best known robust accuracy (a per-sample worst case of
-AutoAttack and the adaptive attacks at the same budget) goes out as ``external`` where it is lower than
-AutoAttack's, with a footnote naming the attacks, as RobustBench's own external evaluations do.
+AutoAttack and the adaptive attacks or given adversarial sets at the same budget) goes out as ``external``
+where it is lower than AutoAttack's, with a footnote naming them, as RobustBench's own external evaluations do.
 Unknown strings are ``"N/A"`` (RobustBench's own placeholder: ``get_leaderboard_bibtex`` skips an N/A venue
 and crashes on a null one).
 """
@@ -84,9 +84,10 @@ def export_row(board: Board, key: str, out_dir: Path, taken: dict[Path, str]) ->
                       and not _is_rb_corruptions(c, dataset)]
         else:
             ours = [(c, cell) for c, cell in cells if _is_rb_autoattack(c, dataset, threat)]
-            others = [(c, cell) for c, cell in cells if c.fingerprint.get("kind") in ("attack", "best known")
-                      and c.fingerprint.get("threat.norm", "Linf") == threat and not _is_rb_autoattack(c, dataset,
-                                                                                                  threat)]
+            others = [(c, cell) for c, cell in cells
+                      if c.fingerprint.get("kind") in ("attack", "external", "best known")
+                      and c.fingerprint.get("threat.norm", "Linf") == threat
+                      and not _is_rb_autoattack(c, dataset, threat)]
         if not ours:
             if others:
                 skipped.append(f"{row.name} {threat}: " + ", ".join(c.label for c, _ in others)

@@ -19,7 +19,7 @@ from .fingerprint import evaluation_fingerprint, ids_digest, model_identity
 
 STORE_NAME = "results.sqlite"
 OUTCOME_COLUMNS = ["sample_id", "label", "pred", "correct1", "correct5"]
-KINDS = ("clean", "attack", "corruption", "shift")
+KINDS = ("clean", "attack", "external", "corruption", "shift")
 
 
 class LeaderboardError(ValueError):
