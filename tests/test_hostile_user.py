@@ -54,7 +54,9 @@ def test_train_refuses_a_folder_of_the_users_files(tmp_path, capsys):
     (out / "metrics.csv").write_text("epoch,my_numbers\n1,0.5\n")
     assert _train(out) == 2
     err = _one_line_error(capsys)
-    assert "a folder of other files (metrics.csv), not a train folder (no state.pt)" in err, err
+    assert f"--out {out} is a folder of other files, holding metrics.csv: not a train folder (no state.pt); " \
+        "train would overwrite last.safetensors, best.safetensors, metrics.csv, curves.png and state.pt there" \
+        in err, err
     assert (out / "metrics.csv").read_text() == "epoch,my_numbers\n1,0.5\n"
     assert sorted(p.name for p in out.iterdir()) == ["metrics.csv"]  # nothing written beside it
 
@@ -66,7 +68,8 @@ def test_train_refuses_an_evaluation_run_folder(tmp_path, capsys):
     (out / "index.html").write_text("<html>the run's report</html>")
     assert _train(out) == 2
     err = _one_line_error(capsys)
-    assert "is an evaluation run folder (robustbench-rpc run) (index.html, results.sqlite)" in err, err
+    assert "is an evaluation run folder (of robustbench-rpc run), holding index.html, results.sqlite: not a train " \
+        "folder" in err, err
     assert sorted(p.name for p in out.iterdir()) == ["index.html", "results.sqlite"]
 
 

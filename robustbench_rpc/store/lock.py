@@ -76,8 +76,8 @@ class ForeignFolderError(ValueError):
 
 
 #: the file that marks a folder as written by a command (its own state), and what such a folder is, in words
-FOLDER_MARKERS = {"results.sqlite": "an evaluation run folder (robustbench-rpc run)",
-                  "state.pt": "a training folder (robustbench-rpc train)"}
+FOLDER_MARKERS = {"results.sqlite": "an evaluation run folder (of robustbench-rpc run)",
+                  "state.pt": "a training folder (of robustbench-rpc train)"}
 
 
 def _own_leftover(name: str) -> bool:
@@ -106,5 +106,5 @@ def refuse_foreign_folder(folder: str | Path, marker: str, command: str, *, writ
     other = next((FOLDER_MARKERS[name] for name in held if name in FOLDER_MARKERS), None)
     what = other or "a folder of other files"
     shown = ", ".join(held[:4]) + (f", ... ({len(held)} entries)" if len(held) > 4 else "")
-    raise error(f"--out {folder} is {what} ({shown}), not a {command} folder (no {marker}): {command} would "
+    raise error(f"--out {folder} is {what}, holding {shown}: not a {command} folder (no {marker}); {command} would "
                 f"overwrite {writes} there; choose an empty or new folder, or a {command} folder to resume")
