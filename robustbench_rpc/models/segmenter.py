@@ -48,8 +48,8 @@ from .vit import MODELS, ModelEntry
 
 DECODERS = ("linear", "mask")
 #: Mean/std of the embedded segmentation set (digit canvases, data/segmentation.py), measured on its train split.
-DIGITS_SEG_MEAN = (0.0841, 0.0841, 0.0841)
-DIGITS_SEG_STD = (0.2261, 0.2261, 0.2261)
+DIGITS_SEG_MEAN = (0.1121, 0.1121, 0.1121)
+DIGITS_SEG_STD = (0.2465, 0.2465, 0.2465)
 #: ADE20K's 150 classes (label 0 "other" ignored, mmsegmentation's reduce_zero_label) at Segmenter's 512 px
 ADE20K_CLASSES = 150
 
