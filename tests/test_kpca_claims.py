@@ -297,6 +297,9 @@ def test_training_records_diagnostics_per_epoch_equal_to_diagnose_on_the_checkpo
         assert col in csv_rows and csv_rows[col].notna().all()
     assert "diag_proj_loss" in csv_rows  # NaN while the paper's error is negative (log undefined)
     assert csv_rows["diag_recon_h_norm"].iloc[0] != csv_rows["diag_recon_h_norm"].iloc[1]  # one value per epoch
+    from robustbench_rpc.reports.kpca_claims import training_figure
+
+    assert training_figure(tmp_path / "t" / "metrics.csv", tmp_path / "fig1.png").stat().st_size > 10_000
     out = tmp_path / "diag"
     rc = main(["diagnose", "--model", f"symvit_micro_patch4_32:{res['last_checkpoint']}", "--limit", "10",
                *[a for n in names for a in ("--diagnostic", n)], "--out", str(out)])

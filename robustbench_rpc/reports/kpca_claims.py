@@ -239,3 +239,48 @@ def claims_plots(df: pd.DataFrame, folder: Path, max_models: int = 8) -> list[Pl
                            "paper's own loss, with unscaled dot products, is in the table). Right: eigenvalue statistics with and without each "
                            "adjustment. Bands and bars: ± sd over (image, head) pairs."))
     return plots
+
+
+def training_figure(metrics_csv: str | Path, png: str | Path, title: str = "") -> Path:
+    """The paper's Figure 1 over a training (``validation.diagnostics`` with ``projection_loss`` and
+    ``kpca_reconstruction_terms`` in the recipe): the paper's projection loss per validated epoch, beside the
+    two terms it subtracts on one log axis and the study's relative errors. Reads ``train``'s metrics.csv."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = pd.read_csv(metrics_csv)
+    need = [c for c in ("diag_proj_loss", "diag_recon_phi_norm", "diag_recon_h_norm") if c not in m]
+    if need:
+        raise ValueError(f"{metrics_csv}: no {', '.join(need)}: train with validation.diagnostics = "
+                         "[\"projection_loss\", \"kpca_reconstruction_terms\"]")
+    m = m.dropna(subset=["diag_recon_h_norm"])
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.4))
+    ax = axes[0]
+    ax.plot(m["epoch"], m["diag_proj_loss"], marker="o", ms=2.5, color="k", label="paper: log(mean error)")
+    ax.set_title("projection loss as the paper's code computes it", fontsize=9)
+    ax.set_ylabel("log mean error (unscaled dot products)")
+    ax = axes[1]
+    for col, label in (("diag_recon_phi_norm", "||φ(q)||²"), ("diag_recon_h_norm", "||h||²"),
+                       ("diag_recon_abs_error", "| ||φ(q)||² - ||h||² |")):
+        ax.plot(m["epoch"], m[col], marker="o", ms=2.5, label=label)
+    ax.set_yscale("log")
+    ax.set_title("the two terms (study's scaled form), one log axis", fontsize=9)
+    ax = axes[2]
+    for col, label in (("diag_recon_rel_error_wrt_h", "|·| / ||h||²"), ("diag_recon_rel_error_wrt_phi", "|·| / ||φ(q)||²")):
+        ax.plot(m["epoch"], m[col], marker="o", ms=2.5, label=label)
+    ax.set_yscale("log")
+    ax.set_title("relative errors (study)", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
+    fig.suptitle(title or "Projection loss over training (mean over layers and heads, validation images)",
+                 fontsize=10)
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return png
