@@ -534,3 +534,25 @@ def test_train_resumes_a_state_written_before_its_checksum_with_a_note(tmp_path,
     said = capsys.readouterr().out
     assert f"{state} was written by an older version, without a checksum: resumed unchecked" in said, said
     assert "already trained (1/1 epochs)" in said
+
+
+def test_train_never_saves_inf_or_nan_weights_left_by_a_step_with_a_finite_loss(tmp_path, capsys):
+    """An update can overflow while its loss is finite (here a plug-in objective scaled to 3e38): the epoch's
+    weights are checked before they are saved, and the training stops naming the epoch."""
+    plugin = tmp_path / "overflowing_objective.py"
+    plugin.write_text(
+        "import torch.nn.functional as F\n"
+        "from robustbench_rpc.training import Objective, register_objective\n\n\n"
+        "@register_objective('overflowing-probe')\n"
+        "class Overflowing(Objective):\n"
+        "    adversarial = False\n\n"
+        "    def loss(self, model, bare, x, y, epoch):\n"
+        "        logits = model(x)\n"
+        "        ce = F.cross_entropy(logits, y)\n"
+        "        return ce / ce.detach() * 3e38, logits\n")
+    out = tmp_path / "o"
+    assert main(["--plugin", str(plugin), *TINY_TRAIN, "--objective", "overflowing-probe", "--set", "data.limit=16",
+                 "--out", str(out)]) == 2
+    err = _one_line_error(capsys)
+    assert "error: epoch 1: " in err and "of the weights are inf or NaN" in err and "not saved" in err, err
+    assert not (out / "last.safetensors").exists() and not (out / "state.pt").exists()
