@@ -27,7 +27,7 @@ import pandas as pd
 from .. import atomic
 from .merge import Board, board_differences, build_boards
 from .model_info import export_row
-from .published import add_published
+from .published import add_published, published_files
 from .ranking import check_rank_by, flag_rows, rank_board
 from .render import write_all
 from .sources import (OUTCOME_COLUMNS, STORE_NAME, Entry, LeaderboardError, RunRecord, open_store, read_run,
@@ -169,6 +169,7 @@ def build_leaderboard(runs: list[str | Path], out: str | Path, *, published: lis
     gone = {p for p in kept if not (Path(p) / STORE_NAME).is_file()}
     boards = build_boards(records)
     boards = add_published(boards, pub)
+    n_published = len(published_files(pub))
     board_differences(boards)
     check_rank_by(boards, rank_by)
     for b in boards:
@@ -195,7 +196,7 @@ def build_leaderboard(runs: list[str | Path], out: str | Path, *, published: lis
                     not_exported += skipped
     log(f"leaderboard: {len(records)} run(s) ({len(read)} read, {len(reused)} unchanged since the last build, "
         f"{len(kept)} kept from the board" + (f", {len(gone)} of them gone from disk (flagged; --remove takes "
-                                              "them off)" if gone else "") + f"), {len(pub)} published file(s) -> "
-        f"{len(boards)} board(s)")
+                                              "them off)" if gone else "") + f"), {n_published} published file(s) "
+        f"-> {len(boards)} board(s)")
     return {"boards": boards, "paths": paths, "read": read, "reused": reused, "kept": kept, "gone": sorted(gone),
             "exported": list(dict.fromkeys(exported)), "not_exported": not_exported}

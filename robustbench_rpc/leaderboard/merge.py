@@ -336,9 +336,12 @@ def _title(key: tuple) -> str:
 
 
 def board_differences(boards: list[Board]) -> None:
-    """Each board after the first says how its images differ from the first board's of the same dataset."""
+    """Each board after the first says how its images differ from the first board's of the same dataset (a
+    board of one RobustBench folder is apart because RobustBench's leaderboards are, not by its images)."""
     first: dict[Any, Board] = {}
     for b in boards:
+        if b.robustbench is not None:
+            continue
         base = first.setdefault(b.key[0], b)
         if base is not b:
             fields = ["samples.selection", "samples.ids"]

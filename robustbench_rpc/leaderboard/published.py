@@ -184,9 +184,10 @@ def read_published(path: Path) -> Published:
         key = next((k for k in ACC_FIELDS[threat] if k in info), None)
         best = values.get(key) if key else None
         if best is not None:
-            cell = _cell(best, n, path)
+            # an external evaluation may have run on fewer images than RobustBench's: no count, no interval
+            cell = _cell(best, None if key == "external" else n, path)
             if key == "external":
-                cell.note = (cell.note + "; " if cell.note else "") + "external evaluation (see the footnote)"
+                cell.note = "external evaluation (see the footnote; its number of images is not stated)"
                 if aa is None or best != aa:
                     pub.flags.append(FLAG_EXTERNAL)
             pub.numbers.append(({"dataset": dataset, "kind": "best known", **threat_fp}, "accuracy", cell))
