@@ -115,7 +115,9 @@ def test_a_damaged_board_state_is_one_line(runs, tmp_path, capsys, damage):
     data = state.read_bytes()
     state.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "not gzip": b"{}"}[damage])
     code, _, err = lb(capsys, runs["b"], "--out", out)
-    one_line_error(code, err, str(out), STATE, "remove")
+    one_line_error(code, err, str(out), STATE, "unreadable", "new --out")
+    fresh = tmp_path / "fresh"  # the way out the message names works
+    assert lb(capsys, runs["a"], runs["b"], "--out", fresh)[0] == 0 and len(set(board(fresh)["model"])) == 2
 
 
 def test_the_outcomes_file_is_for_the_reader_not_the_boards_state(runs, tmp_path, capsys):

@@ -79,7 +79,8 @@ def _save_state(out: Path, title: str, records: list[RunRecord], published: list
 
 def _unreadable(out: Path, name: str, err: BaseException) -> LeaderboardError:
     return LeaderboardError(f"--out {out}: its board state {name} is unreadable ({type(err).__name__}: {err}); "
-                            f"remove {name} to rebuild the board from its run folders, or choose another --out")
+                            "nothing was written: rebuild the board into a new --out from its run folders (or "
+                            f"remove {out} first)")
 
 
 def _load_state(out: Path) -> tuple[str | None, list[RunRecord], list[str]]:
