@@ -215,7 +215,7 @@ def linf_range_problem(eps: float) -> str | None:
     if not eps > 1:
         return None
     hint = f" (did you mean '{eps:g}/255'?)" if float(eps).is_integer() and eps <= 255 else ""
-    return f"eps={eps:g} is beyond the Linf range of pixel-space images (values in [0, 1], so eps <= 1){hint}"
+    return f"is beyond the Linf range of pixel-space images (values in [0, 1], so eps <= 1){hint}"
 
 
 def resolve_attack(e: EvalSpec, amp: str | None, where: str) -> dict[str, Any]:
@@ -239,7 +239,7 @@ def resolve_attack(e: EvalSpec, amp: str | None, where: str) -> dict[str, Any]:
     eps = getattr(attack, "eps", None)
     beyond = linf_range_problem(eps) if eps is not None and attack.norm == "Linf" and attack.space == "pixel" else None
     if beyond:
-        raise SuiteError(f"{where}: attack {e.name}: {beyond}")
+        raise SuiteError(f"{where}: attack {e.name}: eps={eps:g} {beyond}")
     params = dict(getattr(attack, "params", None) or {})
     params.pop("seed", None)  # per unit: info["seed"] and the unit index determine it
     return {k: _plain(v) for k, v in params.items()}

@@ -96,9 +96,10 @@ def test_train_stops_at_a_non_finite_loss_naming_the_step(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("eps, expected", [
-    ("300/255", "--eps: objective.eps eps=1.17647 is beyond the Linf range of pixel-space images"),
-    ("8", "eps=8 is beyond the Linf range of pixel-space images (values in [0, 1], so eps <= 1) "
-          "(did you mean '8/255'?)"),
+    ("300/255", "--eps: objective.eps is beyond the Linf range of pixel-space images (values in [0, 1], so eps "
+                "<= 1), got 1.17647"),
+    ("8", "--eps: objective.eps is beyond the Linf range of pixel-space images (values in [0, 1], so eps <= 1) "
+          "(did you mean '8/255'?), got 8.0"),
 ])
 def test_train_refuses_eps_beyond_the_pixel_range_as_run_does(tmp_path, capsys, eps, expected):
     assert _train(tmp_path / "o", "--objective", "pgd-at", "--eps", eps) == 2
