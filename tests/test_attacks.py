@@ -91,8 +91,9 @@ def test_builtin_attacks_registered():
     assert grad == {"fgsm", "pgd", "cw", "sld", "autoattack", "apgd", "bpda"}  # transfer: the surrogate's
 
 
-@pytest.mark.parametrize("name", list_attacks())
+@pytest.mark.parametrize("name", [n for n in list_attacks() if getattr(ATTACKS.get(n), "task", "") != "segmentation"])
 def test_every_attack_respects_budget_and_is_deterministic(name, trained):
+    """Every classification attack (segmentation attacks: tests/test_segmentation_attacks.py)."""
     model, x, y = trained
     x, y = x[:8], y[:8]
     params = dict(FAST.get(name, {"eps": 4 / 255}))

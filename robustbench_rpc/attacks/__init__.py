@@ -33,6 +33,7 @@ from .adaptive import (
 from .sld import SparseL1Descent
 from .spsa import SPSA
 from .square import Square
+from . import segmentation  # noqa: F401,E402  (registers the segmentation attacks: pixel-pgd, segpgd, cospgd)
 
 #: the public API: attacks by name (registry, presets, the classes), running them and their outcomes, and the
 #: errors a caller catches. The trust checks (``checks``, ``adaptive.checks``), budget helpers (``budget``) and

@@ -318,6 +318,8 @@ class Attack:
 
     name: ClassVar[str] = "attack"
     gradient_based: ClassVar[bool] = True
+    #: what the model is checked to return during the attack ((B, C) logits; segmentation attacks: per pixel)
+    guard_class: ClassVar[type[nn.Module]] = LogitsGuard
     norms: ClassVar[tuple[str, ...]] = NORMS
     eps_required: ClassVar[bool] = True
 
@@ -395,7 +397,7 @@ class Attack:
         device = model_device(model, x.device)
         x, y = x.to(device), y.to(device)
         inner, to_working, to_pixel, box = self.working_space(model, device)
-        guard = LogitsGuard(inner)
+        guard = self.guard_class(inner)
         x = to_working(x)
         n = x.shape[0]
         size = self.batch_size or max(n, 1)
