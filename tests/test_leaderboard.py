@@ -130,7 +130,7 @@ def test_one_more_run_updates_the_board_without_rereading(runs, tmp_path):
     assert again["read"] == [str(runs["b"].resolve())] and not again["reused"]
     assert set(_board(out)["model"]) == {SYM, RPC, VIT}
     same = build_leaderboard([runs["a"], runs["b"]], out, log=lambda *_: None)
-    assert not same["read"] and len(same["reused"]) == 2  # nothing new: not one sample row read
+    assert not same["read"] and len(same["reused"]) == 2  # nothing new: no run read into the board again
 
 
 def test_same_model_different_outcomes_is_an_error_naming_runs_and_sample(runs, tmp_path, capsys):

@@ -189,6 +189,13 @@ def test_ctrl_c_is_one_line_and_keeps_the_previous_board(runs, tmp_path, capsys,
     assert code == 130 and len(err) == 1 and err[0].startswith("interrupted (Ctrl-C)") and str(out) in err[0]
     assert (out / STATE).read_bytes() == before
 
+    def terminated(*a, **k):
+        raise cli._Terminated()
+    monkeypatch.setattr(leaderboard, "read_run", terminated)
+    code, _, err = lb(capsys, runs["b"], "--out", out)
+    assert code == 143 and len(err) == 1 and err[0].startswith("terminated (SIGTERM)")
+    assert (out / STATE).read_bytes() == before
+
 
 def test_export_reports_each_file_once_when_two_rows_share_a_name(tmp_path, capsys):
     one = imagenet_run(tmp_path / "one", "my_vit", {"clean": 3896, "aa": 2982})

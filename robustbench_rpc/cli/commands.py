@@ -289,7 +289,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     except LeaderboardError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # the board's state is one file replaced atomically: the previous board stands
+    except KeyboardInterrupt as err:  # the board's state is one file replaced atomically: the previous board stands
+        if type(err) is not KeyboardInterrupt:  # SIGTERM: main() answers it (exit 143)
+            raise
         print(f"interrupted (Ctrl-C): {args.out} keeps the board it had before; rerun the same command",
               file=sys.stderr)
         return 130
