@@ -320,3 +320,18 @@ def test_recipe_refuses_an_unknown_per_epoch_diagnostic_and_keeps_old_recipes_un
         build_recipe(None, {"model.name": "symvit_micro_patch4_32", "validation.diagnostics": ["kpca_alignmnt"]})
     plain = build_recipe("symvit_micro_patch4_32")
     assert "diagnostics" not in plain.to_dict()["validation"]  # recipes without the key keep their hash
+
+
+def test_diagnose_writes_the_claims_table_and_plot(tmp_path):
+    from robustbench_rpc.cli.commands import main
+
+    out = tmp_path / "d"
+    rc = main(["diagnose", "--model", "vit_micro_patch4_32:packaged", "--limit", "4", "--diagnostic", "kpca_alignment",
+               "--diagnostic", "kpca_reconstruction_terms", "--diagnostic", "kpca_eigenvalues", "--out", str(out)])
+    assert rc == 0
+    claims = pd.read_csv(out / "kpca_claims.csv")
+    assert set(claims["side"]) == {"study"} and claims["n"].eq(4 * 4 * 4).all()  # images x layers x heads
+    assert (out / "plots" / "kpca_claims_vit_micro_patch4_32.png").is_file()
+    assert main(["diagnose", "--model", "vit_micro_patch4_32:packaged", "--limit", "4", "--diagnostic", "eq11",
+                 "--out", str(tmp_path / "e")]) == 0
+    assert not (tmp_path / "e" / "kpca_claims.csv").exists()  # the paper's side alone: no claims table

@@ -268,7 +268,8 @@ def _diagnose_args(add: Callable[..., argparse.ArgumentParser]) -> None:
     dg.add_argument("--attention-layers", default="all", metavar="LAYERS", help="blocks to patch (default all)")
     dg.add_argument("--attention-arg", action="append", metavar="KEY=JSON", help="variant parameter, e.g. lam=1")
     dg.add_argument("--diagnostic", action="append", metavar="NAME",
-                    help="diagnostic to run (repeatable; default all: pap, projection_loss, eq11)")
+                    help="diagnostic to run (repeatable; default all: pap, projection_loss, eq11, and the "
+                         "reproduction study's kpca_alignment, kpca_reconstruction_terms, kpca_eigenvalues)")
     dg.add_argument("--dataset", default="digits32", help="dataset name (default digits32)")
     dg.add_argument("--data-root", action="append", metavar="NAME=PATH", help="on-disk dataset root")
     dg.add_argument("--limit", type=int, default=256, help="N images of the dataset, spread evenly over its classes "
