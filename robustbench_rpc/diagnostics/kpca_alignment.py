@@ -100,7 +100,7 @@ def rbf_gram(x: torch.Tensor) -> torch.Tensor:
     diag = gram.diagonal()
     dist = diag.unsqueeze(0) - gram + (diag.unsqueeze(0) - gram).T
     nonzero = dist[dist != 0]
-    sigma2 = torch.median(nonzero) if nonzero.numel() else torch.ones((), dtype=x.dtype)
+    sigma2 = torch.median(nonzero) if nonzero.numel() else torch.ones((), dtype=x.dtype, device=x.device)
     return torch.exp(dist * (-0.5 / sigma2))
 
 
@@ -116,7 +116,7 @@ def alignment_metrics(v: torch.Tensor, v_kpca: torch.Tensor) -> dict[str, torch.
             cost = -sims[b, h].numpy()
             rows, cols = linear_sum_assignment(cost)
             optimal[b, h] = float(-cost[rows, cols].mean())
-            kernel[b, h] = _cka(rbf_gram(v[b, h]), rbf_gram(v_kpca[b, h]))
+            kernel[b, h] = float(_cka(rbf_gram(v[b, h]), rbf_gram(v_kpca[b, h])))
     linear = _cka(v @ v.transpose(-2, -1), v_kpca @ v_kpca.transpose(-2, -1))
     rel_frob = (v - v_kpca).pow(2).sum((-2, -1)).sqrt() / v.pow(2).sum((-2, -1)).sqrt()
     return {"align_cos_direct": direct.cpu(), "align_cos_optimal": optimal, "align_linear_cka": linear.cpu(),

@@ -76,7 +76,8 @@ def _alignment_claim(part: pd.DataFrame) -> tuple[list[tuple[str, str, dict]], s
         quantities.insert(0, ("paper", "Eq. 11 |γi-γj| / |γ| (heads)", _over_rows(spread)))
     core = {m: _pool(part, m)["mean"] for m in STUDY_MAXIMA}
     if all(v >= ALIGNED for v in core.values()):
-        reading = f"values match the KPCA prediction (optimal cos, linear and kernel CKA all >= {ALIGNED}): supports the paper"
+        reading = (f"values match the KPCA prediction (optimal cos, linear and kernel CKA all >= {ALIGNED}): "
+                   "supports the paper")
     elif all(v <= UNALIGNED for v in core.values()):
         reading = (f"no alignment (optimal cos, linear and kernel CKA all <= {UNALIGNED}; the study's ImageNet "
                    "models: <= 0.32 / 0.11 / 0.32): supports the study")
@@ -236,8 +237,9 @@ def claims_plots(df: pd.DataFrame, folder: Path, max_models: int = 8) -> list[Pl
         plots.append(_save(fig, folder, f"kpca_claims_{slug(model)}", f"Kernel-PCA claims: {model}",
                            "Left: the study's alignment metrics per layer (dotted: the study's maxima on ImageNet "
                            "ViTs). Middle: the two terms of the projection loss per layer on one log axis (the "
-                           "paper's own loss, with unscaled dot products, is in the table). Right: eigenvalue statistics with and without each "
-                           "adjustment. Bands and bars: ± sd over (image, head) pairs."))
+                           "paper's own loss, with unscaled dot products, is in the table). Right: eigenvalue "
+                           "statistics with and without each adjustment. Bands and bars: ± sd over (image, "
+                           "head) pairs."))
     return plots
 
 
@@ -268,7 +270,8 @@ def training_figure(metrics_csv: str | Path, png: str | Path, title: str = "") -
     ax.set_yscale("log")
     ax.set_title("the two terms (study's scaled form), one log axis", fontsize=9)
     ax = axes[2]
-    for col, label in (("diag_recon_rel_error_wrt_h", "|·| / ||h||²"), ("diag_recon_rel_error_wrt_phi", "|·| / ||φ(q)||²")):
+    for col, label in (("diag_recon_rel_error_wrt_h", "|·| / ||h||²"),
+                       ("diag_recon_rel_error_wrt_phi", "|·| / ||φ(q)||²")):
         ax.plot(m["epoch"], m[col], marker="o", ms=2.5, label=label)
     ax.set_yscale("log")
     ax.set_title("relative errors (study)", fontsize=9)
