@@ -296,7 +296,7 @@ class Plan:
 
     # -- step 4: output folder and datasets ---------------------------------------------------------------
     def _plan_datasets(self) -> None:
-        from .plan_checks import check_roots
+        from .plan_checks import check_input_size, check_roots
 
         self.run_name = self.suite.name
         self.out = Path(self.cfg.out) if self.cfg.out else Path("reports") / self.run_name
@@ -313,6 +313,7 @@ class Plan:
                                      f"({e.kind}:{e.name}) has {len(classes)}; pass --model-arg num_classes=... "
                                      "or evaluate on a matching dataset")
         check_roots(self)
+        check_input_size(self)
 
     # -- what the run reads -------------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:

@@ -141,6 +141,29 @@ def check_roots(plan: "Plan") -> None:
                              f"{', '.join(sorted(reads))}); drop the flag or add an evaluation that uses it")
 
 
+def check_input_size(plan: "Plan") -> None:
+    """The images each dataset gives must have the size the models' contract declares: a dataset of fixed-size
+    images (digits32, CIFAR) is not resized by the contract, so a contract that says otherwise (a typo in
+    --input-size or data_config) would be silently ignored and the models fed images of another size."""
+    want = tuple(int(v) for v in plan.data_config["input_size"])
+    seen: set[str] = set()
+    for e in plan.evals:
+        on_the_fly = e.kind == "corruption" and e.params["source"] == "on-the-fly"
+        if e.dataset in seen or not (on_the_fly or e.kind in ("clean", "attack", "ood", "shift", "diagnostics")):
+            continue
+        seen.add(e.dataset)
+        ds = plan.base_dataset(e.dataset)
+        if not len(ds):
+            continue
+        shape = tuple(getattr(ds[0][0], "shape", ()))
+        if shape and shape != want:
+            models = ", ".join(m.spec for m in plan.models)
+            raise SuiteError(f"input size {want} of {models} (its evaluation contract, or data_config / "
+                             f"--input-size) disagrees with dataset '{e.dataset}', whose images are {shape} and are "
+                             f"not resized to the contract: declare input_size={shape}, or evaluate on a dataset the "
+                             "contract's preprocessing resizes (folder, imagenet)")
+
+
 def _constructor_names(cls: type) -> set[str]:
     """Named constructor parameters of an attention class and its bases (not ``*args`` / ``**kwargs``)."""
     names: set[str] = set()
