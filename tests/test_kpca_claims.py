@@ -335,3 +335,11 @@ def test_diagnose_writes_the_claims_table_and_plot(tmp_path):
     assert main(["diagnose", "--model", "vit_micro_patch4_32:packaged", "--limit", "4", "--diagnostic", "eq11",
                  "--out", str(tmp_path / "e")]) == 0
     assert not (tmp_path / "e" / "kpca_claims.csv").exists()  # the paper's side alone: no claims table
+
+
+def test_a_run_without_the_studys_diagnostics_has_no_claims_section(tmp_path):
+    from robustbench_rpc.reports.kpca_claims import claims_plots, claims_table
+
+    pap_only = pd.DataFrame([{"model": "m", "model_key": "m", "input": "clean", "layer": 0, "head": 0,
+                              "iteration": 1, "s_fraction": 0.1, "n": 4}])
+    assert claims_table(pap_only) is None and claims_plots(pap_only, tmp_path) == []

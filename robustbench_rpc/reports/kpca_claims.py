@@ -192,6 +192,8 @@ def claims_plots(df: pd.DataFrame, folder: Path, max_models: int = 8) -> list[Pl
 
     from .plots import _save
 
+    if not has_claims(df):
+        return []
     d = df[(df["iteration"] == 0) & (df["input"] == "clean")].dropna(subset=["align_cos_optimal"])
     plots = []
     for mk in list(dict.fromkeys(d["model_key"]))[:max_models]:
