@@ -4,14 +4,15 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_rpc.attacks import ModelOutputError, get_attack
+from robustbench_rpc.attacks import ATTACKS as REGISTRY, ModelOutputError, get_attack, list_attacks
 from robustbench_rpc.attacks.budget import budget_violations, lp_norms
 from robustbench_rpc.data.segmentation import digits_seg64
 from robustbench_rpc.metrics_seg import batch_areas, seg_metrics
 from robustbench_rpc.models import load_model
 from robustbench_rpc.models.sliding import SlidingWindow
 
-ATTACKS = ("pixel-pgd", "segpgd", "cospgd")
+# every registered segmentation attack, so one registered later is tested the day it is registered
+ATTACKS = [n for n in list_attacks() if getattr(REGISTRY.get(n), "task", "") == "segmentation"]
 EPS = {"Linf": 8 / 255, "L2": 0.5}
 
 
@@ -53,6 +54,10 @@ def test_attack_stays_within_budget_lowers_miou_and_is_seeded(name, norm, canvas
     assert attacked < clean - 0.02, (name, norm, clean, attacked)
     assert torch.equal(adv, attack(model, x, masks))
     assert attack.spec()["name"] == name and attack.spec()["alpha"] == pytest.approx(2.5 * EPS[norm] / 5)
+
+
+def test_the_segmentation_attacks_are_registered():
+    assert {"pixel-pgd", "segpgd", "cospgd"} <= set(ATTACKS)
 
 
 def test_losses_are_the_papers_formulas():

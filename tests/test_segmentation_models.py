@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import robustbench_rpc
-from robustbench_rpc.attention import SymmetricAttention, patch_attention, register_attention
+from robustbench_rpc.attention import (
+    SymmetricAttention, get_attention, list_attentions, patch_attention, register_attention,
+)
 from robustbench_rpc.cli.commands import main
 from robustbench_rpc.models import MODELS, CheckpointError, create_model, load_model
 from robustbench_rpc.models.contract import ModelContractError, task_of
@@ -122,6 +124,24 @@ def test_plug_in_attention_variant_plugs_in_unchanged():
     # and as the backbone's constructor argument, as timm takes attention
     built = create_model("segmenter_linear_symvit_micro", attn_layer=CountingAttention)
     assert all(isinstance(b.attn, CountingAttention) for b in built.encoder.blocks)
+
+
+@pytest.mark.parametrize("variant", list_attentions())
+def test_every_registered_attention_variant_drives_a_segmenter(variant):
+    """Each variant patched into a Segmenter's encoder (on the variant's own host backbone where it lives in
+    another block kind): finite per-pixel logits, gradients to the input and to the variant's weights."""
+    torch.manual_seed(0)
+    cls = get_attention(variant)
+    host = getattr(cls, "host_model", "symvit_micro_patch4_32")
+    kwargs = dict(getattr(cls, "host_kwargs", None) or dict(embed_dim=32, depth=2, num_heads=2))
+    kwargs.pop("num_classes", None)
+    kwargs.setdefault("img_size", 32)
+    model = create_model("segmenter_mask_symvit_micro", backbone=host, num_classes=3, **kwargs).train()
+    patch_attention(model, variant, allow_reinit=True)
+    side = kwargs["img_size"]
+    _check_forward_backward(model, torch.rand(2, 3, side, side), 3)
+    attn = [m for m in model.encoder.modules() if isinstance(m, cls)]
+    assert attn and any(p.grad is not None and p.grad.abs().sum() > 0 for m in attn for p in m.parameters())
 
 
 def test_wrong_backbone_and_size_are_one_line_errors():
