@@ -79,6 +79,10 @@ class Runner:
             reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
             raise RunFolderError(f"--out {p.out}: cannot write the results store there ({reason})") from None
         self.store = store
+        partial = store.partial_units()  # sample rows deleted or added since they were written: recomputed, said
+        if partial:
+            self.log(f"note: {p.out / STORE_NAME} holds {len(partial)} unit(s) whose sample rows disagree with their "
+                     f"units row ({partial[0]}): they are recomputed")
         old = store.get_meta("settings")
         if old is not None and "amp" not in old:  # written before the precision was a setting
             stored = (store.get_meta("manifest") or {}).get("extra", {}).get("precision") or next(

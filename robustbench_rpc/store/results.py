@@ -29,8 +29,11 @@ and on close, so the file alone (copied elsewhere, or with its -wal deleted) is 
 behind during a run and complete after it. A unit whose sample rows went missing later (an edited or
 damaged file) is not done (:meth:`ResultsStore.done_units`): a resume recomputes it.
 
-Damage: opening checks the file (``PRAGMA quick_check`` and a read of every JSON value) and any SQLite
-error while reading becomes one :class:`StoreCorruptError` line naming the store and what to do.
+Damage: opening checks the file (``PRAGMA quick_check`` and a read of every JSON value) and the rows SQLite
+cannot judge (``impossible_rows``: values no run writes; ``partial_units``: units whose sample rows disagree with
+their ``units`` row, which a reader refuses and a resume recomputes, saying so): the checks ``verify`` runs, less
+the full ``integrity_check``. Any SQLite error while reading becomes one :class:`StoreCorruptError` line naming
+the store and what to do.
 
 Concurrency: one writer process (rank 0), which holds ``<folder>/.lock`` (``lock_folder``: an OS-level
 ``flock``, released by the OS when the process ends, so a killed run never blocks its resume) for the
@@ -95,16 +98,17 @@ class ResultsStore:
     opens an existing file without ever writing to it (reports use this); a missing file is an error.
     """
 
-    def __init__(self, path: str | Path, *, readonly: bool = False, timeout: float = 60.0):
+    def __init__(self, path: str | Path, *, readonly: bool = False, timeout: float = 60.0, check_rows: bool = True):
         self.path = Path(path)
         self.readonly = readonly
+        self._check_rows = check_rows
         self._lock = threading.RLock()
         self._last_checkpoint = time.monotonic()
         self._n_expected: dict[str, int] = {}  # eval_key -> n_samples: a unit that completes one checkpoints
         if readonly and not self.path.is_file():
             raise FileNotFoundError(f"results store not found: {self.path}")
         try:
-            self._open(timeout)
+            self._open(timeout, check_rows)
         except BaseException:
             con = getattr(self, "_con", None)
             if con is not None:
@@ -112,7 +116,7 @@ class ResultsStore:
                     con.close()
             raise
 
-    def _open(self, timeout: float) -> None:
+    def _open(self, timeout: float, check_rows: bool) -> None:
         if self.readonly:
             uri = f"{self.path.resolve().as_uri()}?mode=ro"
             self._con = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False,
@@ -120,6 +124,8 @@ class ResultsStore:
             self._con.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             self._check_schema_version()
             self._check_integrity()
+            if check_rows:
+                self._refuse_damaged_rows(partial_too=True)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._con = sqlite3.connect(str(self.path), timeout=timeout, check_same_thread=False,
@@ -156,6 +162,8 @@ class ResultsStore:
                                 (json.dumps(version),))
         self._check_schema_version()
         self._check_integrity(structure=False)
+        if check_rows:  # a resume recomputes units that lost rows (``partial_units``); impossible values: refused
+            self._refuse_damaged_rows(partial_too=False)
 
     # ------------------------------------------------------------------------------------ plumbing
     def _check_schema_version(self) -> None:
@@ -196,6 +204,63 @@ class ResultsStore:
                 self._con.execute('SELECT model_key, eval_key, "check", status, message FROM checks').fetchall()
         except sqlite3.DatabaseError as e:
             raise corrupt_error(self.path, e) from e
+
+    def _refuse_damaged_rows(self, partial_too: bool) -> None:
+        """Refuse, in one line, rows no run writes (:meth:`impossible_rows`) and, for a reader (``partial_too``),
+        units whose sample rows disagree with their ``units`` row: tables built from them would be wrong."""
+        try:
+            problems = self.impossible_rows()
+            partial = self.partial_units() if partial_too else []
+        except sqlite3.DatabaseError as e:
+            raise corrupt_error(self.path, e) from e
+        if problems:
+            more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+            raise corrupt_error(self.path, f"{problems[0]}{more}")
+        if partial:
+            more = f" and {len(partial) - 1} more" if len(partial) > 1 else ""
+            raise StoreCorruptError(
+                f"the results store {self.path} is damaged ({partial[0]}{more}): tables built from it would count "
+                f"the wrong samples: rerun the same `robustbench-rpc run` into {self.path.parent} to recompute "
+                "those units, or restore the store from a copy")
+
+    def partial_units(self) -> list[str]:
+        """Units whose sample rows disagree with their ``units`` row (a deleted, added or moved sample row), and
+        sample rows of no unit: one text each, e.g. 'unit 0 of (m, e) records n=8 but holds 7 sample rows'. What
+        :meth:`verify` and ``robustbench-rpc verify`` report too; one pass over the units and the samples'
+        unit index."""
+        bad = self._query(
+            "SELECT u.model_key, u.eval_key, u.unit, u.n, (SELECT COUNT(*) FROM samples s WHERE s.model_key = "
+            "u.model_key AND s.eval_key = u.eval_key AND s.unit = u.unit) AS c FROM units u WHERE c != u.n")
+        out = [f"unit {u} of ({m}, {e}) records n={n} but holds {c} sample rows" for m, e, u, n, c in bad]
+        orphans = self._query(
+            "SELECT COUNT(*) FROM samples s WHERE NOT EXISTS (SELECT 1 FROM units u WHERE u.model_key = s.model_key "
+            "AND u.eval_key = s.eval_key AND u.unit = s.unit)")[0][0]
+        if orphans:
+            out.append(f"{orphans} sample rows belong to no committed unit")
+        return out
+
+    def impossible_rows(self) -> list[str]:
+        """Sample rows holding values no evaluation writes (an edited or damaged row that SQLite's quick_check
+        passes, as it does not check CHECK constraints): a 0/1 column with another value, a confidence outside
+        [0, 1], a negative prediction or perturbation norm, top-1 correct but not top-5. One text per kind, with
+        its count and a first sample."""
+        missing = getattr(self, "_missing_columns", set())
+        rules = [(f"{c} not 0/1", f"{c} IS NOT NULL AND {c} NOT IN (0, 1)") for c in sorted(BOOL_COLUMNS)]
+        rules += [("confidence outside [0, 1]", "NOT (confidence BETWEEN 0 AND 1)"),
+                  ("a negative prediction", "pred < 0"),  # labels may be -1 (OOD images have no class)
+                  ("a negative perturbation norm", "linf < 0 OR l2 < 0"),
+                  ("top-1 correct but not top-5", "correct1 = 1 AND correct5 = 0"),
+                  ("plain top-1 correct but not top-5", "plain_correct1 = 1 AND plain_correct5 = 0"),
+                  ("clean top-1 correct but not top-5", "clean_correct1 = 1 AND clean_correct5 = 0")]
+        out = []
+        for what, where in rules:
+            if any(c in where for c in missing):
+                continue
+            rows = self._query(f"SELECT COUNT(*), MIN(eval_key || ' sample ' || sample_id) FROM samples WHERE {where}")
+            count, first = rows[0]
+            if count:
+                out.append(f"{count} sample row(s) with {what}, e.g. evaluation {first}")
+        return out
 
     def _loads(self, text: str, what: str) -> Any:
         try:
@@ -493,20 +558,11 @@ class ResultsStore:
         return [r[0] for r in self._query("PRAGMA integrity_check") if r[0] != "ok"]
 
     def verify(self) -> list[str]:
-        """Integrity problems (empty list = none): SQLite's own check, and units whose stored row
-        count differs from the count recorded with them."""
-        problems = self.integrity_check()
-        bad = self._query(
-            "SELECT u.model_key, u.eval_key, u.unit, u.n, COUNT(s.sample_id) FROM units u "
-            "LEFT JOIN samples s ON s.model_key = u.model_key AND s.eval_key = u.eval_key "
-            "AND s.unit = u.unit GROUP BY u.model_key, u.eval_key, u.unit HAVING COUNT(s.sample_id) != u.n")
-        problems += [f"unit {u} of ({m}, {e}) records n={n} but has {c} sample rows" for m, e, u, n, c in bad]
-        orphans = self._query(
-            "SELECT COUNT(*) FROM samples s LEFT JOIN units u ON s.model_key = u.model_key AND "
-            "s.eval_key = u.eval_key AND s.unit = u.unit WHERE u.unit IS NULL")[0][0]
-        if orphans:
-            problems.append(f"{orphans} sample rows belong to no committed unit")
-        return problems
+        """Integrity problems (empty list = none): SQLite's own full check, units whose stored row count
+        differs from the count recorded with them, and rows holding values no run writes. Opening the store
+        runs the two last (cheap) ones: a reader refuses both, a writer (a resume) refuses the impossible rows
+        and recomputes the partial units."""
+        return self.integrity_check() + self.partial_units() + self.impossible_rows()
 
     # ---------------------------------------------------------------------------------- checks
     def write_check(self, model_key: str | None, eval_key: str | None, check: str, status: str,
