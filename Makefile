@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,docs]'  # docs: the site's build is a test
 	$(PY) -m pip install --quiet --no-deps 'robustbench==1.1.1'  # the reference loaders the tests compare with
 	$(PY) -m pip install --quiet --no-deps 'cleverhans==4.0.0'  # cw-cleverhans is checked side by side with it (its torch attacks need only torch, numpy, scipy)
+	$(PY) -m pip install --quiet 'foolbox==3.3.4'  # fmn and ddn are checked side by side with it (with deps: it imports eagerpy and GitPython)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -26,6 +26,10 @@ from .noise import UniformNoise
 from .pgd import PGD
 from .presets import PRESETS, eps_grid, get_preset, list_presets, register_preset
 from .apgd import APGD
+from . import ddn, fab, fmn  # noqa: F401,E402  (registers the minimum-norm attacks)
+from .ddn import DDN
+from .fab import FAB
+from .fmn import FMN
 from . import adaptive  # noqa: E402  (registers bpda and transfer; imports the attacks above)
 from .adaptive import (
     BPDA, Transfer, check_adaptive_gap, check_eps_zero_identity, check_softmax_output, model_dynamics,
@@ -39,8 +43,9 @@ from . import segmentation  # noqa: F401,E402  (registers the segmentation attac
 #: errors a caller catches. The trust checks (``checks``, ``adaptive.checks``), budget helpers (``budget``) and
 #: ``model_dynamics`` are imported above for the harness, and are reached through their modules.
 __all__ = [
-    "ATTACKS", "PRESETS", "APGD", "BPDA", "CW", "CWCleverhans", "FGSM", "PGD", "SPSA", "SparseL1Descent", "Square",
-    "Transfer", "UniformNoise", "AutoAttack", "Attack", "GradientAttack", "AttackOutcomes", "EOTModel",
+    "ATTACKS", "PRESETS", "APGD", "BPDA", "CW", "CWCleverhans", "DDN", "FAB", "FGSM", "FMN", "PGD", "SPSA",
+    "SparseL1Descent", "Square", "Transfer", "UniformNoise", "AutoAttack", "Attack", "GradientAttack",
+    "AttackOutcomes", "EOTModel",
     "BudgetError", "FewClassesWarning", "ModelOutputError", "attack_class", "attack_outcomes", "eps_grid",
     "get_attack", "get_preset", "list_attacks", "list_presets", "register_attack", "register_preset", "worst_case",
 ]

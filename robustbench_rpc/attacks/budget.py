@@ -18,9 +18,12 @@ from numbers import Real
 import torch
 
 NORMS = ("Linf", "L2", "L1")
+#: L0 (the number of changed values, counted over every channel as foolbox does) is a norm only some attacks
+#: take (``fmn``); it is kept out of NORMS so an attack's default threat models stay the dense ones
+SPARSE_NORMS = ("L0",)
 SPACES = ("pixel", "normalized")
 LABELS = ("true", "predicted")
-_NORM_ALIASES = {"linf": "Linf", "inf": "Linf", "l_inf": "Linf", "l2": "L2", "l1": "L1"}
+_NORM_ALIASES = {"linf": "Linf", "inf": "Linf", "l_inf": "Linf", "l2": "L2", "l1": "L1", "l0": "L0"}
 # Higham & Mary's probabilistic bound: a float32 norm over n values is within lambda sqrt(n) u (relative)
 # with probability >= 1 - 2 n exp(-lambda^2 (1 - u)^2 / 2); lambda = 10: failure 6e-17 at n = 3x224x224.
 NORM_LAMBDA = 10.0
@@ -29,12 +32,12 @@ NORM_LAMBDA = 10.0
 def canonical_norm(norm: str) -> str:
     """'linf' / 'Linf' / 'inf' -> 'Linf' etc.; anything else raises ValueError naming the option."""
     if isinstance(norm, str):
-        if norm in NORMS:
+        if norm in NORMS or norm in SPARSE_NORMS:
             return norm
         key = norm.strip().lower()
         if key in _NORM_ALIASES:
             return _NORM_ALIASES[key]
-    raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
+    raise ValueError(f"norm must be one of {', '.join(NORMS + SPARSE_NORMS)}; got {norm!r}")
 
 
 def validate_norm(norm: str, supported: tuple[str, ...], attack: str) -> str:
@@ -117,6 +120,8 @@ def lp_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
         return flat.norm(p=2, dim=1)
     if norm == "L1":
         return flat.abs().sum(dim=1)
+    if norm == "L0":
+        return (flat != 0).sum(dim=1).to(flat.dtype if flat.is_floating_point() else torch.float32)
     raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
 
 
@@ -141,6 +146,19 @@ def project_l1_ball(delta: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.where(inside, flat, shrunk).reshape(delta.shape)
 
 
+def project_l0_ball(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Keep each sample's floor(eps) largest-magnitude values and zero the rest (the Euclidean projection onto
+    the L0 ball; ties at the threshold are broken by position, so exactly floor(eps) survive)."""
+    flat = delta.reshape(delta.shape[0], -1)
+    k = min(int(math.floor(eps)), flat.shape[1])
+    if k >= flat.shape[1]:
+        return delta
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    if k > 0:
+        keep.scatter_(1, flat.abs().topk(k, dim=1).indices, True)
+    return torch.where(keep, flat, torch.zeros_like(flat)).reshape(delta.shape)
+
+
 def project_delta(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     """Map a perturbation into the norm ball of radius eps (per sample)."""
     if norm == "Linf":
@@ -150,6 +168,8 @@ def project_delta(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
         return delta * _view(torch.clamp(eps / n, max=1.0), delta)
     if norm == "L1":
         return project_l1_ball(delta, eps)
+    if norm == "L0":
+        return project_l0_ball(delta, eps)
     raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
 
 
