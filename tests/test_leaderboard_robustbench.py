@@ -190,7 +190,7 @@ def test_external_unreliable_footnote_and_extra_data_are_shown(tmp_path):
 # --------------------------------------------------------------------------------------- export
 
 def imagenet_run(folder: Path, model: str, counts: dict[str, int], reduced: bool = False,
-                 checkpoint: str | None = None) -> Path:
+                 checkpoint: str | None = None, corruptions: dict[tuple[str, int], int] | None = None) -> Path:
     """A store shaped like ``run --suite robustbench`` on RobustBench's 5,000 ImageNet ids plus the adaptive
     preset's APGD (marked ``adaptive = true``) at the same budget; ``counts``: correct images per
     evaluation (the adaptive attack's correct set is a subset of AutoAttack's)."""
@@ -217,6 +217,12 @@ def imagenet_run(folder: Path, model: str, counts: dict[str, int], reduced: bool
                                                  "adversarial_format": "robustbench-pt", "norm": "Linf",
                                                  "eps": eps, "accuracy": "robust"},
                                       "resolved": {"file": str(folder / "given.pt")}})
+        for (name, severity), k in (corruptions or {}).items():
+            key = f"{name}-{severity}"
+            s.register_evaluation(key, {**common, "dataset": "imagenet-c", "kind": "corruption", "name": name,
+                                        "params": {"corruption": name, "severity": severity,
+                                                   "source": "imagenet-c"}})
+            counts = {**counts, key: k}
         for key, k in counts.items():
             correct = [1] * k + [0] * (5000 - k)
             s.write_unit("m1", key, 0, {"sample_id": list(range(5000)), "label": [0] * 5000,
@@ -296,3 +302,15 @@ def test_board_csv_ranks_are_integers_and_eps_labels_use_the_spec(tmp_path):
     assert len(ranks) and ranks.str.fullmatch(r"\d+").all()  # "1", never "1.0", beside unranked rows
     assert "best known Linf 1/255" in set(board["column"]) and not board["column"].str.contains("0.003922").any()
     assert board[board["model"] == "B"]["rank"].isna().all()  # no robust number: unranked, still integer column
+
+
+def test_a_corruption_set_smaller_than_robustbenchs_is_not_exported_under_its_fields(tmp_path, capsys):
+    three = {(c, sev): 3000 - 100 * sev for c in ("gaussian_noise", "fog", "jpeg_compression") for sev in (1, 3, 5)}
+    run = imagenet_run(tmp_path / "c", "my_vit", {"clean": 3896, "aa": 2982}, corruptions=three)
+    out = tmp_path / "board"
+    assert cli.main(["leaderboard", str(run), "--out", str(out), "--export-model-info"]) == 0
+    printed = capsys.readouterr().out
+    assert "not exported: my_vit corruptions: corruption acc (3 corruptions x 3 severities)" in printed
+    assert not (out / "model_info" / "imagenet" / "corruptions").exists()
+    doc = json.loads((out / "model_info" / "imagenet" / "Linf" / "my_vit.json").read_text())
+    assert doc["corruptions_acc"] is None and doc["autoattack_acc"] == "59.64"
