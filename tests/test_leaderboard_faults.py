@@ -4,6 +4,7 @@ lies, an unknown --rank-by, Ctrl-C. Each outcome is one line (or a flag on the b
 a lost file or a number that was not measured the way its column says."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -268,3 +269,25 @@ def test_html_in_a_published_name_is_escaped_in_markdown(tmp_path, capsys):
     md = (out / "leaderboard.md").read_text()
     assert "<img" not in md and "&lt;img src=x onerror=alert(1)&gt;" in md
     assert "<img" not in (out / "index.html").read_text()
+
+
+def test_a_board_folder_from_before_the_one_file_state_is_read_and_converted(runs, tmp_path, capsys):
+    """A board written as board.json + outcomes.csv.gz (the state's earlier two-file form) still updates; its
+    state is then the one file."""
+    out = tmp_path / "board"
+    assert lb(capsys, runs["a"], "--out", out)[0] == 0
+    before = board(out)
+    meta = json.loads(gzip.decompress((out / STATE).read_bytes()))
+    entries, frames = [], []
+    for src in meta["sources"]:
+        for e in src.pop("entries"):
+            outcomes = pd.DataFrame(e.pop("outcomes"))
+            frames.append(outcomes.assign(run=e["run"], model_key=e["model_key"], eval_key=e["eval_key"]))
+            entries.append(e)
+    (out / "board.json").write_text(json.dumps({**meta, "version": 1, "entries": entries}))
+    pd.concat(frames).to_csv(out / "outcomes.csv.gz", index=False)
+    (out / STATE).unlink()
+    code, printed, _ = lb(capsys, "--out", out)
+    assert code == 0 and "1 kept from the board" in printed and (out / STATE).is_file()
+    assert not (out / "board.json").exists()
+    pd.testing.assert_frame_equal(board(out), before)
