@@ -173,10 +173,15 @@ class SegmentationFiles(SegmentationDataset):
     """Image/mask file pairs read on access; the mask is checked against its image's size and the classes."""
 
     def __init__(self, pairs: list[tuple[str, str]], name: str, classes: Sequence[str], *,
-                 reduce_zero_label: bool = False, ignore_index: int = IGNORE_INDEX):
+                 reduce_zero_label: bool = False, ignore_index: int = IGNORE_INDEX,
+                 sample_ids: Sequence[int] | None = None):
         self.pairs, self.name, self.classes = pairs, name, tuple(classes)
         self.reduce_zero_label, self.ignore_index = reduce_zero_label, ignore_index
         self.files = [image for image, _ in pairs]  # what data/images.py's pre-compute scan reads
+        # an image's id is its index in the clean set, so a corrupted copy pairs with its clean image
+        self.sample_ids = list(range(len(pairs))) if sample_ids is None else [int(i) for i in sample_ids]
+        if len(self.sample_ids) != len(pairs):
+            raise ValueError(f"{len(self.sample_ids)} sample ids for {len(pairs)} images")
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -191,7 +196,7 @@ class SegmentationFiles(SegmentationDataset):
         labels = encode_labels(raw, self.num_classes, reduce_zero_label=self.reduce_zero_label,
                                ignore_index=self.ignore_index, path=mask_path)
         x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-        return x, torch.from_numpy(labels), i
+        return x, torch.from_numpy(labels), self.sample_ids[i]
 
     def check_all(self) -> None:
         """Read every pair once and raise the first bad one's line (before any compute)."""
