@@ -198,3 +198,53 @@ def test_keyscale_threshold_is_scale_invariant_and_rpc_unchanged():
     assert fractions["rpc_keyscale", 0.2] == fractions["rpc_keyscale", 1.0] == fractions["rpc_keyscale", 5.0]
     assert fractions["rpc", 0.2] == 0.0 and fractions["rpc", 5.0] > 0.5  # the paper's threshold is not
     assert fractions["rpc", 1.0] == pytest.approx(fractions["rpc_keyscale", 1.0])  # equal at mean|K| ~ 1
+
+
+def test_diagnose_s_of_the_shipped_rpc_model_is_a_plain_statement_of_paps_iterations(tmp_path):
+    """``diagnose``'s fraction of non-zero entries of S per layer, head and iteration, on the shipped RPC model
+    and 256 digits, against PAP's iterations written out plainly (with Y, in float64) on the keys of the
+    model's own forward: equal to 1e-5 (one entry of S across the threshold is 3.8e-6 here)."""
+    from robustbench_rpc.cli.commands import main
+    from robustbench_rpc.evaluation.plan import Plan, RunConfig
+    from robustbench_rpc.evaluation.suite import suite_from_dict
+
+    spec, out = "rpc_symvit_micro_patch4_32:packaged", tmp_path / "diag"
+    assert main(["diagnose", "--model", spec, "--limit", "256", "--batch-size", "128", "--diagnostic", "pap",
+                 "--out", str(out), "--no-plots"]) == 0
+    got = pd.read_csv(out / "diagnostics.csv").query("input == 'clean'")
+    plan = Plan(RunConfig(suite=suite_from_dict({"name": "diagnose", "evaluation": [{"kind": "diagnostics"}]},
+                                                "diagnose"), models=[spec], limit=256, out=tmp_path / "plan"),
+                log=lambda *_: None)
+    ds = plan.base_dataset(plan.dataset)  # the images diagnose read
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    model = robustbench_rpc.load_model("rpc_symvit_micro_patch4_32", checkpoint="packaged").eval()
+    net = model.model
+    inputs = _inputs_of_attention(net, (x - model.mean) / model.std)
+    compared = 0
+    for layer, b in enumerate(net.blocks):
+        if not getattr(b.attn, "exposes_iterates", False):
+            continue
+        k, v = b.attn.keys_values(inputs[layer])
+        ref = _reference_pap(k.double(), v.double(), b.attn.n_iter, b.attn.lam, b.attn.embed_dim, b.attn.scale)
+        for t, stats in enumerate(ref, start=1):
+            rows = got[(got.layer == layer) & (got.iteration == t)].sort_values("head")
+            diff = (torch.tensor(rows.s_fraction.to_numpy()) - stats["s_fraction"].double()).abs().max()
+            assert float(diff) <= 1e-5, (layer, t, float(diff))
+            compared += len(rows)
+    assert compared == 16 and 0 < got.s_fraction.mean() < 1  # one PAP layer, 4 heads x 4 iterations
+
+
+def test_iterates_are_recorded_in_the_forward_the_model_runs(tiny_kwargs):
+    from robustbench_rpc.diagnostics import record_iterates
+
+    torch.manual_seed(0)
+    model = timm.create_model("rpc_symvit_micro_patch4_32", rpc_layers="all", **tiny_kwargs).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        plain = model(x)
+    paths = []
+    with record_iterates(model, lambda layer, a: lambda it, **kw: paths.append(a.fused_attn)):
+        with torch.no_grad():
+            recorded = model(x)
+    assert paths and all(paths)  # the fused path the model runs, not a stand-in
+    assert torch.equal(recorded, plain)

@@ -8,7 +8,7 @@ NeurIPS 2024. Per head, with K the keys (B, H, N, d) and C the full embedding di
     repeat n_iter times:
         S  = soft_threshold(K - L + Y/mu, lambda*mu)
         K2 = K - S - Y/mu
-        L  = softmax(K2 K2^T / sqrt(d)) V     # fused SDPA; explicit path kept for diagnostics
+        L  = softmax(K2 K2^T / sqrt(d)) V     # fused SDPA (an explicit path for reference)
         Y  = Y + mu * (K - L - S)
     output L  (then the usual output projection)
 
@@ -19,7 +19,7 @@ Checked against the paper's public code, ``Attack/softmax.py`` (``Attention`` wi
 PAP (its ``layer``: -1 all, else that block) is decided by the model, see ``models.loading.resolve_model``.
 
 Diagnostics: the module exposes its iterates (``exposes_iterates = True``). When ``iterate_recorder`` is set
-(``robustbench_rpc.diagnostics.record_iterates`` does it, and switches to the explicit path), it is called
+(``robustbench_rpc.diagnostics.record_iterates`` does it, leaving the forward's path as it is), it is called
 once per iteration with ``(iteration, k=K, S=S, L=L, Z=Y/mu, mu=mu, tau=lambda*mu)``; unset (the default),
 the forward pays one attribute test per iteration.
 
@@ -239,9 +239,9 @@ class PrincipalAttentionPursuit:
             else:
                 k2, P_next = _PAPStep.apply(k, P, L, tau, False, mode)
             L_next = attend(k2)
-            if rec is not None:  # diagnostics only: recompute the iterates the step keeps to itself
-                with torch.no_grad():
-                    r = k + P - 2 * L
+            if rec is not None:  # diagnostics only: recompute the iterates the step keeps to itself, with the
+                with torch.no_grad():  # step's own kernels, so S is bit for bit the one the forward thresholded
+                    r = torch.add(k, P).add_(L, alpha=-2.0)
                     rec(it, k=k, S=soft_threshold(r, tau), L=L_next, Z=P - L, mu=mu, tau=tau)
             if not last:
                 P = P_next

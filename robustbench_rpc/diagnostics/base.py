@@ -122,14 +122,15 @@ def explicit_path(model: nn.Module) -> Iterator[None]:
 @contextlib.contextmanager
 def record_iterates(model: nn.Module, recorder_for) -> Iterator[list[int]]:
     """Set ``iterate_recorder = recorder_for(layer, module)`` on every attention module that exposes its
-    iterates (``exposes_iterates = True``, e.g. ``rpc``), on the explicit path; yields their layer indices.
-    Recorders are removed (and the fused setting restored) on exit, whatever happens."""
+    iterates (``exposes_iterates = True``, e.g. ``rpc``); yields their layer indices. The forward runs as the
+    model runs it (fused SDPA where the model uses it): the recorded iterates are those of the forward that
+    produces the model's outputs, not of a stand-in path whose rounding moves entries across PAP's threshold.
+    Recorders are removed on exit, whatever happens."""
     mods = [(i, a) for i, a in attention_blocks(model) if getattr(a, "exposes_iterates", False)]
     try:
-        with explicit_path(model):
-            for i, a in mods:
-                a.iterate_recorder = recorder_for(i, a)
-            yield [i for i, _ in mods]
+        for i, a in mods:
+            a.iterate_recorder = recorder_for(i, a)
+        yield [i for i, _ in mods]
     finally:
         for _, a in mods:
             a.iterate_recorder = None
@@ -155,7 +156,7 @@ def run_diagnostics(model: nn.Module, images: torch.Tensor, names: Iterable[str]
     names = list(names) if names else list_diagnostics()
     diags = [DIAGNOSTICS.get(n)(**(params or {}).get(n, {})) for n in names]
     device = next(model.parameters()).device
-    was_training = model.training
+    flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with contextlib.ExitStack() as stack:
@@ -164,7 +165,8 @@ def run_diagnostics(model: nn.Module, images: torch.Tensor, names: Iterable[str]
             for i in range(0, len(images), batch_size):
                 model(images[i:i + batch_size].to(device))
     finally:
-        model.train(was_training)
+        for m, flag in flags:  # each module's own flag back, as given
+            m.training = flag
     rows = merge_rows([d.rows() for d in diags], ("layer", "head", "iteration"))
     axes = merge_rows([d.axis_rows() for d in diags], ("layer", "head", "iteration", "axis"))
     return rows, axes

@@ -4,7 +4,8 @@ Source: Teo & Nguyen, NeurIPS 2024, Algorithm 1 (PAP) as implemented in the pape
 ``Attack/softmax.py`` (mu = N*C / (4 ||K||_1) per sample and head with C the full embedding dim;
 S = soft-threshold(K - L + Y/mu, lambda*mu); L = softmax(K2 K2^T / sqrt(d)) V with K2 = K - S - Y/mu;
 Y += mu (K - L - S)). The iterates are the model's own: ``RPCAttention`` hands them to its
-``iterate_recorder`` on the explicit path (any variant with ``exposes_iterates = True`` is covered).
+``iterate_recorder`` in the forward the model runs (fused attention included; any variant with
+``exposes_iterates = True`` is covered), so S is the one the model thresholds, entry for entry.
 
 Columns (each the mean over images of a per-image, per-head value):
 
