@@ -262,3 +262,95 @@ def test_own_segmentation_model_registers_with_task(capsys):
     assert rows == {"test_seg_own_conv": "segmentation", "segmenter_linear_rpc_symvit_micro": "segmentation",
                     "segmenter_linear_symvit_micro": "segmentation", "segmenter_mask_rpc_symvit_micro": "segmentation",
                     "segmenter_mask_symvit_micro": "segmentation"}
+
+
+# ---- mmsegmentation's layout and forward (mmseg backbones/vit.py, decode_heads/segmenter_mask_head.py, FCNHead)
+
+def _mmseg_state_dict(depth, dim, patch, grid, n_cls, dec_layers, gen, mask=True):
+    r = lambda *s: torch.randn(*s, generator=gen) * 0.2  # noqa: E731
+    sd = {"backbone.cls_token": r(1, 1, dim), "backbone.pos_embed": r(1, grid * grid + 1, dim),
+          "backbone.patch_embed.projection.weight": r(dim, 3, patch, patch),
+          "backbone.patch_embed.projection.bias": r(dim), "backbone.ln1.weight": 1 + r(dim), "backbone.ln1.bias": r(dim),
+          "decode_head.conv_seg.weight": r(n_cls, dim, 1, 1), "decode_head.conv_seg.bias": r(n_cls)}
+
+    def layer(prefix):
+        for n in ("ln1", "ln2"):
+            sd[f"{prefix}.{n}.weight"], sd[f"{prefix}.{n}.bias"] = 1 + r(dim), r(dim)
+        sd[f"{prefix}.attn.attn.in_proj_weight"], sd[f"{prefix}.attn.attn.in_proj_bias"] = r(3 * dim, dim), r(3 * dim)
+        sd[f"{prefix}.attn.attn.out_proj.weight"], sd[f"{prefix}.attn.attn.out_proj.bias"] = r(dim, dim), r(dim)
+        sd[f"{prefix}.ffn.layers.0.0.weight"], sd[f"{prefix}.ffn.layers.0.0.bias"] = r(4 * dim, dim), r(4 * dim)
+        sd[f"{prefix}.ffn.layers.1.weight"], sd[f"{prefix}.ffn.layers.1.bias"] = r(dim, 4 * dim), r(dim)
+
+    for i in range(depth):
+        layer(f"backbone.layers.{i}")
+    if mask:
+        for i in range(dec_layers):
+            layer(f"decode_head.layers.{i}")
+        sd.update({"decode_head.dec_proj.weight": r(dim, dim), "decode_head.dec_proj.bias": r(dim),
+                   "decode_head.cls_emb": r(1, n_cls, dim), "decode_head.patch_proj.weight": r(dim, dim),
+                   "decode_head.classes_proj.weight": r(dim, dim),
+                   "decode_head.decoder_norm.weight": 1 + r(dim), "decode_head.decoder_norm.bias": r(dim),
+                   "decode_head.mask_norm.weight": 1 + r(n_cls), "decode_head.mask_norm.bias": r(n_cls)})
+    return sd
+
+
+def _mmseg_forward(sd, im, patch, heads, dec_heads, depth, dec_layers, n_cls, mask=True):
+    """EncoderDecoder.forward of mmseg's Segmenter: LN eps 1e-6 in the backbone (its config), 1e-5 in the head;
+    attention through torch's multi_head_attention_forward, as nn.MultiheadAttention runs it."""
+    ln = lambda x, p, eps: F.layer_norm(x, x.shape[-1:], sd[p + ".weight"], sd[p + ".bias"], eps)  # noqa: E731
+
+    def layer(x, p, h, eps):
+        y = ln(x, p + ".ln1", eps).transpose(0, 1)
+        out, _ = F.multi_head_attention_forward(
+            y, y, y, x.shape[-1], h, sd[p + ".attn.attn.in_proj_weight"], sd[p + ".attn.attn.in_proj_bias"],
+            None, None, False, 0.0, sd[p + ".attn.attn.out_proj.weight"], sd[p + ".attn.attn.out_proj.bias"],
+            training=False, need_weights=False)
+        x = x + out.transpose(0, 1)
+        y = F.gelu(F.linear(ln(x, p + ".ln2", eps), sd[p + ".ffn.layers.0.0.weight"], sd[p + ".ffn.layers.0.0.bias"]))
+        return x + F.linear(y, sd[p + ".ffn.layers.1.weight"], sd[p + ".ffn.layers.1.bias"])
+
+    B, _, H, W = im.shape
+    x = F.conv2d(im, sd["backbone.patch_embed.projection.weight"], sd["backbone.patch_embed.projection.bias"],
+                 stride=patch).flatten(2).transpose(1, 2)
+    x = torch.cat([sd["backbone.cls_token"].expand(B, -1, -1), x], 1) + sd["backbone.pos_embed"]
+    for i in range(depth):
+        x = layer(x, f"backbone.layers.{i}", heads, 1e-6)
+    x = ln(x, "backbone.ln1", 1e-6)[:, 1:]
+    h, w = H // patch, W // patch
+    if not mask:
+        feat = x.transpose(1, 2).reshape(B, -1, h, w)
+        logits = F.conv2d(feat, sd["decode_head.conv_seg.weight"], sd["decode_head.conv_seg.bias"])
+        return F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
+    x = F.linear(x, sd["decode_head.dec_proj.weight"], sd["decode_head.dec_proj.bias"])
+    x = torch.cat([x, sd["decode_head.cls_emb"].expand(B, -1, -1)], 1)
+    for i in range(dec_layers):
+        x = layer(x, f"decode_head.layers.{i}", dec_heads, 1e-5)
+    x = ln(x, "decode_head.decoder_norm", 1e-5)
+    patches = F.linear(x[:, :-n_cls], sd["decode_head.patch_proj.weight"])
+    cls = F.linear(x[:, -n_cls:], sd["decode_head.classes_proj.weight"])
+    patches, cls = patches / patches.norm(dim=-1, keepdim=True), cls / cls.norm(dim=-1, keepdim=True)
+    masks = ln(patches @ cls.transpose(1, 2), "decode_head.mask_norm", 1e-5)
+    masks = masks.permute(0, 2, 1).reshape(B, n_cls, h, w)
+    return F.interpolate(masks, size=(H, W), mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("decoder", ["mask", "linear"])
+def test_mmsegmentation_checkpoint_layout_loads_and_matches_its_forward(tmp_path, decoder):
+    gen = torch.Generator().manual_seed(1)
+    dim, depth, patch, size, n_cls = 64, 2, 8, 32, 5
+    mask = decoder == "mask"
+    sd = _mmseg_state_dict(depth, dim, patch, size // patch, n_cls, 2, gen, mask=mask)
+    path = tmp_path / "iter_160000.pth"
+    torch.save({"meta": {"mmseg_version": "1.2.2"}, "state_dict": sd}, path)  # mmengine's checkpoint layout
+    model = load_model(f"segmenter_{decoder}_vit_tiny", checkpoint=path, img_size=size, patch_size=patch,
+                       embed_dim=dim, depth=depth, num_heads=2, num_classes=n_cls)
+    x = torch.rand(2, 3, size, size)
+    mean = torch.tensor(model.data_config["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(model.data_config["std"]).view(1, 3, 1, 1)
+    ref = _mmseg_forward(sd, (x - mean) / std, patch, 2, max(1, dim // 64), depth, 2, n_cls, mask=mask)
+    torch.testing.assert_close(model(x), ref, atol=2e-5, rtol=1e-4)
+    del sd["backbone.ln1.weight"]
+    torch.save({"state_dict": sd}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="missing keys.*encoder.norm.weight"):
+        load_model(f"segmenter_{decoder}_vit_tiny", checkpoint=tmp_path / "bad.pth", img_size=size, patch_size=patch,
+                   embed_dim=dim, depth=depth, num_heads=2, num_classes=n_cls)

@@ -20,7 +20,9 @@ leaves the decoder's (softmax, as in Segmenter) alone.
 Parameter names are Segmenter's (``encoder.*`` = timm's ViT names, ``decoder.*``), so its released
 ``checkpoint.pth`` files load strictly where the architecture matches (a non-distilled ViT encoder, e.g.
 ``segmenter_mask_vit_tiny`` = Seg-T-Mask/16). Their ``encoder.head.*`` (the ImageNet classifier, never used for
-segmentation) is dropped by :meth:`Segmenter.adapt_state_dict`; every other key must match. The
+segmentation) is dropped by :meth:`Segmenter.adapt_state_dict`; every other key must match. mmsegmentation's
+Segmenter checkpoints (``backbone.*`` / ``decode_head.*``) are renamed to these names first
+(:func:`from_mmseg_layout`). The
 ``segmenter_*_vit_*`` models set the encoder's LayerNorm eps to Segmenter's 1e-5 (timm's ViTs, and so the other
 backbones, keep 1e-6: ``layer_norm_eps`` changes it). One difference from Segmenter's encoder, stated rather than
 hidden: an input must have the backbone's size (Segmenter resizes its position embeddings on the fly); the
@@ -170,13 +172,70 @@ class Segmenter(nn.Module):
 
     def adapt_state_dict(self, sd: Mapping[str, torch.Tensor], path: Any) -> dict[str, torch.Tensor]:
         """Segmenter's checkpoints keep the encoder's ImageNet classifier (``encoder.head.*``), which
-        segmentation never uses: it is dropped; every other key is matched strictly. A file of another layout
-        (e.g. a bare ViT) is refused in one line."""
+        segmentation never uses: it is dropped; every other key is matched strictly. An mmsegmentation
+        checkpoint (``backbone.*`` / ``decode_head.*``) is renamed first (:func:`from_mmseg_layout`) and the
+        encoder's LayerNorms take mmseg's eps 1e-6. A file of another layout (e.g. a bare ViT) is refused in
+        one line."""
+        if any(k.startswith("backbone.") for k in sd) and any(k.startswith("decode_head.") for k in sd):
+            sd = from_mmseg_layout(sd, isinstance(self.decoder, MaskTransformer), path)
+            for m in self.encoder.modules():  # mmseg's Segmenter configs: backbone LN eps 1e-6
+                if isinstance(m, nn.LayerNorm):
+                    m.eps = 1e-6
         if not any(k.startswith(("encoder.", "decoder.")) for k in sd):
-            raise CheckpointError(f"{path} is not a Segmenter checkpoint (no encoder.* / decoder.* keys; first keys: "
-                                  f"{', '.join(list(sd)[:4])}); a backbone's weights load into the backbone model")
+            raise CheckpointError(f"{path} is not a Segmenter checkpoint (no encoder.* / decoder.* keys, nor "
+                                  f"mmsegmentation's backbone.* / decode_head.*; first keys: {', '.join(list(sd)[:4])});"
+                                  " a backbone's weights load into the backbone model")
         own = self.state_dict()
         return {k: v for k, v in sd.items() if not (k.startswith("encoder.head.") and k not in own)}
+
+
+#: mmsegmentation's TransformerEncoderLayer names -> timm's Block names (mmcv MultiheadAttention wraps
+#: nn.MultiheadAttention, whose in_proj is q, k, v stacked as timm's qkv; FFN layers.0.0 / layers.1 = fc1 / fc2)
+_MMSEG_BLOCK = (("ln1.", "norm1."), ("ln2.", "norm2."), ("attn.attn.in_proj_weight", "attn.qkv.weight"),
+                ("attn.attn.in_proj_bias", "attn.qkv.bias"), ("attn.attn.out_proj.", "attn.proj."),
+                ("ffn.layers.0.0.", "mlp.fc1."), ("ffn.layers.1.", "mlp.fc2."))
+
+
+def from_mmseg_layout(sd: Mapping[str, torch.Tensor], mask_head: bool, path: Any = "<checkpoint>"
+                      ) -> dict[str, torch.Tensor]:
+    """An mmsegmentation Segmenter state dict (``VisionTransformer`` backbone with ``final_norm``, and
+    ``SegmenterMaskTransformerHead`` or ``FCNHead`` with ``num_convs=0`` for the linear decoder; read from
+    mmseg's ``backbones/vit.py``, ``decode_heads/segmenter_mask_head.py`` and ``configs/_base_/models/
+    segmenter_vit-b16_mask.py``) in this module's names. The mask head's bias-free ``patch_proj`` /
+    ``classes_proj`` Linear weights are transposed into Segmenter's matrices; its unused ``conv_seg`` (every
+    mmseg decode head has one) is dropped. Keys it does not know are kept as they are, so the strict match
+    names them."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        new = key
+        if key.startswith(("backbone.layers.", "decode_head.layers.")):
+            head, _, rest = key.partition(".layers.")
+            index, _, name = rest.partition(".")
+            for old, ours in _MMSEG_BLOCK:
+                if name.startswith(old):
+                    name = ours + name[len(old):]
+                    break
+            new = f"{'encoder' if head == 'backbone' else 'decoder'}.blocks.{index}.{name}"
+        elif key.startswith("backbone."):
+            name = key[len("backbone."):]
+            new = "encoder." + {"ln1.weight": "norm.weight", "ln1.bias": "norm.bias"}.get(name, name)
+            new = new.replace("encoder.patch_embed.projection.", "encoder.patch_embed.proj.")
+        elif key.startswith("decode_head."):
+            name = key[len("decode_head."):]
+            if name.startswith("conv_seg."):
+                if mask_head:
+                    continue
+                new = "decoder.head." + name[len("conv_seg."):]
+                value = value.flatten(1) if value.dim() == 4 else value
+            elif name in ("patch_proj.weight", "classes_proj.weight"):
+                new, value = "decoder." + name.replace("patch_proj.weight", "proj_patch").replace(
+                    "classes_proj.weight", "proj_classes"), value.t()
+            else:
+                new = "decoder." + name.replace("dec_proj.", "proj_dec.")
+        out[new] = value
+    if not any(k.startswith("encoder.blocks.") for k in out):
+        raise CheckpointError(f"{path}: mmsegmentation layout without backbone.layers.*: not a ViT Segmenter")
+    return out
 
 
 def build_segmenter(backbone: str, decoder: str, num_classes: int, img_size: int | tuple[int, int], *,
