@@ -557,3 +557,75 @@ def test_train_never_saves_inf_or_nan_weights_left_by_a_step_with_a_finite_loss(
     err = _one_line_error(capsys)
     assert "error: epoch 1: " in err and "of the weights are inf or NaN" in err and "not saved" in err, err
     assert not (out / "last.safetensors").exists() and not (out / "state.pt").exists()
+
+
+# ------------------------------------------------------------------------------------------------ store
+
+def _finished_run(tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    assert main(["run", "--suite", _eval_suite(tmp_path), "--model", "symvit_micro_patch4_32:packaged", "--out",
+                 str(out), "--no-report", "--no-progress"]) == 0
+    return out
+
+
+def _edit_store(out: Path, sql: str) -> None:
+    import sqlite3
+
+    con = sqlite3.connect(out / "results.sqlite")
+    con.execute("PRAGMA ignore_check_constraints = ON")  # as a user's sqlite3 shell may
+    with con:
+        con.execute(sql)
+    assert con.execute("PRAGMA quick_check").fetchone()[0] == "ok"  # damage SQLite's own check does not see
+    con.close()
+
+
+def _run_again(out: Path, tmp_path: Path) -> int:
+    return main(["run", "--suite", _eval_suite(tmp_path), "--model", "symvit_micro_patch4_32:packaged", "--out",
+                 str(out), "--no-report", "--no-progress"])
+
+
+@pytest.mark.parametrize("sql, found", [
+    ("UPDATE samples SET confidence = 7.5 WHERE sample_id = (SELECT MIN(sample_id) FROM samples)",
+     "1 sample row(s) with confidence outside [0, 1], e.g. "),
+    ("UPDATE samples SET correct1 = 3 WHERE sample_id = (SELECT MIN(sample_id) FROM samples)",
+     "1 sample row(s) with correct1 not 0/1, e.g. "),
+    ("UPDATE samples SET correct1 = 1, correct5 = 0 WHERE sample_id = (SELECT MIN(sample_id) FROM samples)",
+     "1 sample row(s) with top-1 correct but not top-5"),
+])
+def test_store_an_impossible_sample_value_is_refused_by_report_and_by_a_resume(tmp_path, capsys, sql, found):
+    out = _finished_run(tmp_path)
+    _edit_store(out, sql)
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 1
+    err = _err_line(capsys)
+    assert f"the results store {out / 'results.sqlite'} is damaged ({found}" in err, err
+    assert _run_again(out, tmp_path) == 1  # SQLite's quick_check sees a broken CHECK constraint here, or we do
+    assert "is damaged (" in _err_line(capsys)
+    from robustbench_rpc.store.results import ResultsStore
+
+    with ResultsStore(out / "results.sqlite", readonly=True, check_rows=False) as store:
+        assert any(found in p for p in store.verify())  # the check verify runs, the same words
+
+
+@pytest.mark.parametrize("sql, found", [
+    ("DELETE FROM samples WHERE sample_id = (SELECT MIN(sample_id) FROM samples)", "records n=8 but holds 7"),
+    ("UPDATE units SET n = 9 WHERE unit = 0", "records n=9 but holds 8"),
+])
+def test_store_a_unit_whose_rows_disagree_is_refused_by_report_and_recomputed_by_a_resume_that_says_so(
+        tmp_path, capsys, sql, found):
+    out = _finished_run(tmp_path)
+    import sqlite3
+
+    with sqlite3.connect(out / "results.sqlite") as con:
+        before = con.execute("SELECT * FROM samples ORDER BY eval_key, sample_id").fetchall()
+    _edit_store(out, sql)
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 1
+    err = _err_line(capsys)
+    assert found in err and "rerun the same `robustbench-rpc run` into" in err, err
+    assert _run_again(out, tmp_path) == 0
+    note = [ln for ln in capsys.readouterr().out.splitlines() if "disagree with their units row" in ln]
+    assert len(note) == 1 and found in note[0] and "they are recomputed" in note[0], note
+    with sqlite3.connect(out / "results.sqlite") as con:
+        assert con.execute("SELECT * FROM samples ORDER BY eval_key, sample_id").fetchall() == before
+    assert main(["report", str(out)]) == 0
