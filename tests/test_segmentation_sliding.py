@@ -46,6 +46,17 @@ def test_anchors_follow_segmenter_and_cover_every_pixel():
         window_anchors(17, 8, 12)  # Segmenter's anchors 0, 9 would miss pixel 8
 
 
+def test_anchors_are_mmsegmentations_slide_windows_too():
+    """mmseg's EncoderDecoder.slide_inference places windows at y1 = i * stride, moved back to end at the border;
+    for images at least a window large that is the same set of windows."""
+    for size in range(23, 90, 7):
+        for window in (16, 23):
+            for stride in (5, 12, window):
+                grids = max(size - window + stride - 1, 0) // stride + 1
+                mmseg = sorted({max(min(i * stride + window, size) - window, 0) for i in range(grids)})
+                assert window_anchors(size, window, stride) == mmseg, (size, window, stride)
+
+
 @pytest.mark.parametrize("shape,window,stride", [((37, 50), 16, 16), ((70, 100), 32, 20), ((32, 32), 32, 32)])
 def test_every_pixel_is_averaged_and_pointwise_model_gives_full_image_logits(shape, window, stride):
     x = torch.rand(2, 3, *shape)
