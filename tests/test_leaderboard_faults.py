@@ -291,3 +291,16 @@ def test_a_board_folder_from_before_the_one_file_state_is_read_and_converted(run
     assert code == 0 and "1 kept from the board" in printed and (out / STATE).is_file()
     assert not (out / "board.json").exists()
     pd.testing.assert_frame_equal(board(out), before)
+
+
+def test_a_published_file_deleted_since_is_named_and_removable(tmp_path, capsys):
+    path = _published(tmp_path)
+    out = tmp_path / "board"
+    assert lb(capsys, "--published", path, "--out", out)[0] == 0
+    path.unlink()
+    code, _, err = lb(capsys, "--out", out)
+    one_line_error(code, err, str(path), "--remove")
+    code, printed, _ = lb(capsys, "--out", out, "--remove", path)
+    assert code == 0 and "0 published file(s) -> 0 board(s)" in printed  # the board, emptied
+    assert lb(capsys, "--published", _published(tmp_path, name="Other"), "--out", out)[0] == 0
+    assert set(board(out)["model"]) == {"Other"}

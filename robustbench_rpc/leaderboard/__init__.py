@@ -154,7 +154,7 @@ def build_leaderboard(runs: list[str | Path], out: str | Path, *, published: lis
             raise LeaderboardError(f"--remove {item}: not on the board in {out} (its runs: "
                                    + (", ".join(by_path) or "none") + "; published: " + (", ".join(pub) or "none")
                                    + ")")
-    if not runs and not by_path and not pub:
+    if not runs and not by_path and not pub and not remove:
         raise LeaderboardError("nothing to put on a board: pass run folders (or --published model_info JSONs)")
     read, reused = [], []
     for run in dict.fromkeys(str(Path(r).resolve()) for r in runs):
@@ -181,7 +181,7 @@ def build_leaderboard(runs: list[str | Path], out: str | Path, *, published: lis
         flag_rows(b)
     title = title or old_title or "robustbench-rpc leaderboard"
     out.mkdir(parents=True, exist_ok=True)
-    paths = write_all(out, title, boards, [r.path for r in records] + pub)
+    paths = write_all(out, title, boards, [r.path for r in records] + [str(p) for p in published_files(pub)])
     _save_state(out, title, records, pub)
     paths["state"] = out / STATE
     paths["outcomes"] = _write_outcomes(out, records)

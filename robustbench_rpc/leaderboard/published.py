@@ -77,7 +77,8 @@ def published_files(paths: list[str]) -> list[Path]:
         elif p.is_file():
             out.append(p)
         else:
-            raise LeaderboardError(f"--published {p}: no such file or folder")
+            raise LeaderboardError(f"--published {p}: no such file or folder (on the board and deleted since? "
+                                   f"--remove {p} takes it off)")
     return list(dict.fromkeys(out))
 
 
