@@ -149,3 +149,21 @@ def paired_seg_bootstrap(areas_a: Any, areas_b: Any, metric: str = "mIoU", *, n_
              for idx in _draws(len(a), n_boot, seed, confidence)]
     point = seg_metrics(a)[metric] - seg_metrics(b)[metric]
     return (point, *_interval(np.concatenate(diffs), confidence))
+
+
+def worst_case_areas(areas_by_attack: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+    """Per image, the counts of the attack that left the fewest pixels correct (intersect summed over classes;
+    ties go to the attack named first), and which attack that was per image: the per-image worst case over the
+    attacks run. Its aAcc is at most every single attack's; mIoU, a ratio of sums, is computed from these counts
+    but is not guaranteed to be the lowest any per-image choice could give."""
+    if not areas_by_attack:
+        raise ValueError("worst case over no attacks")
+    names = list(areas_by_attack)
+    stacked = np.stack([_check(areas_by_attack[n]) for n in names])  # (attacks, images, 4, C)
+    if any(a.shape != stacked[0].shape for a in stacked):
+        raise ValueError("worst case: every attack must be scored on the same images and classes")
+    if not all(np.array_equal(a[:, LABEL], stacked[0][:, LABEL]) for a in stacked):
+        raise ValueError("worst case: the attacks' label areas differ, so they were not scored on the same images")
+    correct = stacked[:, :, INTERSECT].sum(axis=-1)  # (attacks, images)
+    pick = correct.argmin(axis=0)  # the first minimum: the earlier attack on ties
+    return stacked[pick, np.arange(stacked.shape[1])], [names[i] for i in pick]

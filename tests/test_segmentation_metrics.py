@@ -138,3 +138,19 @@ def test_paired_bootstrap_uses_the_same_images_for_both_models():
     assert (lo, hi) == pytest.approx(tuple(np.quantile(diffs, [0.025, 0.975])))
     with pytest.raises(ValueError, match="not scored on the same images"):
         paired_seg_bootstrap(good, _random_areas(1), n_boot=10)
+
+
+def test_worst_case_per_image_over_attacks():
+    from robustbench_rpc.metrics_seg import worst_case_areas
+
+    labels = torch.tensor([[[0, 0], [1, 1]], [[1, 1], [1, 0]]])
+    a = batch_areas(torch.tensor([[[1, 0], [1, 1]], [[1, 1], [1, 0]]]), labels, 2)  # 3 and 4 pixels right
+    b = batch_areas(torch.tensor([[[0, 0], [1, 1]], [[0, 0], [0, 0]]]), labels, 2)  # 4 and 1 pixels right
+    worst, picked = worst_case_areas({"pgd": a, "segpgd": b})
+    assert picked == ["pgd", "segpgd"]
+    assert np.array_equal(worst, np.stack([a[0], b[1]]))
+    assert seg_metrics(worst)["aAcc"] == pytest.approx(4 / 8)
+    assert seg_metrics(worst)["aAcc"] <= min(seg_metrics(a)["aAcc"], seg_metrics(b)["aAcc"])
+    assert worst_case_areas({"x": a, "y": a})[1] == ["x", "x"]  # ties: the attack named first
+    with pytest.raises(ValueError, match="not scored on the same images"):
+        worst_case_areas({"pgd": a, "other": a[::-1]})
