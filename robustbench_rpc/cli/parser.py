@@ -53,8 +53,8 @@ heads: linear, mlp, attention, gated_attention, mixer (robustbench_rpc.heads; --
       --export-model-info                                          # RobustBench's rows beside yours, and back""",
     "evaluate-external": """examples:
   robustbench-rpc run --suite quick --save-adversarial --out runs/q
-  robustbench-rpc export-adversarial runs/q --model symvit_micro_patch4_32 --evaluation 'attack pgd eps=8/255 \\
-      steps=10 alpha_rel=0.25 random_start=True norm=Linf' --out pgd.pt
+  robustbench-rpc export-adversarial runs/q --model symvit_micro_patch4_32 --evaluation 'attack pgd steps=10 \\
+      alpha_rel=0.25 random_start=True eps=8/255' --out pgd.pt        # the label the run log prints
   robustbench-rpc evaluate-external --model symvit_micro_patch4_32:packaged --adversarial pgd.pt \\
       --dataset digits32 --limit 256 --norm Linf --eps 8/255 --out runs/ext""",
     "models": """examples:

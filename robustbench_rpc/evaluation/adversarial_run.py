@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..evalspec import EvalSpec, describe_eval
-from ..store.adversarial import (ADVERSARIAL_DIR, IMAGES_KEY, AdversarialSetError, evaluation_label, listing,
-                                 set_bytes, unit_files, unit_saved, write_unit_images)
+from ..store.adversarial import (ADVERSARIAL_DIR, GALLERY_KEY, IMAGES_KEY, AdversarialSetError, evaluation_label,
+                                 listing, set_bytes, unit_files, unit_saved, write_gallery, write_unit_images)
 from ..store.errors import StoreWriteError
 
 if TYPE_CHECKING:
@@ -116,15 +116,19 @@ def done_units(store, out: Path, model_key: str, e: EvalSpec) -> set[int]:
 
 
 def write_images(out: Path, model_key: str, eval_key: str, result: tuple | None) -> None:
-    """Write a unit's images (popped from its rows) before the rows are stored; a failure is one line."""
-    if result is None or not isinstance(result[1], dict) or IMAGES_KEY not in result[1]:
+    """Write a unit's images (popped from its rows; unit 0: also the gallery's display copies) before the rows
+    are stored; a failure is one line."""
+    if result is None or not isinstance(result[1], dict):
         return
     unit, rows = result
-    images = rows.pop(IMAGES_KEY)
+    images, gallery = rows.pop(IMAGES_KEY, None), rows.pop(GALLERY_KEY, None)
     try:
-        write_unit_images(out, model_key, eval_key, unit, rows["sample_id"], images)
+        if gallery is not None:
+            write_gallery(out, model_key, eval_key, rows["sample_id"], gallery)
+        if images is not None:
+            write_unit_images(out, model_key, eval_key, unit, rows["sample_id"], images)
     except OSError as err:
-        raise StoreWriteError(f"cannot write the adversarial images of unit {unit} under {out / ADVERSARIAL_DIR} "
+        raise StoreWriteError(f"cannot write the adversarial or gallery images of unit {unit} under {out} "
                               f"({err.strerror or err}); finished units are kept, rerun to resume") from None
 
 

@@ -12,7 +12,7 @@ import contextlib
 import torch
 
 from ..evalspec import EvalSpec, attack_params, unit_seed
-from ..store.adversarial import IMAGES_KEY
+from ..store.adversarial import GALLERY_KEY, IMAGES_KEY, gallery_images
 
 
 #: classifications of each adversarial image of a stochastic model, per-sample worst case kept
@@ -57,12 +57,12 @@ def prediction_rows(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, id
 
 
 def attack_rows(model: torch.nn.Module, spec: EvalSpec, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
-                seed: int, device: str, amp: str | None) -> dict[str, list]:
+                seed: int, device: str, amp: str | None, gallery: bool = False) -> dict[str, list]:
     from .. import attacks
     from ..attacks.base import amp_dtype_of
 
     attack = attacks.get_attack(spec.name, seed=seed, **attack_params(spec, amp))
-    if spec.save_adversarial:  # the images the rows are scored on, kept for store/adversarial.py
+    if spec.save_adversarial or gallery:  # the images the rows are scored on, kept for store/adversarial.py
         from .adversarial_run import KeepImages
 
         attack = KeepImages(attack)
@@ -73,6 +73,8 @@ def attack_rows(model: torch.nn.Module, spec: EvalSpec, x: torch.Tensor, y: torc
     plain = spec.params.get("accuracy", "robust") == "plain"
     top1, top5 = (out.plain_correct1, out.plain_correct5) if plain else (out.adv_correct1, out.adv_correct5)
     kept = {IMAGES_KEY: attack.images} if spec.save_adversarial else {}
+    if gallery:  # the report's gallery: the first images, clean and adversarial (store/adversarial.py)
+        kept[GALLERY_KEY] = gallery_images(x, attack.images, eps=spec.params.get("eps"))
     return {
         **kept,
         "sample_id": ids.tolist(),
@@ -99,7 +101,7 @@ def unit_rows(model: torch.nn.Module, e: EvalSpec, unit: int, x: torch.Tensor, y
     y = y.to(device, non_blocking=True)
     seed = unit_seed(run_seed, e.key, unit)
     if e.kind == "attack":
-        return attack_rows(model, e, x, y, ids, seed, device, amp)
+        return attack_rows(model, e, x, y, ids, seed, device, amp, gallery=unit == 0)
     if e.kind in ("external", "transfer"):  # given adversarial images, no attack run
         from .external import given_rows
 
@@ -115,4 +117,6 @@ def unit_rows(model: torch.nn.Module, e: EvalSpec, unit: int, x: torch.Tensor, y
     if e.kind == "ood":  # every OOD sample is a "miss" for accuracy; only its confidence matters
         rows["correct1"] = [0] * len(rows["pred"])
         rows["correct5"] = [0] * len(rows["pred"])
+    elif unit == 0 and e.kind in ("clean", "corruption"):  # the report's gallery: the first images as evaluated
+        rows[GALLERY_KEY] = gallery_images(x, None, first=1 if e.kind == "corruption" else None)
     return rows

@@ -135,4 +135,7 @@ def adversarial_section(data: RunData, out: Path) -> tuple[list[Table], list[Plo
     df = transfer_frame(data)
     tables += transfer_tables(df)
     plots = transfer_plots(df, Path(out) / "plots")
+    from .gallery import gallery_plots
+
+    plots += gallery_plots(data, Path(out) / "plots")
     return tables, plots

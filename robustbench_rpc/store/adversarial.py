@@ -227,3 +227,68 @@ def png_bytes(image: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr).save(buf, format="PNG")
     return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------- gallery
+#: the rows key under which unit 0's display images travel to the writer (never stored in the database)
+GALLERY_KEY = "_gallery_images"
+GALLERY_DIR = "gallery"
+GALLERY_SAMPLES = 3  # the first images of unit 0 shown per model
+GALLERY_PIXELS = 128  # display images are at most this many pixels on a side
+
+
+def _display(images: torch.Tensor, smooth: bool = True) -> torch.Tensor:
+    """uint8 display copies, at most GALLERY_PIXELS a side (antialiased; nearest for a perturbation's texture)."""
+    import torch.nn.functional as F
+
+    x = images.detach().to("cpu", torch.float32).clamp(0, 1)
+    side = max(x.shape[-2:])
+    if side > GALLERY_PIXELS:
+        size = [max(1, round(s * GALLERY_PIXELS / side)) for s in x.shape[-2:]]
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False) if smooth \
+            else F.interpolate(x, size=size, mode="nearest")
+    return (x * 255).round().to(torch.uint8)
+
+
+def gallery_images(x: torch.Tensor, adversarial: torch.Tensor | None, eps: float | None = None,
+                   first: int | None = None) -> dict[str, torch.Tensor]:
+    """Unit 0's first images as the report's gallery shows them: clean, and for an attack the adversarial
+    image and its perturbation amplified so +-eps spans black to white (``scale``; by the largest change
+    where the attack has no budget). Small uint8 copies: the page loads fast and the folder stays small."""
+    n = min(first or GALLERY_SAMPLES, x.shape[0])
+    clean = x[:n].detach().to("cpu", torch.float32)
+    out = {"clean": _display(clean)}
+    if adversarial is not None:
+        adv = adversarial[:n].detach().to("cpu", torch.float32)
+        delta = adv - clean
+        biggest = delta.abs().flatten(1).amax(1).clamp_min(1e-12)
+        scale = torch.full((n,), 0.5 / float(eps)) if eps else 0.5 / biggest
+        out.update(adversarial=_display(adv), perturbation=_display(0.5 + delta * scale.view(-1, 1, 1, 1), False),
+                   scale=scale.float())
+    return out
+
+
+def gallery_file(run_dir: str | Path, model_key: str, eval_key: str) -> Path:
+    return Path(run_dir) / GALLERY_DIR / model_key / f"{eval_key}.safetensors"
+
+
+def write_gallery(run_dir: str | Path, model_key: str, eval_key: str, sample_ids: Iterable[int],
+                  tensors: dict[str, torch.Tensor]) -> Path:
+    from safetensors.torch import save
+
+    ids = list(sample_ids)[: next(iter(tensors.values())).shape[0]]
+    path = gallery_file(run_dir, model_key, eval_key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = save({**{k: v.contiguous() for k, v in tensors.items()},
+                 "sample_ids": torch.as_tensor(ids, dtype=torch.int64)}, metadata={"format": "robustbench-rpc gallery"})
+    return write_bytes(path, data)
+
+
+def read_gallery(run_dir: str | Path, model_key: str, eval_key: str) -> dict[str, torch.Tensor] | None:
+    from safetensors.torch import load
+
+    path = gallery_file(run_dir, model_key, eval_key)
+    try:
+        return load(path.read_bytes())
+    except Exception:  # noqa: BLE001 - absent or damaged: the gallery recomputes or leaves it out
+        return None
