@@ -106,3 +106,20 @@ def test_own_folder_with_a_class_list(tmp_path):
         segmentation_folder(tmp_path)
     with pytest.raises(SegmentationDataError, match="class list .*nope.txt not found"):
         segmentation_folder(tmp_path, classes="nope.txt")
+
+
+def test_pre_compute_scan_names_bad_masks_before_any_compute(tmp_path):
+    from robustbench_rpc.data.images import UnreadableFilesError, check_readable
+
+    _ade_tree(tmp_path, [np.ones((4, 4)), np.ones((4, 4)), np.ones((4, 4))])
+    ann = tmp_path / "annotations" / "validation"
+    _png(ann / "ADE_val_00000001.png", np.ones((4, 6)))
+    (ann / "ADE_val_00000002.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    ds = ade20k(tmp_path)
+    assert [i for i, _ in ds.unreadable()] == [1, 2]
+    with pytest.raises(UnreadableFilesError, match=r"2 of the 3 .*ADE_val_00000001.jpg \(its mask .* is 6x4, the "
+                                                   r"image 4x4\); .*ADE_val_00000002.jpg \(its mask .*\)") as err:
+        check_readable(ds, skip=False, what="ade20k")
+    assert "\n" not in str(err.value)
+    kept = check_readable(ds, skip=True, what="ade20k")
+    assert len(kept) == 1 and kept[0][2] == 0 and kept.skipped_ids == [1, 2]

@@ -31,7 +31,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .folders import IMG_EXTENSIONS
-from .images import load_rgb
+from .images import load_rgb, unreadable_reason
 
 IGNORE_INDEX = 255
 DIGITS_SEG_CLASSES = ("background",) + tuple(f"digit {d}" for d in range(10))
@@ -182,6 +182,26 @@ class SegmentationFiles(SegmentationDataset):
         self.sample_ids = list(range(len(pairs))) if sample_ids is None else [int(i) for i in sample_ids]
         if len(self.sample_ids) != len(pairs):
             raise ValueError(f"{len(self.sample_ids)} sample ids for {len(pairs)} images")
+        # (image, mask, sample id): the shape data/images.py's pre-compute scan (check_readable) reads
+        self.samples = [(image, mask, sid) for (image, mask), sid in zip(pairs, self.sample_ids)]
+
+    def unreadable(self, positions=None, thorough: bool = False) -> list[tuple[int, str]]:
+        """``(position, reason)`` of the pairs at ``positions`` (default: all) that cannot be used: an image or
+        mask that would not decode (:func:`unreadable_reason`), or a mask whose size (read from the headers,
+        nothing decoded) differs from its image's. ``check_readable`` runs this before any compute."""
+        out = []
+        for i in range(len(self.pairs)) if positions is None else positions:
+            image, mask = self.pairs[i]
+            why = unreadable_reason(image, thorough)
+            if why is None and (bad := unreadable_reason(mask, thorough)) is not None:
+                why = f"its mask {mask}: {bad}"
+            if why is None:
+                with Image.open(image) as a, Image.open(mask) as b:
+                    if a.size != b.size:
+                        why = f"its mask {mask} is {b.size[0]}x{b.size[1]}, the image {a.size[0]}x{a.size[1]}"
+            if why is not None:
+                out.append((i, why))
+        return out
 
     def __len__(self) -> int:
         return len(self.pairs)
