@@ -68,6 +68,12 @@ def _p_above(board: Board) -> dict[str, float]:
     return out
 
 
+def shown_columns(board: Board) -> list[Column]:
+    """The board's columns as tables show them: the one it is ranked by first."""
+    rank = board.rank_column
+    return ([rank] if rank is not None else []) + [c for c in board.columns if c is not rank]
+
+
 def ordered_rows(board: Board) -> list[str]:
     ranked = [r["row"] for r in board.ranking]
     return ranked + sorted((k for k in board.rows if k not in ranked), key=lambda k: board.rows[k].name)
@@ -77,16 +83,16 @@ def board_table(board: Board, index: int) -> Table:
     ranks, p_above = _rank_of(board), _p_above(board)
     rank_label = board.rank_column.label if board.rank_column else "—"
     columns = ["rank", "rank 95% interval", "model", "flags", "McNemar p vs row above (Holm)"] + \
-              [c.label for c in board.columns]
+              [c.label for c in shown_columns(board)]
     rows, tidy = [], []
     for key in ordered_rows(board):
         row, r = board.rows[key], ranks.get(key)
         interval = r["interval"] if r else None
         cells = [str(r["rank"]) if r else None, f"{interval[0]}-{interval[1]}" if interval else None, row.name,
                  "; ".join(row.flags) or None, fmt_p(p_above.get(key))]
-        cells += [cell_text(c, c.cells.get(key)) for c in board.columns]
+        cells += [cell_text(c, c.cells.get(key)) for c in shown_columns(board)]
         rows.append(cells)
-        for c in board.columns:
+        for c in shown_columns(board):
             cell = c.cells.get(key)
             if cell is None:
                 continue
@@ -99,7 +105,7 @@ def board_table(board: Board, index: int) -> Table:
     protocol = [f"ranked by {rank_label}; rank interval: paired bootstrap over the shared samples (1,000 resamples); "
                 "accuracies in % with 95% Wilson intervals (corruption accuracy: bootstrap over samples); "
                 "McNemar tests on shared sample ids, Holm-adjusted over the board's pairs"]
-    protocol += [f"{c.label}: {protocol_text(c)}" for c in board.columns]
+    protocol += [f"{c.label}: {protocol_text(c)}" for c in shown_columns(board)]
     notes = list(board.notes) + [f"{c.label}: {c.note}" for c in board.columns if c.note]
     notes += [f"{board.rows[k].name}: {board.rows[k].footnote}" for k in ordered_rows(board) if board.rows[k].footnote]
     return Table(f"board_{index}", f"Board {index}: {board.title}", columns, rows, pd.DataFrame(tidy),
@@ -167,7 +173,7 @@ def board_html(board: Board, index: int, table: Table) -> str:
     ranks, p_above = _rank_of(board), _p_above(board)
     head = ['<th class="num">rank</th>', '<th class="num">rank 95% interval</th>', "<th>model</th>", "<th>flags</th>",
             '<th class="num">p vs above (Holm)</th>']
-    for c in board.columns:
+    for c in shown_columns(board):
         cls = "num rankcol" if c is board.rank_column else "num"
         head.append(f'<th class="{cls}" title="{e(protocol_text(c))}">{e(c.label)}</th>')
     body = []
@@ -180,7 +186,7 @@ def board_html(board: Board, index: int, table: Table) -> str:
                f'<td class="model" data-v="{e(row.name)}">{e(row.name)}</td>',
                f'<td class="flags" data-v="{e("; ".join(row.flags))}">{e("; ".join(row.flags))}</td>',
                f'<td class="num" data-v="{p_above.get(key, "")}">{e(fmt_p(p_above.get(key)) or "—")}</td>']
-        for c in board.columns:
+        for c in shown_columns(board):
             cell = c.cells.get(key)
             text = cell_text(c, cell)
             cls = "num rankcol" if c is board.rank_column else "num"
