@@ -85,13 +85,16 @@ def _rows_normalized(x: torch.Tensor) -> torch.Tensor:
     return x / (x.norm(dim=-1, keepdim=True) + 1e-8)
 
 
-def _hsic(kx: torch.Tensor, ky: torch.Tensor) -> torch.Tensor:
-    """sum(H Kx H * H Ky H) for Gram matrices (..., N, N)."""
-    return (centered_gram(kx) * centered_gram(ky)).sum((-2, -1))
+def double_centered(k: torch.Tensor) -> torch.Tensor:
+    """H K H for Gram matrices (..., N, N), by subtracting row, column and grand means (the study's products,
+    computed in O(N^2))."""
+    return k - k.mean(-2, keepdim=True) - k.mean(-1, keepdim=True) + k.mean((-2, -1), keepdim=True)
 
 
 def _cka(kx: torch.Tensor, ky: torch.Tensor) -> torch.Tensor:
-    return _hsic(kx, ky) / (_hsic(kx, kx).sqrt() * _hsic(ky, ky).sqrt() + 1e-10)
+    """<HKxH, HKyH> / (||HKxH|| ||HKyH|| + 1e-10), the study's CKA (HSIC without its 1/(N-1)^2)."""
+    cx, cy = double_centered(kx), double_centered(ky)
+    return (cx * cy).sum((-2, -1)) / ((cx * cx).sum((-2, -1)).sqrt() * (cy * cy).sum((-2, -1)).sqrt() + 1e-10)
 
 
 def rbf_gram(x: torch.Tensor) -> torch.Tensor:

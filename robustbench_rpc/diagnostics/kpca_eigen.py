@@ -32,7 +32,7 @@ from torch import nn
 
 from .base import Diagnostic, register_diagnostic
 from .kpca import _on_kpca_layers
-from .kpca_alignment import centered_gram, normalized_gram
+from .kpca_alignment import double_centered, normalized_gram
 from .moments import squared_columns, with_squares
 
 #: variant -> (standardise keys, eps in the normaliser, sort by |eigenvalue|)
@@ -60,7 +60,8 @@ def eigen_statistics(k: torch.Tensor, scale: float) -> dict[str, torch.Tensor]:
     for name, (std, eps, by_abs) in VARIANTS.items():
         if (std, eps) not in spectra:
             kk = standardized_keys(k) if std else k
-            spectra[(std, eps)] = torch.linalg.eigvalsh(centered_gram(normalized_gram(kk, scale, eps)[0]))
+            # mean subtraction: the study's H K H products to rounding; eigenvalues do not amplify it
+            spectra[(std, eps)] = torch.linalg.eigvalsh(double_centered(normalized_gram(kk, scale, eps)[0]))
         top = leading_abs(spectra[(std, eps)], k.shape[-1], by_abs)
         out.update({f"eig_{name}_max": top.amax(-1), f"eig_{name}_min": top.amin(-1),
                     f"eig_{name}_mean": top.mean(-1), f"eig_{name}_median": top.median(-1).values})
