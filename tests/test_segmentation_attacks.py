@@ -120,3 +120,23 @@ def test_bad_models_and_masks_are_one_line_errors(canvases):
         attack(Threshold(), x, masks[:, 0, 0])
     with pytest.raises(ValueError, match="norm 'L1' is not supported by attack 'cospgd'"):
         get_attack("cospgd", eps=1.0, norm="L1")
+
+
+def test_adaptive_attacks_take_a_segmentation_base():
+    """BPDA through PAP and transfer from the PAP-free twin, as for classification, with segpgd as the base."""
+    torch.manual_seed(0)
+    model = load_model("segmenter_linear_rpc_symvit_micro")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        clean = model(x).argmax(1)
+    for name, args in (("bpda", dict(approximation="straight-through")), ("transfer", dict(surrogate="self:no-pap"))):
+        attack = get_attack(name, eps=8 / 255, base="segpgd", base_args={"steps": 2}, labels="predicted", seed=0, **args)
+        adv = attack(model, x, clean)
+        assert budget_violations(x, adv, 8 / 255, "Linf") == [], name
+        with torch.no_grad():
+            assert (model(adv).argmax(1) != clean).float().mean() > 0.01, name
+        if name == "bpda":  # PAP in the encoder's first block took the straight-through backward
+            assert attack.last_modules and all(m.startswith("model.encoder.blocks.0") for m in attack.last_modules)
+    assert get_attack("bpda", eps=0.01, approximation="straight-through", base="segpgd").last_modules is None
+    with pytest.raises(ValueError, match="no meaning per pixel"):
+        get_attack("transfer", eps=0.01, base="segpgd", early_stop=True)

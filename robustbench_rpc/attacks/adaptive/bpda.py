@@ -62,11 +62,17 @@ class BPDA(GradientAttack):
         self._record(approximation=approximation, base=base, base_args=resolved_args(self.inner),
                      early_stop=bool(early_stop), undeclared=undeclared, verify_forward=bool(verify_forward))
         self.last_modules: list[str] | None = None  # set by each call: the modules that approximated
+        # the base says what the model returns and what labels are (per-pixel for a segmentation base)
+        self.guard_class = type(self.inner).guard_class
+
+    def _validate_inputs(self, images, labels):
+        return self.inner._validate_inputs(images, labels)
 
     def perturb(self, model, x, y):
         self.inner.box = self.box  # the base runs in this attack's working space (already entered)
         exact = _deterministic_logits(model, x) if self.verify_forward else None
-        target = model.model if isinstance(model, LogitsGuard) else model  # module paths as the user's model has them
+        guarded = isinstance(model, (LogitsGuard, self.guard_class))
+        target = model.model if guarded else model  # module paths as the user's model has them
         with approximation_active(target, self.approximation, required=self.undeclared == "error") as modules:
             self.last_modules = modules
             if exact is not None and modules:

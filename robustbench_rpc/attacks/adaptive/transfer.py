@@ -130,6 +130,12 @@ class Transfer(Attack):
         self.inner = build_base("transfer", name, args, {"eps": eps, "norm": norm, "space": space, "clip": clip,
                                                          "batch_size": batch_size, "progress": False})
         self._record(surrogate=surrogate, base=base, base_args=resolved_args(self.inner), early_stop=bool(early_stop))
+        if early_stop and getattr(self.inner, "task", "") == "segmentation":
+            raise ValueError("early_stop of attack 'transfer' skips images the target already misclassifies, which "
+                             f"has no meaning per pixel: a segmentation base ('{name}') runs without it")
+
+    def _validate_inputs(self, images, labels):
+        return self.inner._validate_inputs(images, labels)  # a segmentation base takes (B, H, W) masks
 
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x, y = self._validate_inputs(images, labels)
