@@ -130,7 +130,8 @@ def test_adaptive_attacks_take_a_segmentation_base():
     with torch.no_grad():
         clean = model(x).argmax(1)
     for name, args in (("bpda", dict(approximation="straight-through")), ("transfer", dict(surrogate="self:no-pap"))):
-        attack = get_attack(name, eps=8 / 255, base="segpgd", base_args={"steps": 2}, labels="predicted", seed=0, **args)
+        attack = get_attack(name, eps=8 / 255, base="segpgd", base_args={"steps": 2}, labels="predicted", seed=0,
+                            **args)
         adv = attack(model, x, clean)
         assert budget_violations(x, adv, 8 / 255, "Linf") == [], name
         with torch.no_grad():

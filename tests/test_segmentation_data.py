@@ -99,7 +99,8 @@ def test_own_folder_with_a_class_list(tmp_path):
     zero = segmentation_folder(tmp_path, reduce_zero_label=True)
     assert zero[0][1].tolist() == [[255, 0, 1], [255, 1, 255]]
     _png(tmp_path / "masks" / "a.png", [[0, 1, 3], [255, 2, 0]])
-    with pytest.raises(SegmentationDataError, match=r"masks/a.png: label 3 is outside the 3 classes .* ignore index 255"):
+    with pytest.raises(SegmentationDataError,
+                       match=r"masks/a.png: label 3 is outside the 3 classes .* ignore index 255"):
         ds[0]
     (tmp_path / "classes.txt").write_text("sky\nsky\n")
     with pytest.raises(SegmentationDataError, match="names 'sky' more than once"):

@@ -270,7 +270,8 @@ def _mmseg_state_dict(depth, dim, patch, grid, n_cls, dec_layers, gen, mask=True
     r = lambda *s: torch.randn(*s, generator=gen) * 0.2  # noqa: E731
     sd = {"backbone.cls_token": r(1, 1, dim), "backbone.pos_embed": r(1, grid * grid + 1, dim),
           "backbone.patch_embed.projection.weight": r(dim, 3, patch, patch),
-          "backbone.patch_embed.projection.bias": r(dim), "backbone.ln1.weight": 1 + r(dim), "backbone.ln1.bias": r(dim),
+          "backbone.patch_embed.projection.bias": r(dim), "backbone.ln1.weight": 1 + r(dim),
+          "backbone.ln1.bias": r(dim),
           "decode_head.conv_seg.weight": r(n_cls, dim, 1, 1), "decode_head.conv_seg.bias": r(n_cls)}
 
     def layer(prefix):
@@ -354,3 +355,15 @@ def test_mmsegmentation_checkpoint_layout_loads_and_matches_its_forward(tmp_path
     with pytest.raises(CheckpointError, match="missing keys.*encoder.norm.weight"):
         load_model(f"segmenter_{decoder}_vit_tiny", checkpoint=tmp_path / "bad.pth", img_size=size, patch_size=patch,
                    embed_dim=dim, depth=depth, num_heads=2, num_classes=n_cls)
+
+
+def test_saved_segmenter_loads_back_through_the_user_path(tmp_path):
+    from robustbench_rpc.models import save_checkpoint
+
+    torch.manual_seed(3)
+    model = load_model("segmenter_mask_rpc_symvit_micro", rpc_iters=2)
+    path = save_checkpoint(model, tmp_path / "seg.safetensors")
+    again = load_model("segmenter_mask_rpc_symvit_micro", checkpoint=path, rpc_iters=2)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x))

@@ -182,9 +182,10 @@ class Segmenter(nn.Module):
                 if isinstance(m, nn.LayerNorm):
                     m.eps = 1e-6
         if not any(k.startswith(("encoder.", "decoder.")) for k in sd):
+            first = ", ".join(list(sd)[:4])
             raise CheckpointError(f"{path} is not a Segmenter checkpoint (no encoder.* / decoder.* keys, nor "
-                                  f"mmsegmentation's backbone.* / decode_head.*; first keys: {', '.join(list(sd)[:4])});"
-                                  " a backbone's weights load into the backbone model")
+                                  f"mmsegmentation's backbone.* / decode_head.*; first keys: {first}); a backbone's "
+                                  "weights load into the backbone model")
         own = self.state_dict()
         return {k: v for k, v in sd.items() if not (k.startswith("encoder.head.") and k not in own)}
 
