@@ -367,3 +367,11 @@ def test_saved_segmenter_loads_back_through_the_user_path(tmp_path):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(again(x), model(x))
+
+
+def test_a_segmentation_model_in_a_classification_run_is_one_line(tmp_path, capsys):
+    code = main(["run", "--suite", "smoke", "--model", "segmenter_linear_symvit_micro", "--limit", "2",
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: model segmenter_linear_symvit_micro is a segmentation model (per-pixel logits)")

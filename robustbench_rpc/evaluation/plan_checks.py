@@ -14,6 +14,7 @@ from ..data.resolve import NEEDS_ROOT, ROOT_OF
 from ..evalspec import SuiteError
 from ..models import PRETRAINED, CheckpointError, ModelContractError, create_pretrained, data_config_of
 from ..models.checkpoint import check_named_model
+from ..models.contract import task_of
 from ..models.loading import build_unloaded
 from ..registry import did_you_mean
 
@@ -100,6 +101,10 @@ def check_model(m: "ModelSpec", cfg: "RunConfig") -> dict[str, Any]:
         given = ", ".join(f"{k}={v!r}" for k, v in m.kwargs.items()) or "no arguments"
         raise SuiteError(f"model {m.spec}: cannot be built with {given}: {err}") from None
     m.settings = resolved.settings
+    if task_of(net) != "classification":  # per-pixel logits: scored by mIoU over sliding windows, not top-1
+        raise SuiteError(f"model {m.spec} is a {task_of(net)} model (per-pixel logits), but this run's evaluations "
+                         "score classifiers (top-1): score it with robustbench_rpc.metrics_seg over sliding windows "
+                         "(models.sliding.SlidingWindow)")
     with torch.device("meta"):
         if m.attention:
             _patch_meta(net, m, cfg)
