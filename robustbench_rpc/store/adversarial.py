@@ -281,7 +281,7 @@ def write_gallery(run_dir: str | Path, model_key: str, eval_key: str, sample_ids
     path.parent.mkdir(parents=True, exist_ok=True)
     data = save({**{k: v.contiguous() for k, v in tensors.items()},
                  "sample_ids": torch.as_tensor(ids, dtype=torch.int64)}, metadata={"format": "robustbench-rpc gallery"})
-    return write_bytes(path, data)
+    return write_bytes(path, data, durable=False)  # display copies: whole or absent, no fsync per unit 0
 
 
 def read_gallery(run_dir: str | Path, model_key: str, eval_key: str) -> dict[str, torch.Tensor] | None:
