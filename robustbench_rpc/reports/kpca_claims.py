@@ -205,12 +205,14 @@ def claims_plots(df: pd.DataFrame, folder: Path, max_models: int = 8) -> list[Pl
         ax.set_title("value vectors vs KPCA prediction (study)", fontsize=9)
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=6.5, frameon=False, loc="center right")
+        ax.set_ylim(min(-0.1, ax.get_ylim()[0]), 1.1)
+        ax.legend(fontsize=6.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, 0.92), ncol=2)
         ax = axes[1]
-        for m, label in (("recon_phi_norm", "||φ(q)||²"), ("recon_h_norm", "||h||²"),
-                         ("recon_abs_error", "| ||φ(q)||² - ||h||² |")):
+        for m, label, style in (("recon_phi_norm", "||φ(q)||²", {"marker": "o", "ms": 3}),
+                                ("recon_h_norm", "||h||²", {"lw": 5, "alpha": 0.4}),  # wide: the difference hides it
+                                ("recon_abs_error", "| ||φ(q)||² - ||h||² |", {"ls": "--", "marker": "o", "ms": 2})):
             pl = _per_layer(part, m)
-            ax.plot(pl["layer"], pl["mean"], marker="o", ms=3, label=label)
+            ax.plot(pl["layer"], pl["mean"], label=label, **style)
             ax.fill_between(pl["layer"], (pl["mean"] - pl["sd"]).clip(lower=pl["mean"] * 1e-3),
                             pl["mean"] + pl["sd"], alpha=0.15)
         ax.set_yscale("log")
