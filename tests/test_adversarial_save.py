@@ -254,3 +254,13 @@ def test_kill_9_then_resume_neither_loses_nor_duplicates_a_saved_image(tmp_path,
     text = capsys.readouterr().out
     assert "adversarial images: 20 unit file(s) in both runs, 20 equal; 0 in one run only" in text
     assert "DIFF" not in text
+
+
+def test_a_run_that_kept_no_images_is_compared_on_its_outcomes_only(saved, tmp_path, capsys, one_thread):
+    plain = tmp_path / "plain"
+    assert _run(_suite(tmp_path), plain) == 0
+    capsys.readouterr()
+    main(["verify", str(saved), str(plain)])
+    text = capsys.readouterr().out
+    assert "INFO: adversarial images kept by run a only (8 unit file(s)): not compared" in text
+    assert "DIFF" not in text  # the same outcomes, sample by sample

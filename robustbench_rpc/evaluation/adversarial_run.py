@@ -138,8 +138,9 @@ def manifest_listing(store, out: Path) -> list[dict[str, Any]]:
         return []
     done: dict[tuple[str, str], dict[int, int]] = {}
     units = store.units()
+    saved: dict[tuple[str, str], bool] = {}
     for mk, ek, u, n in units[["model_key", "eval_key", "unit", "n"]].itertuples(index=False) if len(units) else ():
-        if unit_files(out, mk, ek):
+        if saved.setdefault((mk, ek), bool(unit_files(out, mk, ek))):
             done.setdefault((mk, ek), {})[int(u)] = int(n)
     labels = {}
     for mk, ek in done:

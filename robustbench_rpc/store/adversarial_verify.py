@@ -4,7 +4,8 @@
    recorded there. A file that changed is named with the samples that changed: their images no longer
    match the per-sample digests the file was written with (store/adversarial.py).
 2. The runs: the same (model, evaluation, unit) files in both, and equal images sample by sample (exactly,
-   or within ``--tolerance`` per value); a difference names the model, the evaluation and the samples.
+   or within ``--tolerance`` per value); a difference names the model, the evaluation and the samples. A run
+   that kept no images is not a difference (``INFO:``): its outcomes are compared with the stores.
 """
 from __future__ import annotations
 
@@ -33,26 +34,21 @@ def _where(e: dict) -> str:
 
 def compare_saved_sets(a: Path, b: Path, ma: dict, mb: dict, tolerance: float, diff: Callable[[str], None],
                        out: Callable[[str], None]) -> None:
-    """Report every difference through ``diff`` (a failed verification) and a summary through ``out``."""
-    from ..models.checkpoint import sha256_of
-
+    """Report every difference through ``diff`` (a failed verification) and a summary through ``out``; images
+    kept by one run only are an INFO line (their outcomes are compared with the stores), each run's files still
+    checked against its own manifest."""
     ea, eb = _entries(ma), _entries(mb)
     if not ea and not eb:
         return
-    intact = {}
+    if not ea or not eb:  # kept by one run only: the outcomes are compared above, the images cannot be
+        out(f"INFO: adversarial images kept by run {'a' if ea else 'b'} only ({len(ea or eb)} unit file(s)): "
+            "not compared")
+        for side, run, entries in (("a", a, ea), ("b", b, eb)):
+            _check_own(side, run, entries, diff, {})
+        return
+    intact: dict = {}
     for side, run, entries in (("a", a, ea), ("b", b, eb)):
-        for key, e in sorted(entries.items()):
-            path = run / e["file"]
-            if not path.is_file():
-                diff(f"run {side}: the adversarial images of {_where(e)}, unit {key[2]} are missing ({path})")
-                intact[(side, key)] = False
-                continue
-            if sha256_of(path) == e["sha256"]:
-                intact[(side, key)] = True
-                continue
-            intact[(side, key)] = False
-            diff(f"run {side}: the adversarial images of {_where(e)} changed since the run "
-                 f"({e['file']}: sha256 differs from its manifest): {_changed_samples(path)}")
+        _check_own(side, run, entries, diff, intact)
     shared = sorted(set(ea) & set(eb))
     for side, mine, other in (("a", ea, eb), ("b", eb, ea)):
         only = sorted(set(mine) - set(other))
@@ -85,6 +81,23 @@ def compare_saved_sets(a: Path, b: Path, ma: dict, mb: dict, tolerance: float, d
             same += 1
     out(f"adversarial images: {len(shared)} unit file(s) in both runs, {same} equal"
         + (f" within {tolerance:g}" if tolerance else "") + f"; {len(set(ea) ^ set(eb))} in one run only")
+
+
+def _check_own(side: str, run: Path, entries: dict, diff: Callable[[str], None], intact: dict) -> None:
+    """Each listed file of one run against the sha256 its manifest recorded."""
+    from ..models.checkpoint import sha256_of
+
+    for key, e in sorted(entries.items()):
+        path = run / e["file"]
+        if not path.is_file():
+            diff(f"run {side}: the adversarial images of {_where(e)}, unit {key[2]} are missing ({path})")
+            intact[(side, key)] = False
+        elif sha256_of(path) == e["sha256"]:
+            intact[(side, key)] = True
+        else:
+            intact[(side, key)] = False
+            diff(f"run {side}: the adversarial images of {_where(e)} changed since the run "
+                 f"({e['file']}: sha256 differs from its manifest): {_changed_samples(path)}")
 
 
 def _changed_samples(path: Path) -> str:
