@@ -634,3 +634,14 @@ def test_store_a_unit_whose_rows_disagree_is_refused_by_report_and_recomputed_by
     with sqlite3.connect(out / "results.sqlite") as con:
         assert con.execute("SELECT * FROM samples ORDER BY eval_key, sample_id").fetchall() == before
     assert main(["report", str(out)]) == 0
+
+
+def test_train_an_output_folder_it_cannot_write_is_one_line(tmp_path, capsys, monkeypatch):
+    from robustbench_rpc.store import lock
+
+    def read_only(folder):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(lock, "lock_folder", read_only)
+    assert _train(tmp_path / "o") == 2
+    assert f"--out {tmp_path / 'o'}: cannot write there (Read-only file system)" in _one_line_error(capsys)

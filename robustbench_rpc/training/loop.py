@@ -327,8 +327,11 @@ def train(recipe: Recipe, out: str | Path, settings: Settings | None = None,
             refuse_foreign_folder(out, st.STATE_FILE, "train", writes=st.OUTPUTS, error=st.RecipeError)
         job = prepare(recipe, out, cfg, ranks, log if ranks.main else _quiet)  # no file is written before this
         if ranks.main:
-            out.mkdir(parents=True, exist_ok=True)
-            held.append(lock_folder(out))
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                held.append(lock_folder(out))
+            except OSError as err:  # read-only, full, not permitted: before any step
+                raise st.RecipeError(f"--out {out}: cannot write there ({err.strerror or err})") from None
         return job
 
     try:
