@@ -228,15 +228,15 @@ class ResultsStore:
         sample rows of no unit: one text each, e.g. 'unit 0 of (m, e) records n=8 but holds 7 sample rows'. What
         :meth:`verify` and ``robustbench-rpc verify`` report too; one pass over the units and the samples'
         unit index."""
-        bad = self._query(
-            "SELECT u.model_key, u.eval_key, u.unit, u.n, (SELECT COUNT(*) FROM samples s WHERE s.model_key = "
-            "u.model_key AND s.eval_key = u.eval_key AND s.unit = u.unit) AS c FROM units u WHERE c != u.n")
-        out = [f"unit {u} of ({m}, {e}) records n={n} but holds {c} sample rows" for m, e, u, n, c in bad]
-        orphans = self._query(
-            "SELECT COUNT(*) FROM samples s WHERE NOT EXISTS (SELECT 1 FROM units u WHERE u.model_key = s.model_key "
-            "AND u.eval_key = s.eval_key AND u.unit = s.unit)")[0][0]
-        if orphans:
-            out.append(f"{orphans} sample rows belong to no committed unit")
+        held = {(m, e, u): c for m, e, u, c in self._query(  # a scan of the samples' unit index only
+            "SELECT model_key, eval_key, unit, COUNT(*) FROM samples GROUP BY model_key, eval_key, unit")}
+        out = []
+        for m, e, u, n in self._query("SELECT model_key, eval_key, unit, n FROM units"):
+            c = held.pop((m, e, u), 0)
+            if c != n:
+                out.append(f"unit {u} of ({m}, {e}) records n={n} but holds {c} sample rows")
+        if held:
+            out.append(f"{sum(held.values())} sample rows belong to no committed unit")
         return out
 
     def impossible_rows(self) -> list[str]:
@@ -252,12 +252,13 @@ class ResultsStore:
                   ("top-1 correct but not top-5", "correct1 = 1 AND correct5 = 0"),
                   ("plain top-1 correct but not top-5", "plain_correct1 = 1 AND plain_correct5 = 0"),
                   ("clean top-1 correct but not top-5", "clean_correct1 = 1 AND clean_correct5 = 0")]
+        rules = [(what, where) for what, where in rules if not any(c in where for c in missing)]
+        if not self._query("SELECT 1 FROM samples WHERE " + " OR ".join(f"({w})" for _, w in rules) + " LIMIT 1"):
+            return []  # one pass over the samples when they are sound; the details only for a damaged store
         out = []
         for what, where in rules:
-            if any(c in where for c in missing):
-                continue
-            rows = self._query(f"SELECT COUNT(*), MIN(eval_key || ' sample ' || sample_id) FROM samples WHERE {where}")
-            count, first = rows[0]
+            count, first = self._query(f"SELECT COUNT(*), MIN(eval_key || ' sample ' || sample_id) FROM samples "
+                                       f"WHERE {where}")[0]
             if count:
                 out.append(f"{count} sample row(s) with {what}, e.g. evaluation {first}")
         return out
