@@ -107,10 +107,17 @@ def _declared(module: nn.Module) -> dict[str, Any] | None:
     return None
 
 
+#: libraries whose classes are identified by their output on the probe, not by their source (an upgrade of
+#: torch rewrites nn.Linear's file without changing what a model computes; if it does, the probe says so)
+_LIBRARIES = ("torch.", "torchvision.", "timm.")
+
+
 def _class_source(module: nn.Module) -> str:
-    """The source of every class in the module tree (empty where Python has none, e.g. defined in a REPL)."""
+    """The source of every class of the user's in the module tree (its name where Python has no source, e.g.
+    a class defined in a REPL)."""
     parts = []
-    for cls in sorted({type(m) for m in module.modules()}, key=lambda c: (c.__module__, c.__qualname__)):
+    classes = {type(m) for m in module.modules() if not type(m).__module__.startswith(_LIBRARIES)}
+    for cls in sorted(classes, key=lambda c: (c.__module__, c.__qualname__)):
         try:
             parts.append(inspect.getsource(cls))
         except (OSError, TypeError):

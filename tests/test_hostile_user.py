@@ -645,3 +645,15 @@ def test_train_an_output_folder_it_cannot_write_is_one_line(tmp_path, capsys, mo
     monkeypatch.setattr(lock, "lock_folder", read_only)
     assert _train(tmp_path / "o") == 2
     assert f"--out {tmp_path / 'o'}: cannot write there (Read-only file system)" in _one_line_error(capsys)
+
+
+def test_api_a_module_returning_probabilities_is_refused_before_compute(tmp_path):
+    import robustbench_rpc
+    from robustbench_rpc.attacks import ModelOutputError
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10), torch.nn.Softmax(dim=1))
+    with pytest.raises(ModelOutputError) as info:
+        robustbench_rpc.benchmark(net, suite=_eval_suite(tmp_path, OOD), data_config=API_CONTRACT,
+                                  out=tmp_path / "o", device="cpu", report=False)
+    assert "returns probabilities, not logits" in str(info.value) and "\n" not in str(info.value)
+    assert _stored_units(tmp_path / "o") == 0
