@@ -6,9 +6,11 @@ An ``nn.Module`` in memory enters the harness the way every model does, by name:
 (:func:`robustbench_rpc.register_model`, a factory returning a thin wrapper around the instance) under
 ``module_<Class>_<hash>``, the hash being that of what defines its behaviour: its weights and contract, its
 class's source and its output on a fixed probe input (so a changed ``forward`` with the same weights is another
-model, evaluated anew, never served the old numbers). The same module gives the same name, hence the same
-model key: rerunning into the same ``out`` resumes, and the leaderboard treats two runs of it as one row. RobustBench's convention holds: the module takes images in [0, 1] (it normalizes itself);
-a ``data_config`` with ``mean``/``std`` says it takes normalized images instead, and the harness normalizes.
+model, never served the old numbers). The same module gives the same name, hence the same model key: rerunning
+into the same ``out`` resumes (an ``out`` holding another model's results is refused), and the leaderboard
+treats two runs of it as one row. RobustBench's convention holds: the module takes images in [0, 1] (it
+normalizes itself); a ``data_config`` with ``mean``/``std`` says it takes normalized images instead, and the
+harness normalizes.
 """
 from __future__ import annotations
 
@@ -136,8 +138,10 @@ def _probe_output(module: nn.Module, contract: Mapping[str, Any]) -> bytes:
     x = torch.rand((2, *size), generator=torch.Generator().manual_seed(0)).to(device)
     flags = [(m, m.training) for m in module.modules()]
     module.eval()
-    try:
-        outs = [_InMemory(module)(x) for _ in range(2)]
+    try:  # the user's random state is left as it was (a stochastic forward draws from it)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(0)
+            outs = [_InMemory(module)(x) for _ in range(2)]
     except Exception as err:  # noqa: BLE001 - the preflight names what the forward does wrong
         return f"forward raised {type(err).__name__}".encode()
     finally:
