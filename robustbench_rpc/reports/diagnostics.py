@@ -66,7 +66,7 @@ def pap_table(df: pd.DataFrame) -> Table | None:
                      "accuracy_pct": 100 * last["accuracy"]})
     columns = ["Model", "Input", "Layer", "Iters", "S frac. (it 1)", "S frac. (last)", "|S|1/|K|1 (last)",
                "Residual (last)", "lambda*mu", "mean |K|", "Top-1 (%)"]
-    protocol = ["PAP statistics from the model's own forward (explicit path), mean over heads and images: "
+    protocol = ["PAP statistics from the model's own forward (the path it runs), mean over heads and images: "
                 "S frac. = fraction of key entries with S != 0; |S|1/|K|1; residual = ||K-L-S||_F/||K||_F; "
                 "the soft threshold lambda*mu next to mean |K|. Every head and iteration: "
                 "tables/diagnostics_full.csv."]
