@@ -81,6 +81,9 @@ FAST = {
     # the MLP declares no BPDA approximation: undeclared="exact" runs the base (tests/test_adaptive.py: RPC)
     "bpda": dict(eps=4 / 255, approximation="symmetric", undeclared="exact", base_args={"steps": 3}),
     "transfer": dict(eps=4 / 255, base_args={"steps": 3}),  # self:no-pap of a model without PAP: itself
+    # patch attacks on the MLP (no patch embedding, no attention): the grid and the selection given
+    "patch_fool": dict(patch_size=4, select="random", loss="ce", steps=3),
+    "adversarial_patch": dict(size=4, steps=3),
 }
 
 
@@ -88,7 +91,8 @@ def test_builtin_attacks_registered():
     assert set(FAST) <= set(list_attacks())
     assert list_attacks("pg*") == ["pgd"]
     grad = {n for n in FAST if is_gradient_based(n)}
-    assert grad == {"fgsm", "pgd", "cw", "sld", "autoattack", "apgd", "bpda"}  # transfer: the surrogate's
+    assert grad == {"fgsm", "pgd", "cw", "sld", "autoattack", "apgd", "bpda", "patch_fool",
+                    "adversarial_patch"}  # transfer: the surrogate's
 
 
 @pytest.mark.parametrize("name", [n for n in list_attacks() if getattr(ATTACKS.get(n), "task", "") != "segmentation"])

@@ -27,6 +27,7 @@ from .pgd import PGD
 from .presets import PRESETS, eps_grid, get_preset, list_presets, register_preset
 from .apgd import APGD
 from . import ddn, fab, fmn  # noqa: F401,E402  (registers the minimum-norm attacks)
+from . import adversarial_patch, patch_fool  # noqa: F401,E402  (registers the patch attacks)
 from .ddn import DDN
 from .fab import FAB
 from .fmn import FMN

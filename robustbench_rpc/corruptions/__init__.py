@@ -9,6 +9,7 @@ Custom corruptions join the registry with a decorator::
     def my_blur(x, severity, rng): ...                      # uint8 (H, W, 3) -> array in [0, 255]
 """
 from . import cifar_c, imagenet_c  # noqa: F401  (register the built-in corruptions)
+from . import patches  # noqa: F401  (random-patch contamination: patch_noise, patch_shuffle)
 from .core import (
     AUTO_TABLE_MIN_SIDE, CORRUPTIONS, SEVERITY_TABLES, CorruptionSpec, corrupt, derive_seed, get_corruption,
     list_corruptions, register_corruption, resolve_severity_table, seeded_numpy_global,

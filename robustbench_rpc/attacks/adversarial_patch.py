@@ -1,0 +1,80 @@
+"""Adversarial patch: a square patch of given size pasted at given positions, optimized to be misclassified.
+
+Source: Brown, Mane, Roy, Abadi & Gilmer, "Adversarial Patch", arXiv:1712.09665 (2017). As there, the patch
+is universal by default (``universal=True``: one patch for every image of the call, i.e. of one evaluation
+unit, maximizing the mean loss over them); ``universal=False`` optimizes one patch per image. Brown et al.
+also randomize location, rotation and scale (expectation over transformation); here the threat model is fixed
+positions, so the patch is pasted at every position of ``positions`` at once (top-left pixel of each copy) and
+no rotation or scaling is applied. Untargeted: Adam ascends the cross-entropy of the true label.
+Defaults: size=8 pixels, positions=[[0, 0]], steps=100, lr=0.05 (pixel units), patch initialised uniformly at
+random in the valid box. Budget: only the pixels inside the pasted copies change (``patch_budget`` boxes,
+checked on the returned images).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import GradientAttack, register_attack
+from .patches import PatchBudget, box_mask
+
+
+@register_attack("adversarial_patch")
+class AdversarialPatch(GradientAttack):
+    norms = ("Linf",)
+    eps_required = False
+
+    def __init__(self, eps: float | None = None, norm: str = "Linf", size: int = 8, positions=((0, 0),),
+                 universal: bool = True, steps: int = 100, lr: float = 0.05, space: str = "pixel", clip: bool = True,
+                 labels: str = "true", seed: int | None = None, batch_size: int | None = None,
+                 progress: bool | None = None):
+        super().__init__(eps=None, norm=norm, space=space, clip=clip, labels=labels, seed=seed,
+                         batch_size=batch_size, progress=progress)
+        if eps is not None:
+            raise ValueError("attack 'adversarial_patch' has no eps: the patch's pixels are free (its budget is "
+                             "size and positions)")
+        size = self._positive_int("size", size)
+        try:
+            spots = tuple((int(r), int(c)) for r, c in positions)
+        except (TypeError, ValueError):
+            raise ValueError(f"positions of attack 'adversarial_patch' must be a list of [row, col] pixel "
+                             f"positions, got {positions!r}") from None
+        if not spots or any(r < 0 or c < 0 for r, c in spots):
+            raise ValueError(f"positions of attack 'adversarial_patch' must be non-negative [row, col] pairs, "
+                             f"got {positions!r}")
+        if not isinstance(universal, bool):
+            raise ValueError(f"universal of attack 'adversarial_patch' must be True or False, got {universal!r}")
+        self._record(size=size, positions=[list(p) for p in spots], universal=universal,
+                     steps=self._positive_int("steps", steps), lr=self._positive_float("lr", lr))
+        self.patch_budget = PatchBudget(size, len(spots), tuple((r, c, size, size) for r, c in spots))
+
+    def _paste(self, x: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
+        out = x
+        for r, c in self.positions:
+            canvas = F.pad(patch, (c, x.shape[-1] - c - self.size, r, x.shape[-2] - r - self.size))
+            one = box_mask(x, [(r, c, self.size, self.size)])
+            out = out * (1 - one) + canvas * one
+        return out
+
+    def perturb(self, model, x, y):
+        h, w = x.shape[-2:]
+        if any(r + self.size > h or c + self.size > w for r, c in self.positions):
+            raise ValueError(f"attack 'adversarial_patch': a {self.size}-pixel patch at {self.positions} does not fit "
+                             f"in {h}x{w} images")
+        shape = (1 if self.universal else x.shape[0], x.shape[1], self.size, self.size)
+        lo = self.box.lo if self.box.bounded else 0.0
+        hi = self.box.hi if self.box.bounded else 1.0
+        patch = (lo + torch.rand(shape, device=x.device, dtype=x.dtype) * (hi - lo))
+        patch = self.box.clamp(patch.expand(shape)).contiguous()
+        patch.requires_grad_(True)
+        opt = torch.optim.Adam([patch], lr=self.lr)
+        for _ in range(self.steps):
+            with torch.enable_grad():
+                loss = F.cross_entropy(model(self._paste(x, patch.expand(x.shape[0], *shape[1:]))).float(), y)
+                (grad,) = torch.autograd.grad(loss, patch)
+            opt.zero_grad()
+            patch.grad = -grad  # ascend
+            opt.step()
+            with torch.no_grad():
+                patch.copy_(self.box.clamp(patch))
+        return self._paste(x, patch.detach().expand(x.shape[0], *shape[1:]))

@@ -1,0 +1,180 @@
+"""Patch threat models: patch_fool and adversarial_patch change only their patches (and the budget check refuses
+one that does not), the attention probe reads the model's attention without changing it, random-patch
+contamination replaces exactly k patches, and a suite runs them through the CLI."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import robustbench_rpc
+from robustbench_rpc.attacks import BudgetError, attack_outcomes, get_attack
+from robustbench_rpc.attacks.adversarial_patch import AdversarialPatch
+from robustbench_rpc.attacks.patch_fool import PatchFool, pcgrad
+from robustbench_rpc.attacks.patches import AttentionProbe, changed_cells, vit_geometry
+from robustbench_rpc.cli import main
+from robustbench_rpc.corruptions import corrupt
+from robustbench_rpc.data.embedded import digits32
+from robustbench_rpc.store.results import ResultsStore
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def micro():
+    ds = digits32("test")
+    x = torch.stack([ds[i][0] for i in range(8)])
+    y = torch.tensor([int(ds[i][1]) for i in range(8)])
+    models = {n: robustbench_rpc.load_model(n, "packaged").eval()
+              for n in ("symvit_micro_patch4_32", "rpc_symvit_micro_patch4_32")}
+    return models, x, y
+
+
+@pytest.mark.parametrize("name", ["symvit_micro_patch4_32", "rpc_symvit_micro_patch4_32"])
+@pytest.mark.parametrize("loss,k", [("attention", 1), ("ce", 2)])
+def test_patch_fool_changes_at_most_k_patches_and_fools(micro, name, loss, k):
+    models, x, y = micro
+    model = models[name]
+    attack = get_attack("patch_fool", n_patches=k, loss=loss, steps=15, seed=0)
+    out = attack_outcomes(model, attack, x, y)  # the patch budget check passes
+    adv = attack(model, x, y)
+    assert int(changed_cells(x, adv, 4).max()) <= k
+    assert out.robust_accuracy < out.clean_accuracy
+
+
+def test_patch_fool_selects_the_most_attended_patch(micro):
+    models, x, y = micro
+    model = models["symvit_micro_patch4_32"]
+    probe = AttentionProbe(model)
+    with torch.no_grad(), probe.recording():
+        model(x)
+    _, prefix = vit_geometry(model)
+    received = probe.maps[len(probe.modules) // 3].mean(dim=1).mean(dim=-2)[:, prefix:]
+    adv = get_attack("patch_fool", n_patches=1, steps=3, seed=0)(model, x, y)
+    diff = (adv != x).any(dim=1).reshape(8, 8, 4, 8, 4).any(dim=(2, 4)).flatten(1)
+    assert torch.equal(diff.float().argmax(dim=1), received.argmax(dim=1))
+
+
+def test_attention_probe_leaves_the_forward_unchanged_and_keeps_the_graph(micro):
+    models, x, _ = micro
+    for model in models.values():
+        with torch.no_grad():
+            before = model(x)
+        probe = AttentionProbe(model)
+        xr = x.clone().requires_grad_(True)
+        with probe.recording():
+            during = model(xr)
+        assert torch.equal(before, during.detach())
+        assert len(probe.modules) == 4 and all(m is not None for m in probe.maps)
+        rows = probe.maps[0].sum(dim=-1)
+        assert torch.allclose(rows, torch.ones_like(rows), atol=1e-5)
+        (g,) = torch.autograd.grad(probe.maps[1][:, :, :, 3].sum(), xr)
+        assert g.abs().sum() > 0
+        with torch.no_grad():
+            assert torch.equal(model(x), before)  # the wrappers are gone afterwards
+
+
+def test_pcgrad_removes_only_the_conflicting_component():
+    ce = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    attn = torch.tensor([[-1.0, 1.0], [1.0, 1.0]])  # first conflicts (negative dot), second agrees
+    out = pcgrad(attn, ce)
+    assert torch.allclose(out[0], torch.tensor([0.0, 1.0])) and torch.equal(out[1], attn[1])
+
+
+class LeakyPatchFool(PatchFool):
+    """A patch attack that also touches one pixel outside its patch: the budget check must refuse it."""
+
+    def perturb(self, model, x, y):
+        adv = super().perturb(model, x, y).clone()
+        adv[:, :, 0, 0] = 1 - adv[:, :, 0, 0]
+        adv[:, :, 31, 31] = 1 - adv[:, :, 31, 31]
+        return adv
+
+
+class LeakyAdversarialPatch(AdversarialPatch):
+    def perturb(self, model, x, y):
+        adv = super().perturb(model, x, y).clone()
+        adv[:, :, 31, 31] = 1 - adv[:, :, 31, 31]
+        return adv
+
+
+def test_budget_check_refuses_a_patch_attack_touching_pixels_outside_its_patch(micro):
+    models, x, y = micro
+    model = models["symvit_micro_patch4_32"]
+    with pytest.raises(BudgetError, match="changed 3 patches of 4 pixels where 1 are allowed"):
+        attack_outcomes(model, LeakyPatchFool(n_patches=1, loss="ce", steps=2, seed=0), x, y)
+    with pytest.raises(BudgetError, match=r"outside its patches \[\(12, 12, 8, 8\)\]"):
+        attack_outcomes(model, LeakyAdversarialPatch(size=8, positions=[[12, 12]], steps=2, seed=0), x, y)
+
+
+def test_adversarial_patch_universal_pastes_one_patch_at_each_position(micro):
+    models, x, y = micro
+    model = models["symvit_micro_patch4_32"]
+    attack = get_attack("adversarial_patch", size=8, positions=[[0, 0], [24, 24]], steps=10, seed=0)
+    out = attack_outcomes(model, attack, x, y)
+    adv = attack(model, x, y)
+    inside = torch.zeros(32, 32, dtype=torch.bool)
+    inside[:8, :8] = inside[24:, 24:] = True
+    assert torch.equal(adv[..., ~inside], x[..., ~inside])
+    assert torch.equal(adv[:, :, :8, :8], adv[:1, :, :8, :8].expand(8, -1, -1, -1))  # universal
+    assert torch.equal(adv[:, :, :8, :8], adv[:, :, 24:, 24:])
+    assert out.robust_accuracy <= out.clean_accuracy
+
+
+@pytest.mark.parametrize("params,option", [
+    ({"size": 40}, "does not fit"), ({"positions": [[-1, 0]]}, "positions"), ({"eps": 0.1}, "eps"),
+    ({"positions": "centre"}, "positions"),
+])
+def test_adversarial_patch_bad_options_name_the_option(micro, params, option):
+    models, x, y = micro
+    with pytest.raises(ValueError, match=option):
+        get_attack("adversarial_patch", steps=1, **params)(models["symvit_micro_patch4_32"], x, y)
+
+
+@pytest.mark.parametrize("params,option", [({"n_patches": 0}, "n_patches"), ({"select": "saliency"}, "select"),
+                                           ({"loss": "dlr"}, "loss")])
+def test_patch_fool_bad_options_name_the_option(params, option):
+    with pytest.raises(ValueError, match=option):
+        get_attack("patch_fool", **params)
+
+
+@pytest.mark.parametrize("name", ["patch_noise", "patch_shuffle"])
+def test_random_patch_contamination_replaces_exactly_k_patches(name):
+    x = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    for k in range(1, 6):
+        out = corrupt(x, name, k, seed=3)
+        cells = (out != x).any(axis=2).reshape(8, 4, 8, 4).any(axis=(1, 3))
+        assert int(cells.sum()) == k
+        assert np.array_equal(out, corrupt(x, name, k, seed=3))
+
+
+def test_patch_suite_runs_through_the_cli(tmp_path, capsys):
+    suite = tmp_path / "p.toml"
+    suite.write_text("""name = "p"
+version = 1
+description = "patches, tiny"
+[defaults]
+dataset = "digits32"
+models = ["symvit_micro_patch4_32:packaged"]
+batch_size = 8
+seed = 0
+limit = 8
+[[evaluation]]
+kind = "corruption"
+source = "on-the-fly"
+corruptions = ["patch_noise"]
+severities = [1, 5]
+[[evaluation]]
+kind = "attack"
+attack = "patch_fool"
+n_patches = 2
+steps = 3
+""")
+    out = tmp_path / "out"
+    assert main(["run", "--suite", str(suite), "--out", str(out), "--no-progress", "--device", "cpu",
+                 "--no-report"]) == 0
+    assert "patch_fool" in capsys.readouterr().out
+    with ResultsStore(out / "results.sqlite", readonly=True) as store:
+        evals = store.evaluations()
+        assert {"patch_fool"} <= set(evals["name"].dropna())
+        assert len(store.samples()) == 8 * 3
