@@ -22,11 +22,12 @@ import torch
 
 from ..evalspec import THREAT_DEFAULTS, EvalSpec, eps_label
 from .data import RunData, slug
-from .plots import Plot, _save
+from .plots import Plot
 
 SAMPLES = 3        # fixed images per model
 CORRUPTIONS = 5    # corruptions shown (each at every stored severity)
 MAX_MODELS = 8     # a grid of dozens of models: the first ones
+GALLERY_DPI = 100  # the page embeds every figure: small images of small images
 
 
 @dataclass
@@ -252,6 +253,22 @@ def _stochastic(data: RunData, model_key: str) -> bool:
     return bool(len(hit)) and hit.iloc[0]["status"] == "warn"
 
 
+def _save_small(fig, folder: Path, name: str, title: str, caption: str) -> Plot:
+    """As the report's other figures (PNG + SVG, each atomic), at 100 dpi: images of images, kept light."""
+    import matplotlib.pyplot as plt
+
+    from ..atomic import replacing
+
+    folder.mkdir(parents=True, exist_ok=True)
+    png, svg = folder / f"{name}.png", folder / f"{name}.svg"
+    with replacing(png, durable=False) as tmp:
+        fig.savefig(tmp, format="png", dpi=GALLERY_DPI, bbox_inches="tight")
+    with replacing(svg, durable=False) as tmp:
+        fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    return Plot(name, title, caption, png, svg)
+
+
 def _show(ax, image: torch.Tensor, title: str, color: str = "black") -> None:
     img = image.detach().float().clamp(0, 1).permute(1, 2, 0).numpy()
     ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
@@ -307,7 +324,7 @@ def gallery_figure(g: ModelGallery, folder: Path) -> Plot | None:
                 f"outcome of unit 0 exactly" + ("" if same == len(recomputed) else
                                                  f", {len(recomputed) - same} do NOT") + ".")
     budget = eps_label(g.eps) if g.eps else ""
-    plot = _save(fig, folder, f"gallery_{slug(g.model)}", f"Gallery: {g.model}",
+    plot = _save_small(fig, folder, f"gallery_{slug(g.model)}", f"Gallery: {g.model}",
                  f"The run's first {len(g.ids)} images: clean (label y, prediction), each attack at the headline "
                  f"budget {budget} with its prediction (red: wrong) and its perturbation amplified (x factor: +-eps "
                  f"spans black to white); then the first image under each corruption and severity. Adversarial "
