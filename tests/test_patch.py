@@ -107,6 +107,13 @@ def test_budget_check_refuses_a_patch_attack_touching_pixels_outside_its_patch(m
         attack_outcomes(model, LeakyAdversarialPatch(size=8, positions=[[12, 12]], steps=2, seed=0), x, y)
 
 
+def test_patch_attacks_at_eps_zero_change_nothing(micro):
+    models, x, y = micro
+    model = models["symvit_micro_patch4_32"]
+    assert torch.equal(get_attack("adversarial_patch", eps=0.0, steps=2, seed=0)(model, x, y), x)
+    assert torch.equal(get_attack("patch_fool", eps=0.0, steps=2, seed=0)(model, x, y), x)
+
+
 def test_adversarial_patch_universal_pastes_one_patch_at_each_position(micro):
     models, x, y = micro
     model = models["symvit_micro_patch4_32"]
@@ -122,7 +129,7 @@ def test_adversarial_patch_universal_pastes_one_patch_at_each_position(micro):
 
 
 @pytest.mark.parametrize("params,option", [
-    ({"size": 40}, "does not fit"), ({"positions": [[-1, 0]]}, "positions"), ({"eps": 0.1}, "eps"),
+    ({"size": 40}, "does not fit"), ({"positions": [[-1, 0]]}, "positions"), ({"eps": -0.1}, "eps"),
     ({"positions": "centre"}, "positions"),
 ])
 def test_adversarial_patch_bad_options_name_the_option(micro, params, option):

@@ -8,7 +8,8 @@ positions, so the patch is pasted at every position of ``positions`` at once (to
 no rotation or scaling is applied. Untargeted: Adam ascends the cross-entropy of the true label.
 Defaults: size=8 pixels, positions=[[0, 0]], steps=100, lr=0.05 (pixel units), patch initialised uniformly at
 random in the valid box. Budget: only the pixels inside the pasted copies change (``patch_budget`` boxes,
-checked on the returned images).
+checked on the returned images). ``eps`` (None by default: the patch's pixels are free) additionally bounds the
+pasted pixels within eps (Linf) of the clean ones, through the base class's projection; eps 0 changes nothing.
 """
 from __future__ import annotations
 
@@ -28,11 +29,8 @@ class AdversarialPatch(GradientAttack):
                  universal: bool = True, steps: int = 100, lr: float = 0.05, space: str = "pixel", clip: bool = True,
                  labels: str = "true", seed: int | None = None, batch_size: int | None = None,
                  progress: bool | None = None):
-        super().__init__(eps=None, norm=norm, space=space, clip=clip, labels=labels, seed=seed,
+        super().__init__(eps=eps, norm=norm, space=space, clip=clip, labels=labels, seed=seed,
                          batch_size=batch_size, progress=progress)
-        if eps is not None:
-            raise ValueError("attack 'adversarial_patch' has no eps: the patch's pixels are free (its budget is "
-                             "size and positions)")
         size = self._positive_int("size", size)
         try:
             spots = tuple((int(r), int(c)) for r, c in positions)
