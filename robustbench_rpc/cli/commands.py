@@ -64,7 +64,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from ..evaluation.harness import run
     from ..evaluation.plan import RunConfig
+    from ..evaluation.seg_run import run_segmentation
 
+    seg_out = run_segmentation(args)  # a suite with task = "segmentation": its own planner, same store
+    if seg_out is not None:
+        return _finish_segmentation(args, seg_out)
     cfg = RunConfig.from_args(args)
     out = run(cfg)
     if os.environ.get("RANK", "0") != "0":
@@ -88,6 +92,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finish_segmentation(args: argparse.Namespace, out: Path) -> int:
+    print(f"results: {Path(out) / 'results.sqlite'}")
+    if not args.no_report:
+        from ..reports.seg_report import build_seg_report
+
+        paths = build_seg_report(Path(out))
+        print(paths["table_md"].read_text().rstrip())
+        print(f"report:  {paths['html']}")
+    return 0
+
+
 def _failed_checks(out: Path) -> list[str]:
     from ..store.results import ResultsStore
 
@@ -98,6 +113,13 @@ def _failed_checks(out: Path) -> list[str]:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ..reports import build_report
+    from ..reports.seg_report import build_seg_report, is_segmentation_run
+
+    if is_segmentation_run(Path(args.run_dir)):  # tables of aAcc/mAcc/mIoU recomputed from the stored counts
+        paths = build_seg_report(Path(args.run_dir), Path(args.out) if args.out else None)
+        print(paths["table_md"].read_text().rstrip())
+        print(f"report: {paths['html']}")
+        return 0
 
     paths = build_report(Path(args.run_dir), Path(args.out) if args.out else None)
     summary = paths.get("summary")
@@ -178,6 +200,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         over, flags, named = _train_overrides(args)
+        from ..training.seg_train import is_segmentation_recipe, train_segmentation
+
+        if is_segmentation_recipe(args.recipe):  # task = "segmentation": per-pixel CE (training/seg_train.py)
+            name = Path(args.recipe).stem
+            res = train_segmentation(args.recipe, over, Path(args.out) if args.out else Path("runs/train") / name,
+                                     device=args.device)
+            print(f"checkpoint: {res['last_checkpoint']}" + (f" (val mIoU {100 * res['val_mIoU']:.1f}%)"
+                                                             if res.get("val_mIoU") is not None else ""))
+            return 0
         recipe = build_recipe(args.recipe, over, flags)
         if named is not None and named != recipe.data.dataset:
             raise RecipeError(f"--data-root {named}=...: the recipe trains on '{recipe.data.dataset}' (use "

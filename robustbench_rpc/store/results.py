@@ -56,6 +56,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from . import seg_areas as seg_store
 from .lock import FolderLock, lock_folder  # noqa: F401 (API)
 from .errors import (
     FolderBusyError, OutputWriteError, StoreConflictError, StoreCorruptError, StoreError, StoreWriteError,
@@ -517,7 +518,8 @@ class ResultsStore:
             "AND u.unit = s.unit) GROUP BY s.unit", (model_key, eval_key, model_key, eval_key))
 
     def write_unit(self, model_key: str, eval_key: str, unit: int,
-                   rows: Mapping[str, Sequence] | Sequence[Mapping[str, Any]]) -> bool:
+                   rows: Mapping[str, Sequence] | Sequence[Mapping[str, Any]],
+                   seg_areas: Mapping[int, Any] | None = None) -> bool:
         """Write one unit's per-sample rows and its ``units`` marker in ONE transaction.
 
         ``rows``: a dict of equal-length sequences (lists, numpy arrays, tensors converted by the
@@ -530,15 +532,19 @@ class ResultsStore:
         is replaced. Returns True when the unit was written. A sample_id already stored under another
         unit of the same (model, evaluation) is an error. The WAL is checkpointed when this unit completes
         its evaluation, or CHECKPOINT_INTERVAL_S after the last checkpoint (:meth:`checkpoint`).
+        ``seg_areas``: a segmentation unit's per-image counts {sample_id: (4, classes)}, written in the same
+        transaction (``store/seg_areas.py``).
         """
         unit = unit_index(unit)
         records = sample_records(rows, f"unit {unit} of ({model_key}, {eval_key})")
         key = (model_key, eval_key, unit)
         with self._transaction() as con:
             require_registered(con, model_key, eval_key)
+            if seg_areas is not None:
+                seg_store.drop_unit_without_areas(con, key)
             stored = stored_whole(con, key)
             if stored is not None:
-                if same_rows(con, key, records):
+                if same_rows(con, key, records) and (seg_areas is None or seg_store.same_areas(con, key, seg_areas)):
                     return False
                 raise StoreConflictError(
                     f"unit {unit} of model {model_key!r} on evaluation {eval_key!r} is already stored with "
@@ -546,6 +552,8 @@ class ResultsStore:
                     "or two runs write to the same folder.")
             refuse_clashes(con, key, [r[0] for r in records])
             insert_unit(con, key, records, _now())
+            if seg_areas is not None:
+                seg_store.insert_areas(con, key, seg_areas, [r[0] for r in records])
         self._checkpoint_if_due(model_key, eval_key)
         return True
 
@@ -729,6 +737,8 @@ class ResultsStore:
         out = Path(out_dir)
         tables = {"models": self.models(), "evaluations": self.evaluations(), "samples": self.samples(),
                   "aggregates": self.aggregates(), "checks": self.checks()}
+        if seg_store.has_table(self._con) and self._query("SELECT 1 FROM seg_areas LIMIT 1"):
+            tables["seg_areas"] = seg_store.areas_frame(self)  # per-image, per-class counts (long form)
         try:
             return write_tables(tables, out, formats)
         except OSError as e:

@@ -1,10 +1,11 @@
-"""The results store's SQLite schema (version 2; ARCHITECTURE.md "Store schema") and its migrations. A leaf."""
+"""The results store's SQLite schema (version 3; ARCHITECTURE.md "Store schema") and its migrations. A leaf."""
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATIONS = {1: ("ALTER TABLE samples ADD COLUMN clean_correct5 INTEGER CHECK (clean_correct5 IN (0, 1))",
                   "ALTER TABLE samples ADD COLUMN plain_correct1 INTEGER CHECK (plain_correct1 IN (0, 1))",
-                  "ALTER TABLE samples ADD COLUMN plain_correct5 INTEGER CHECK (plain_correct5 IN (0, 1))")}
+                  "ALTER TABLE samples ADD COLUMN plain_correct5 INTEGER CHECK (plain_correct5 IN (0, 1))"),
+              2: ()}  # version 3 adds the seg_areas table, which SCHEMA creates (IF NOT EXISTS) on every open
 EVAL_KINDS = ("clean", "attack", "corruption", "ood", "shift", "external", "transfer")
 
 JSON_COLUMNS = (("meta", "value_json"), ("models", "info_json"), ("evaluations", "info_json"),
@@ -52,6 +53,14 @@ CREATE TABLE IF NOT EXISTS samples (
         DEFERRABLE INITIALLY DEFERRED
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS samples_unit ON samples(model_key, eval_key, unit);
+CREATE TABLE IF NOT EXISTS seg_areas (
+    model_key TEXT NOT NULL,
+    eval_key TEXT NOT NULL,
+    sample_id INTEGER NOT NULL,
+    unit INTEGER NOT NULL,
+    areas_json TEXT NOT NULL,
+    PRIMARY KEY (model_key, eval_key, sample_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checks (
     model_key TEXT NOT NULL,
     eval_key TEXT NOT NULL,

@@ -183,6 +183,10 @@ class StoreComparison:
             self.diff(f"{len(changed)} unit(s) of {where} record another n: "
                       + _first(f"unit {u}: {ua[u]} vs {ub[u]}" for u in changed))
         self.samples(m, e, where)
+        from .seg_areas import compare_areas  # segmentation counts, per image and class
+
+        for line in compare_areas(self.a, self.b, m, e, where):
+            self.diff(line)
 
     def samples(self, m: str, e: str, where: str) -> None:
         cols = ["sample_id", *SAMPLE_FIELDS]
