@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean heads heads-demo checkpoints checkpoints-pgdat
+.PHONY: demo test install bench clean heads heads-demo checkpoints checkpoints-pgdat checkpoints-seg seg-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,17 @@ checkpoints: $(STAMP)
 checkpoints-pgdat: $(STAMP)
 	for m in $(PGDAT_MICRO); do OMP_NUM_THREADS=1 $(VENV)/bin/robustbench-rpc train --recipe $$m --out runs/train/$$m \
 	  --no-progress && cp runs/train/$$m/last.safetensors robustbench_rpc/checkpoints/$$m.safetensors || exit 1; done
+
+# The shipped Segmenter micro checkpoints (encoders from the shipped SymViT / RPC-SymViT micro classifiers),
+# fine-tuned on digits-seg64 by their recipes (training/recipes/segmenter_linear_*symvit_micro.toml); then the
+# embedded segmentation suite (its table, curves and examples in reports/quick-seg/).
+SEG_MICRO := segmenter_linear_symvit_micro segmenter_linear_rpc_symvit_micro
+checkpoints-seg: $(STAMP)
+	for m in $(SEG_MICRO); do OMP_NUM_THREADS=2 $(VENV)/bin/robustbench-rpc train --recipe $$m --out runs/train/$$m \
+	  && cp runs/train/$$m/last.safetensors robustbench_rpc/checkpoints/$$m.safetensors || exit 1; done
+
+seg-demo: $(STAMP)
+	$(VENV)/bin/robustbench-rpc run --suite quick-seg --out reports/quick-seg
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
