@@ -81,3 +81,42 @@ def test_curve_at_eps_is_not_above_pgd_by_more_than_its_interval():
     assert len(flagged) <= int((pgd.clean_correct1 & ~pgd.adv_correct1).sum())
     for name in norms:
         assert 0 <= optimality(norms[name], best) <= 1
+
+
+def test_curve_suite_through_the_cli_stores_attacks_and_reports_the_curve(tmp_path, capsys):
+    import pandas as pd
+
+    from robustbench_rpc.cli import main
+
+    suite = tmp_path / "c.toml"
+    suite.write_text("""name = "c"
+version = 1
+description = "a curve"
+[defaults]
+dataset = "digits32"
+models = ["symvit_micro_patch4_32:packaged"]
+batch_size = 16
+seed = 0
+limit = 16
+[[evaluation]]
+kind = "curve"
+name = "Linf micro"
+norm = "Linf"
+attacks = [{attack = "fmn", steps = 40}, {attack = "ddn", norm = "L2"}]
+""")
+    code = main(["run", "--suite", str(suite), "--out", str(tmp_path / "bad"), "--no-progress"])
+    assert code == 2 and "ddn has norm 'L2' in a Linf curve" in capsys.readouterr().err
+    suite.write_text(suite.read_text().replace(', {attack = "ddn", norm = "L2"}',
+                                               ', {attack = "fab", n_iter = 20}, {attack = "pgd", eps = "8/255", '
+                                               'steps = 20}'))
+    out = tmp_path / "out"
+    assert main(["run", "--suite", str(suite), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    table = pd.read_csv(out / "tables" / "curve_linf_micro.csv")
+    assert set(table["kind"]) == {"minimum-norm", "fixed-budget"}
+    assert (out / "plots" / "curve_linf_micro.png").is_file()
+    assert "Robust accuracy vs eps: Linf micro" in (out / "index.html").read_text()
+    fixed = table[table["kind"] == "fixed-budget"].iloc[0]
+    # the curve at 8/255 is not above PGD's robust accuracy there by more than its interval
+    assert fixed["curve_lo"] <= fixed["robust_accuracy"] + 1e-9
+    minimal = table[table["kind"] == "minimum-norm"]
+    assert ((minimal["optimality"] >= 0) & (minimal["optimality"] <= 1)).all()

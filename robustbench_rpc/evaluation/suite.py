@@ -20,7 +20,7 @@ from ..evalspec import EvalSpec, SuiteError, parse_eps, resolve_attack
 from ..registry import did_you_mean
 
 SUITES_DIR = Path(__file__).parent.parent / "suites"
-KINDS = ("clean", "attack", "corruption", "ood", "shift", "diagnostics", "external", "transfer")
+KINDS = ("clean", "attack", "corruption", "ood", "shift", "diagnostics", "external", "transfer", "curve")
 _DEFAULT_KEYS = {"dataset", "models", "reference_model", "batch_size", "seed", "limit", "subset", "data_roots",
                  "workers", "amp", "device"}
 _EVAL_KEYS = {
@@ -36,6 +36,9 @@ _EVAL_KEYS = {
     "external": {"kind", "adversarial", "norm", "eps"},
     # every model on the sets saved from every model (evaluation/transfer.py; planned once models are known)
     "transfer": {"kind", "quantize", "sources"},
+    # robust accuracy vs eps from per-sample minimal norms: one attack evaluation per entry of attacks, each
+    # tagged with the curve's name (reports/curve_report.py)
+    "curve": {"kind", "name", "attacks", "norm"},
 }
 #: [sweep]: a model grid -- every model x every layers x every combination of args, with the attention
 #: variant patched in at evaluation time (see harness.sweep_models)
@@ -180,6 +183,27 @@ def _attack_evals(ev: dict[str, Any], dataset: str, amp: str | None, where: str)
     return out
 
 
+def _curve_evals(ev: dict[str, Any], dataset: str, amp: str | None, where: str) -> list[EvalSpec]:
+    """A curve's attacks (``attacks = [{attack = "fmn"}, {attack = "pgd", eps = "8/255"}, ...]``), each an attack
+    evaluation in the curve's ``norm`` (Linf or L2: the norms the store keeps per sample), tagged ``curve``."""
+    norm, attacks_ = ev.get("norm"), ev.get("attacks")
+    if norm not in ("Linf", "L2"):
+        raise SuiteError(f"{where}: a curve needs norm = \"Linf\" or \"L2\" (the per-sample norms the store keeps), "
+                         f"got {norm!r}")
+    if not isinstance(attacks_, list) or not attacks_ or not all(isinstance(a, dict) and "attack" in a
+                                                                for a in attacks_):
+        raise SuiteError(f"{where}: a curve needs attacks = [{{attack = \"fmn\"}}, ...], a list of attack tables")
+    name = ev.get("name", f"{norm} curve")
+    if not isinstance(name, str):
+        raise SuiteError(f"{where}: the curve's name must be a string, got {name!r}")
+    out = []
+    for a in attacks_:
+        if a.get("norm", norm) != norm:
+            raise SuiteError(f"{where}: attack {a['attack']} has norm {a['norm']!r} in a {norm} curve")
+        out += _attack_evals({**a, "norm": norm, "curve": name}, dataset, amp, where)
+    return out
+
+
 def _corruption_evals(ev: dict[str, Any], dataset: str, where: str) -> list[EvalSpec]:
     """One evaluation per corruption and severity, names and severities checked."""
     from .. import corruptions
@@ -279,6 +303,8 @@ def expand(suite: Suite, dataset: str, amp: str | None = None) -> list[EvalSpec]
             out.append(_diagnostics_spec(ev, dataset, where))
         elif kind == "corruption":
             out += _corruption_evals(ev, dataset, where)
+        elif kind == "curve":
+            out += _curve_evals(ev, dataset, amp, where)
         elif kind == "external":
             from .external import external_spec
 

@@ -68,6 +68,10 @@ def _write_report(data: RunData, run_dir: Path, out: Path) -> dict:
 
     a_tables, a_plots = adversarial_section(data, out)
     tables, plots = tables + a_tables, plots + a_plots
+    from .curve_report import curves_section  # kind = "curve": robust accuracy vs eps from minimal norms
+
+    c_tables, c_plots = curves_section(data, out)
+    tables, plots = tables + c_tables, plots + c_plots
     for t in tables:
         paths.update(t.write(out / "tables"))
     for p in plots:
