@@ -23,7 +23,8 @@ sys.path.insert(0, str(HERE))
 import _common as C  # noqa: E402
 
 BENCHES = ["bench_pgd", "bench_robust_accuracy", "bench_rpc_attention", "bench_corruptions", "bench_decode",
-           "bench_autoattack", "bench_training", "bench_square", "bench_adaptive", "bench_model_step"]
+           "bench_autoattack", "bench_training", "bench_square", "bench_adaptive", "bench_model_step",
+           "bench_transfer_matrix"]
 
 
 def main(argv=None) -> int:

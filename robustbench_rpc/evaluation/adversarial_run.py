@@ -165,5 +165,6 @@ def run_transfer(runner: "Runner") -> None:
         model = dist.run_everywhere(lambda: runner.build_model(m), f"loading model {m.spec}")
         key, _ = runner.model_info(m, model)
         eval_model = runner.prepare(model, key, m)
+        runner.log(f"[{m.display}] as the target of {len(deferred)} transfer evaluation(s)")
         for e in deferred:
             runner.run_eval(eval_model, key, m, e)
