@@ -78,3 +78,36 @@ def test_query_budget_caps_each_sample():
     assert int(counter.counts().queries.max()) <= 4 + 1  # a forward allowed at 3 brings its backward along
     with pytest.raises(ValueError, match="query_budget"):
         QueryCounter(model, x, query_budget=0)
+
+
+def test_a_run_stores_the_counts_and_the_report_shows_them_per_attack(tmp_path):
+    import pandas as pd
+
+    from robustbench_rpc.cli import main
+    from robustbench_rpc.store.results import ResultsStore
+
+    suite = tmp_path / "q.toml"
+    suite.write_text("""name = "q"
+version = 1
+description = "query counts"
+[defaults]
+dataset = "digits32"
+models = ["symvit_micro_patch4_32:packaged"]
+batch_size = 8
+seed = 0
+limit = 8
+[[evaluation]]
+kind = "attack"
+attack = "pgd"
+eps = "8/255"
+steps = 4
+early_stop = false
+""")
+    out = tmp_path / "out"
+    assert main(["run", "--suite", str(suite), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    with ResultsStore(out / "results.sqlite", readonly=True) as store:
+        stored = [v for k, v in store.meta().items() if k.startswith("queries/")]
+    assert len(stored) == 1 and stored[0]["forwards"] == [4] * 8 and stored[0]["backwards"] == [4] * 8
+    table = pd.read_csv(out / "tables" / "queries.csv")
+    assert table["forwards_mean"].tolist() == [4.0] and table["backwards_total"].tolist() == [32]
+    assert "What each attack cost" in (out / "index.html").read_text()

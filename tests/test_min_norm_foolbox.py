@@ -99,5 +99,6 @@ def test_unpatched_foolbox_l2_fmn_does_not_project_and_finds_larger_norms():
                                                fb.criteria.Misclassification(y))
     raw = minimal_norms(model, x, raw, y, "L2")
     broken = torch.isfinite(raw) & (raw > 0)
-    print(f"FMN-L2 median: ours {float(mine[broken].median()):.4f}, foolbox unpatched {float(raw[broken].median()):.4f}")
+    print(f"FMN-L2 median: ours {float(mine[broken].median()):.4f}, "
+          f"foolbox unpatched {float(raw[broken].median()):.4f}")
     assert float(mine[broken].median()) < 0.8 * float(raw[broken].median())

@@ -113,3 +113,32 @@ def count_queries(model: nn.Module, attack, x: torch.Tensor, y: torch.Tensor,
     counter = QueryCounter(model, x, query_budget)
     x_adv = attack(counter, x, y)
     return x_adv, counter.counts()
+
+
+#: the key under which an attack unit's per-sample counts travel with its rows to the harness (never stored as
+#: a row column: the harness writes them to the run's meta, ``queries/<model_key>/<eval_key>/<unit>``)
+QUERIES_KEY = "_queries"
+
+
+class CountQueries:
+    """An attack run on the model wrapped in a ``QueryCounter``; ``counts`` after each call. Every other
+    attribute reads through to the attack it wraps (eps, norm, space, clip, name, patch budget...)."""
+
+    def __init__(self, attack):
+        self._attack = attack
+        self.counts: QueryCounts | None = None
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["_attack"], name)
+
+    def __call__(self, model, x, y):
+        counter = QueryCounter(model, x)
+        out = self._attack(counter, x, y)
+        self.counts = counter.counts()
+        return out
+
+    def stored(self) -> dict:
+        """The counts as the run stores them (lists, in the order of the unit's samples)."""
+        c = self.counts
+        return {} if c is None else {"forwards": c.forwards.tolist(), "backwards": c.backwards.tolist(),
+                                     "ambiguous": c.ambiguous}

@@ -62,6 +62,9 @@ def attack_rows(model: torch.nn.Module, spec: EvalSpec, x: torch.Tensor, y: torc
     from ..attacks.base import amp_dtype_of
 
     attack = attacks.get_attack(spec.name, seed=seed, **attack_params(spec, amp))
+    from ..attacks.accounting import QUERIES_KEY, CountQueries
+
+    attack = counted = CountQueries(attack)  # forwards and backwards per sample, the attack unchanged
     if spec.save_adversarial or gallery:  # the images the rows are scored on, kept for store/adversarial.py
         from .adversarial_run import KeepImages
 
@@ -75,6 +78,7 @@ def attack_rows(model: torch.nn.Module, spec: EvalSpec, x: torch.Tensor, y: torc
     kept = {IMAGES_KEY: attack.images} if spec.save_adversarial else {}
     if gallery:  # the report's gallery: the first images, clean and adversarial (store/adversarial.py)
         kept[GALLERY_KEY] = gallery_images(x, attack.images, eps=spec.params.get("eps"))
+    kept[QUERIES_KEY] = counted.stored()
     return {
         **kept,
         "sample_id": ids.tolist(),

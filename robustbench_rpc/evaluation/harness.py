@@ -340,12 +340,18 @@ class Runner:
 
         if self.store is None:
             return
+        from ..attacks.accounting import QUERIES_KEY
+
         for res in results:
             if res is not None:
                 try:
                     from .adversarial_run import write_images
 
                     write_images(self.plan.out, model_key, eval_key, res)  # before the rows: never rows alone
+                    queries = res[1].pop(QUERIES_KEY, None) if isinstance(res[1], dict) else None
+                    if queries:  # what the attack cost, per sample (attacks/accounting.py), before the rows
+                        self.store.set_meta(f"queries/{model_key}/{eval_key}/{res[0]}",
+                                            {"sample_id": list(res[1]["sample_id"]), **queries})
                     self.store.write_unit(model_key, eval_key, res[0], res[1])
                 except (OSError, sqlite3.OperationalError) as err:  # disk full, I/O error: one line, resumable
                     raise write_error(self.store.path, err) from None

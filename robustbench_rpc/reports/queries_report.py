@@ -1,0 +1,45 @@
+"""The report's cost table: forwards and backwards per sample of every attack evaluation, as the run stored
+them (``queries/<model_key>/<eval_key>/<unit>`` in the run's meta, counted by ``attacks.accounting`` through one
+model wrapper, the attacks unchanged): mean per sample and total, per model and attack."""
+from __future__ import annotations
+
+import pandas as pd
+
+from ..evalspec import attack_label
+from .data import RunData
+from .render import Table
+
+PREFIX = "queries/"
+
+
+def queries_table(data: RunData) -> Table | None:
+    """None when the run stored no counts (no attack evaluation, or a store written before they were kept)."""
+    per: dict[tuple[str, str], dict[str, list]] = {}
+    for key, value in data.meta.items():
+        if not key.startswith(PREFIX) or not isinstance(value, dict):
+            continue
+        _, model_key, eval_key, _unit = key.split("/", 3)
+        acc = per.setdefault((model_key, eval_key), {"forwards": [], "backwards": [], "ambiguous": 0})
+        acc["forwards"] += list(value.get("forwards", []))
+        acc["backwards"] += list(value.get("backwards", []))
+        acc["ambiguous"] += int(value.get("ambiguous", 0))
+    if not per:
+        return None
+    rows, tidy = [], []
+    for (model_key, eval_key), acc in sorted(per.items(), key=lambda kv: (data.name(kv[0][0]), kv[0][1])):
+        info = data.info(eval_key)
+        attack = attack_label(str(info.get("name")), info["params"])
+        f, b = pd.Series(acc["forwards"], dtype=float), pd.Series(acc["backwards"], dtype=float)
+        rows.append([data.name(model_key), attack, f"{f.mean():.1f}", f"{int(f.sum())}", f"{b.mean():.1f}",
+                     f"{int(b.sum())}", f"{(f + b).mean():.1f}", str(len(f)), str(acc["ambiguous"])])
+        tidy.append({"model": data.name(model_key), "attack": attack, "eval_key": eval_key,
+                     "forwards_mean": f.mean(), "forwards_total": int(f.sum()), "backwards_mean": b.mean(),
+                     "backwards_total": int(b.sum()), "queries_mean": (f + b).mean(), "n": len(f),
+                     "ambiguous_rows": acc["ambiguous"]})
+    return Table("queries", "What each attack cost: forward and backward passes per sample",
+                 ["model", "attack", "forwards / sample", "forwards", "backwards / sample", "backwards",
+                  "queries / sample", "n", "ambiguous rows"], rows, pd.DataFrame(tidy),
+                 protocol=["Counted through one wrapper around the model (AttackBench's protocol), the attacks "
+                           "unchanged; each row of a model call is given to the nearest clean image of its unit "
+                           "(a row about equally close to two is counted as ambiguous). The two classifications "
+                           "that score the attack (clean and adversarial) are not counted."])
