@@ -136,3 +136,16 @@ def test_external_is_a_suite_kind_and_the_report_shows_it(saved, tmp_path):
     report = (out / "report.md").read_text()
     assert "External evaluations (given adversarial sets)" in report
     assert f"{100 * stored['correct1'].mean():.1f} [" in report.split("## External evaluations")[1]
+
+
+def test_bad_flags_are_one_line_naming_the_flag(saved, tmp_path, capsys):
+    adv = _export(saved, tmp_path / "pgd.pt", "--evaluation", "attack pgd eps=8/255 steps=2")
+    for flags, words in (([f"--adversarial={tmp_path / 'missing.pt'}"], "--adversarial"),
+                         (["--eps=8"], "did you mean '8/255'"), (["--norm=L7"], "--norm")):
+        capsys.readouterr()
+        argv = ["evaluate-external", "--model", MODEL, "--adversarial", str(adv), "--dataset", "digits32",
+                "--limit", "16", "--eps", "8/255", "--out", str(tmp_path / "o"), *flags]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err
+    assert not (tmp_path / "o").exists()

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..evalspec import EvalSpec, SuiteError, eps_label, parse_eps
+from ..evalspec import EvalSpec, SuiteError, eps_label, linf_range_problem, parse_eps
 from ..store.adversarial import AdversarialSetError, read_set
 
 FORMATS = ("robustbench-pt", "safetensors", "png-folder")
@@ -133,6 +133,9 @@ def external_spec(ev: dict[str, Any], dataset: str, where: str) -> EvalSpec:
     except ValueError as err:
         raise SuiteError(f"{where}: {err}") from None
     eps = parse_eps(ev["eps"], where)
+    beyond = linf_range_problem(eps) if norm == "Linf" else None  # every set would pass such a budget
+    if beyond:
+        raise SuiteError(f"{where}: eps={eps:g} {beyond}")
     path = Path(str(ev["adversarial"])).expanduser()
     if not path.exists():
         raise AdversarialSetError(f"{where}: adversarial set {path} not found")
@@ -277,6 +280,17 @@ def external_run_config(args) -> Any:
     from .plan import RunConfig, parse_pairs
     from .suite import suite_from_dict
 
+    from ..attacks.budget import canonical_norm
+
+    if not Path(args.adversarial).expanduser().exists():  # the flags' own names, before the suite's words
+        raise AdversarialSetError(f"--adversarial {args.adversarial}: no such file or folder")
+    eps = parse_eps(args.eps, "--eps")
+    try:
+        norm = canonical_norm(args.norm)
+    except ValueError as err:
+        raise SuiteError(f"--norm: {err}") from None
+    if norm == "Linf" and eps > 1:
+        external_spec({"adversarial": args.adversarial, "eps": eps, "norm": norm}, args.dataset, "--eps")
     defaults = {"dataset": args.dataset, "batch_size": args.batch_size, "seed": args.seed}
     suite = suite_from_dict({"name": "external", "version": 1, "defaults": defaults, "evaluation": [
         {"kind": "clean"},
