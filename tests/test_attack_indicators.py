@@ -87,3 +87,31 @@ def test_path_shapes():
     assert break_point_alignment(straight) == pytest.approx(1.0, abs=1e-6)
     assert break_point_alignment(knee) < 0.8
     assert increasing_loss(straight) == 0.0 and increasing_loss(np.array([0.0, 1.0, 0.0, 1.0])) > 0
+
+
+def test_a_run_reports_the_stalled_attack_naming_the_model(micro, tmp_path):
+    import pandas as pd
+
+    model, _, _ = micro
+    suite = tmp_path / "s.toml"
+    suite.write_text("""name = "s"
+version = 1
+description = "a stalled attack"
+[defaults]
+dataset = "digits32"
+batch_size = 8
+seed = 0
+limit = 8
+[[evaluation]]
+kind = "attack"
+attack = "pgd"
+eps = "8/255"
+steps = 5
+random_start = false
+""")
+    robustbench_rpc.benchmark(Saturated(model).eval(), suite=str(suite), out=tmp_path / "out",
+                              data_config={"input_size": (3, 32, 32), "num_classes": 10, "interpolation": "bilinear",
+                                           "crop_pct": 1.0})
+    table = pd.read_csv(tmp_path / "out" / "tables" / "indicators.csv")
+    zero = table[table["indicator"] == "zero_gradients"].iloc[0]
+    assert zero["status"] == "fail" and "stalled" in zero["message"] and zero["model"] in zero["message"]

@@ -121,24 +121,35 @@ QUERIES_KEY = "_queries"
 
 
 class CountQueries:
-    """An attack run on the model wrapped in a ``QueryCounter``; ``counts`` after each call. Every other
-    attribute reads through to the attack it wraps (eps, norm, space, clip, name, patch budget...)."""
+    """An attack run on the model wrapped in a ``QueryCounter`` (a ``PathRecorder``: also each sample's path for
+    the failure indicators); ``counts`` after each call. Every other attribute reads through to the attack it
+    wraps (eps, norm, space, clip, name, patch budget...)."""
 
     def __init__(self, attack):
         self._attack = attack
         self.counts: QueryCounts | None = None
+        self.recorder = None
 
     def __getattr__(self, name: str):
         return getattr(self.__dict__["_attack"], name)
 
     def __call__(self, model, x, y):
-        counter = QueryCounter(model, x)
-        out = self._attack(counter, x, y)
-        self.counts = counter.counts()
+        from .indicators import PathRecorder  # the counter that also keeps each sample's path
+
+        self.recorder = PathRecorder(model, x, y)
+        out = self._attack(self.recorder, x, y)
+        self.counts = self.recorder.counts()
         return out
 
-    def stored(self) -> dict:
-        """The counts as the run stores them (lists, in the order of the unit's samples)."""
+    def stored(self, clean_correct=None, adv_correct=None) -> dict:
+        """The counts as the run stores them (lists, in the order of the unit's samples), and, given the scored
+        outcomes, each sample's failure-indicator values (``indicators.indicator_values``)."""
         c = self.counts
-        return {} if c is None else {"forwards": c.forwards.tolist(), "backwards": c.backwards.tolist(),
-                                     "ambiguous": c.ambiguous}
+        if c is None:
+            return {}
+        out = {"forwards": c.forwards.tolist(), "backwards": c.backwards.tolist(), "ambiguous": c.ambiguous}
+        if clean_correct is not None and adv_correct is not None:
+            from .indicators import indicator_values
+
+            out["indicators"] = indicator_values(self.recorder, clean_correct.tolist(), adv_correct.tolist())
+        return out

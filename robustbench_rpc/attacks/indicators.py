@@ -109,30 +109,38 @@ def _rescaled(path: np.ndarray) -> np.ndarray:
     return path / top if top > 0 else path
 
 
-def attack_indicators(model, attack, x: torch.Tensor, y: torch.Tensor, model_name: str = "the model"
-                      ) -> tuple[torch.Tensor, list[CheckResult]]:
-    """Run ``attack(model, x, y)`` through a ``PathRecorder``; (adversarial images, the indicators)."""
-    recorder = PathRecorder(model, x, y)
-    x_adv = attack(recorder, x, y)
-    with torch.no_grad():
-        clean_ok = model(x).argmax(1).cpu() == y.cpu()
-        still = model(x_adv).argmax(1).cpu() == y.cpu()
-    name = getattr(attack, "name", type(attack).__name__)
-    failed = [i for i in range(len(y)) if clean_ok[i] and still[i] and len(recorder.margins[i]) > 1]
-    silent, zero, align, noisy = [], [], [], []
-    for i in failed:
+def indicator_values(recorder: PathRecorder, clean_ok, still) -> dict[str, list]:
+    """Per sample of the recorded batch: the indicators' values where the attack did not break a clean-correct
+    sample with a path of at least two points (None elsewhere): ``silent_success`` (bool), ``zero_gradients``
+    (share of zero input gradients before the first adversarial point; None without gradients),
+    ``alignment`` (break-point), ``increasing_loss``. Compact: what a run stores per unit."""
+    out: dict[str, list] = {"silent_success": [], "zero_gradients": [], "alignment": [], "increasing_loss": []}
+    for i in range(len(recorder.margins)):
         margins = np.array(recorder.margins[i])
+        if not (bool(clean_ok[i]) and bool(still[i]) and margins.size > 1):
+            for values in out.values():
+                values.append(None)
+            continue
         adversarial = margins < 0
-        silent.append(bool(adversarial.any()))
+        out["silent_success"].append(bool(adversarial.any()))
         first = int(np.argmax(adversarial)) if adversarial.any() else margins.size
         grads = [g for g in recorder.grads[i][:first] if g is not None]
-        if grads:
-            zero.append(float(np.mean(np.array(grads) <= 0)))
+        out["zero_gradients"].append(float(np.mean(np.array(grads) <= 0)) if grads else None)
         path = _rescaled(margins)
-        align.append(break_point_alignment(path))
-        noisy.append(increasing_loss(path))
-    where = f"{name} on {model_name}"
-    n = len(failed)
+        align = break_point_alignment(path)
+        out["alignment"].append(align if np.isfinite(align) else None)
+        out["increasing_loss"].append(increasing_loss(path))
+    return out
+
+
+def verdicts(values: dict[str, list], where: str) -> list[CheckResult]:
+    """The four indicators' verdicts over the samples ``values`` covers (``indicator_values``, possibly the
+    concatenation of many units); ``where`` names the attack and the model."""
+    silent = [v for v in values.get("silent_success", []) if v is not None]
+    zero = [v for v in values.get("zero_gradients", []) if v is not None]
+    align = [v for v in values.get("alignment", []) if v is not None]
+    noisy = [v for v in values.get("increasing_loss", []) if v is not None]
+    n = len(silent)
     results = [
         CheckResult("silent_success", "fail" if any(silent) else "pass",
                     f"{where}: {sum(silent)} of {n} unbroken samples had an adversarial point on the attack's path "
@@ -146,9 +154,8 @@ def attack_indicators(model, attack, x: torch.Tensor, y: torch.Tensor, model_nam
         f"{where}: the attack stalled, not the model robust: {share:.0%} of the unbroken samples' steps had a zero "
         "input gradient" if share > ZERO_GRADIENTS_FAIL else
         f"{where}: {share:.0%} of the unbroken samples' steps had a zero input gradient", {"share": share, "n": n}))
-    finite = [a for a in align if np.isfinite(a)]
-    mean_align = float(np.mean(finite)) if finite else float("nan")
-    bad = bool(finite) and mean_align > INCOMPLETE_FAIL
+    mean_align = float(np.mean(align)) if align else float("nan")
+    bad = bool(align) and mean_align > INCOMPLETE_FAIL
     results.append(CheckResult(
         "incomplete_optimization", "fail" if bad else "pass",
         f"{where}: the margin was still moving in a straight line when the attack stopped (break-point alignment "
@@ -161,4 +168,16 @@ def attack_indicators(model, attack, x: torch.Tensor, y: torch.Tensor, model_nam
         f"{where}: the margin rose along the path (increasing-loss area {mean_noisy:.2f} > {NOISY_WARN})"
         if mean_noisy > NOISY_WARN else f"{where}: increasing-loss area {mean_noisy:.2f}",
         {"increasing_loss": mean_noisy, "n": n}))
-    return x_adv, results
+    return results
+
+
+def attack_indicators(model, attack, x: torch.Tensor, y: torch.Tensor, model_name: str = "the model"
+                      ) -> tuple[torch.Tensor, list[CheckResult]]:
+    """Run ``attack(model, x, y)`` through a ``PathRecorder``; (adversarial images, the indicators)."""
+    recorder = PathRecorder(model, x, y)
+    x_adv = attack(recorder, x, y)
+    with torch.no_grad():
+        clean_ok = model(x).argmax(1).cpu() == y.cpu()
+        still = model(x_adv).argmax(1).cpu() == y.cpu()
+    name = getattr(attack, "name", type(attack).__name__)
+    return x_adv, verdicts(indicator_values(recorder, clean_ok, still), f"{name} on {model_name}")

@@ -78,7 +78,7 @@ def attack_rows(model: torch.nn.Module, spec: EvalSpec, x: torch.Tensor, y: torc
     kept = {IMAGES_KEY: attack.images} if spec.save_adversarial else {}
     if gallery:  # the report's gallery: the first images, clean and adversarial (store/adversarial.py)
         kept[GALLERY_KEY] = gallery_images(x, attack.images, eps=spec.params.get("eps"))
-    kept[QUERIES_KEY] = counted.stored()
+    kept[QUERIES_KEY] = counted.stored(out.clean_correct1, out.adv_correct1)  # costs and failure indicators
     return {
         **kept,
         "sample_id": ids.tolist(),

@@ -72,9 +72,9 @@ def _write_report(data: RunData, run_dir: Path, out: Path) -> dict:
 
     c_tables, c_plots = curves_section(data, out)
     tables, plots = tables + c_tables, plots + c_plots
-    from .queries_report import queries_table  # what each attack cost (attacks/accounting.py)
+    from .queries_report import indicators_table, queries_table  # cost and failure indicators of each attack
 
-    tables += [t for t in (queries_table(data),) if t is not None]
+    tables += [t for t in (queries_table(data), indicators_table(data)) if t is not None]
     for t in tables:
         paths.update(t.write(out / "tables"))
     for p in plots:
