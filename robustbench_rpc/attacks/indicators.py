@@ -79,10 +79,9 @@ def break_point_alignment(loss: np.ndarray) -> float:
     a, c = np.array([0.0, loss[0]]), np.array([1.0, loss[-1]])
     v1 = (c - a) / np.linalg.norm(c - a)
     step = 1.0 / (loss.size - 1)  # the code's 1 / n puts the last point off the chord's end; 1 / (n - 1) does not
-    dists = []
-    for i in range(1, loss.size - 1):
-        p = np.array([i * step, loss[i]]) - a
-        dists.append(np.linalg.norm(p - p.dot(v1) * v1))
+    inner = np.arange(1, loss.size - 1)
+    p = np.stack([inner * step, loss[inner]], axis=1) - a
+    dists = np.linalg.norm(p - (p @ v1)[:, None] * v1, axis=1)
     k = int(np.argmax(dists)) + 1
     b = np.array([k * step, loss[k]])
     v2, v3 = b - a, b - c
@@ -94,13 +93,11 @@ def break_point_alignment(loss: np.ndarray) -> float:
 
 def increasing_loss(loss: np.ndarray) -> float:
     """Area under the path's rising segments (as the reference code's ``increasing_loss_indicator``)."""
-    rises = []
-    for i in range(1, loss.size):
-        if loss[i] - loss[i - 1] > 0:
-            rises += [loss[i], loss[i - 1]]
-    if len(rises) < 2:
+    up = np.flatnonzero(np.diff(loss) > 0) + 1
+    if up.size == 0:
         return 0.0
-    return float(np.trapezoid(np.array(rises), np.linspace(0, 1, len(rises))))
+    rises = np.stack([loss[up], loss[up - 1]], axis=1).reshape(-1)  # (after, before) of each rise, in order
+    return float(np.trapezoid(rises, np.linspace(0, 1, rises.size)))
 
 
 def _rescaled(path: np.ndarray) -> np.ndarray:
