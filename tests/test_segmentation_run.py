@@ -98,6 +98,15 @@ def test_report_recomputes_every_number_from_the_store(seg_run, capsys):
     atk = {evals[e]["params"]["attack"]: a for (mm, e), (_, a) in areas.items() if mm == m
            and evals[e]["kind"] == "attack"}
     worst, _ = worst_case_areas({k: atk[k] for k in ("pixel-pgd", "segpgd", "cospgd")})
+    pairs = pd.read_csv(again / "seg_attack_pairs.csv")
+    assert pd.read_csv(out / "seg_attack_pairs.csv").equals(pairs) and len(pairs) == 2 * 2
+    from robustbench_rpc.metrics_seg import paired_seg_bootstrap
+
+    with _store(out) as store:
+        model_name = store.model_info(m)["name"]
+    got = pairs[(pairs["model"] == model_name) & (pairs["attack"] == "segpgd")].iloc[0]
+    want = paired_seg_bootstrap(atk["segpgd"], atk["pixel-pgd"], "mIoU", seed=0)
+    assert (got["mIoU_minus_pgd_ce"], got["lo"], got["hi"]) == pytest.approx(want)
     row = table[(table["model_key"] == m) & (table["column"] == "worst case Linf 4/255")].set_index("metric")
     assert row.loc["mIoU", "value"] == pytest.approx(seg_metrics(worst)["mIoU"], abs=1e-12)
     assert row.loc["aAcc", "value"] <= min(seg_metrics(a)["aAcc"] for a in atk.values()) + 1e-12

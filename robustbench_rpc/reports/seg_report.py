@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation.seg_plan import SEG_ATTACKS
-from ..metrics_seg import INTERSECT, METRICS, _draws, _interval, _resampled, seg_metrics, worst_case_areas
+from ..metrics_seg import (INTERSECT, METRICS, _draws, _interval, _resampled, paired_seg_bootstrap, seg_metrics,
+                           worst_case_areas)
 
 N_BOOT, CONFIDENCE, BOOT_SEED = 1000, 0.95, 0
 STORE = "results.sqlite"
@@ -58,6 +59,7 @@ def collect(store) -> dict:
     models = {k: store.model_info(k) for k in store.models().get("model_key", [])}
     table: dict[str, dict[str, dict[str, tuple]]] = {}
     curves: dict[str, dict[str, dict[int, float]]] = {}
+    pairs: list[tuple] = []
     for m in models:
         mine = {e: areas[(m, e)] for (mm, e) in areas if mm == m}
         cols: dict[str, dict[str, tuple]] = {}
@@ -89,11 +91,16 @@ def collect(store) -> dict:
             for e in es:
                 cols[f"{evals[e]['params']['attack']} {budget}"] = {
                     k: mean_with_interval([mine[e][1]], k) for k in ("mIoU", "aAcc")}
+            base = [e for e in es if evals[e]["params"]["attack"] == "pixel-pgd"]
+            for e in es:  # paired: each other attack against PGD-CE on the same images and resamples
+                if base and e != base[0] and ids_of[e] == ids_of[base[0]]:
+                    pairs.append((m, evals[e]["params"]["attack"], budget, *paired_seg_bootstrap(
+                        mine[e][1], mine[base[0]][1], "mIoU", n_boot=N_BOOT, confidence=CONFIDENCE, seed=BOOT_SEED)))
             if len(es) > 1 and all(ids_of[e] == ids_of[es[0]] for e in es):
                 worst, _ = worst_case_areas({evals[e]["params"]["attack"]: mine[e][1] for e in es})
                 cols[f"worst case {budget}"] = {k: mean_with_interval([worst], k) for k in ("mIoU", "aAcc")}
         table[m] = cols
-    return {"models": models, "table": table, "curves": curves, "evals": evals}
+    return {"models": models, "table": table, "curves": curves, "evals": evals, "pairs": pairs}
 
 
 def table_frame(data: dict) -> pd.DataFrame:
@@ -118,6 +125,17 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n\n%, 95 % image-level bootstrap intervals (1000 resamples, seed 0); corrupted = " \
         "mean over every corruption x severity evaluated; worst case = per image, the attack of that budget " \
         "leaving the fewest pixels correct.\n"
+
+
+def _pairs_markdown(pairs: pd.DataFrame) -> str:
+    if pairs.empty:
+        return ""
+    lines = ["", "| model | attack | budget | mIoU minus PGD-CE's (points) | 95 % interval |", "|---|---|---|---|---|"]
+    for r in pairs.itertuples():
+        lines.append(f"| {r.model} | {r.attack} | {r.budget} | {100 * r.mIoU_minus_pgd_ce:+.2f} | "
+                     f"[{100 * r.lo:+.2f}, {100 * r.hi:+.2f}] |")
+    return "\n".join(lines) + "\n\nPaired image bootstrap (same resamples for both attacks); below 0: the attack " \
+        "lowers mIoU more than PGD with per-pixel CE at the same budget, steps and step size.\n"
 
 
 def _curves_png(data: dict, path: Path) -> bool:
@@ -219,15 +237,26 @@ def build_seg_report(run_dir: Path, out: Path | None = None) -> dict[str, Path]:
     df = table_frame(data)
     paths = {"table_csv": out / "seg_table.csv", "table_md": out / "seg_table.md", "html": out / "index.html"}
     write_text(paths["table_csv"], df.to_csv(index=False))
-    md = _markdown(df)
+    pairs = pd.DataFrame.from_records(
+        [(data["models"][m]["name"], a, b, d, lo, hi) for m, a, b, d, lo, hi in data["pairs"]],
+        columns=["model", "attack", "budget", "mIoU_minus_pgd_ce", "lo", "hi"])
+    paths["pairs_csv"] = out / "seg_attack_pairs.csv"
+    write_text(paths["pairs_csv"], pairs.to_csv(index=False))
+    md = _markdown(df) + _pairs_markdown(pairs)
     write_text(paths["table_md"], md)
     parts = [f"<h1>Segmentation: {html.escape(str(suite.get('name', run_dir.name)))}</h1>",
              f"<p>dataset {html.escape(str(suite.get('dataset', '?')))}; every number recomputed from the "
-             "per-image counts in results.sqlite.</p>", _html_table(df)]
+             "per-image counts in results.sqlite.</p>", _html_table(df),
+             "<h2>Attacks against PGD-CE (paired)</h2><pre>" + html.escape(_pairs_markdown(pairs)) + "</pre>"]
     if _curves_png(data, out / "seg_curves.png"):
         paths["curves"] = out / "seg_curves.png"
         parts.append("<h2>mIoU under corruption</h2><img src='seg_curves.png'>")
-    if _examples_png(run_dir, data, out / "seg_examples.png", len(suite.get("classes", ())) or 256):
+    try:  # display copies the run kept; an unreadable one leaves the examples out, never the numbers
+        shown = _examples_png(run_dir, data, out / "seg_examples.png", len(suite.get("classes", ())) or 256)
+    except (OSError, KeyError, ValueError) as e:
+        shown = False
+        parts.append(f"<p>examples not shown: a kept example file is unreadable ({html.escape(str(e))})</p>")
+    if shown:
         paths["examples"] = out / "seg_examples.png"
         parts.append("<h2>Examples</h2><img src='seg_examples.png'>")
     write_text(paths["html"], "<!doctype html><html><head><meta charset='utf-8'><title>segmentation</title>"
