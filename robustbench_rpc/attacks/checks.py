@@ -27,6 +27,7 @@ from .base import ATTACKS, check_logits, eval_mode, get_attack, model_device
 from .budget import lp_norms
 from .evaluate import attack_outcomes
 from .stochastic import EOTModel, detect_stochastic
+from ..metrics import wilson_interval
 
 STATUSES = ("pass", "warn", "fail")
 #: what a failed gradient check tells the user to run instead (attacks.adaptive)
@@ -87,8 +88,6 @@ def check_chance_level(correct: int, n: int, num_classes: int, *, confidence: fl
                        name: str = "chance_level") -> CheckResult:
     """Clean accuracy ``correct / n`` must be significantly above chance ``1 / num_classes``: the lower end
     of its Wilson interval (at ``confidence``) must exceed chance, else FAIL."""
-    from ..metrics import wilson_interval
-
     correct, n, num_classes = int(correct), int(n), int(num_classes)
     if n < 1 or num_classes < 2:
         return CheckResult(name, "warn", f"cannot compare with chance (n={n}, classes={num_classes})",

@@ -22,6 +22,7 @@ import contextlib
 
 from .base import ModelOutputError, check_logits, eval_mode, model_device, normalization_of
 from .budget import BudgetReport, measure_budget, perturbation_norms
+from .patches import patch_problems
 
 
 class BudgetError(RuntimeError):
@@ -77,8 +78,6 @@ def check_threat_model(model: nn.Module, attack, images: torch.Tensor, x_adv, ep
         raise BudgetError(name, report.problems(), report=report)
     patch_budget = getattr(attack, "patch_budget", None)  # patch attacks: only their patches may change
     if patch_budget is not None:
-        from .patches import patch_problems
-
         tol = 0.0 if std is None else 16 * torch.finfo(torch.float32).eps  # the normalized round trip's rounding
         problems = patch_problems(images.detach().to(device, x_adv.dtype), x_adv, patch_budget, tol)
         if problems:

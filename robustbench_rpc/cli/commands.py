@@ -234,6 +234,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     """PAP iterates and KPCA checks of each model, clean and (optionally) attacked / corrupted. Planned
     like a run (one ``diagnostics`` evaluation): the same model, attention, data and --limit rules."""
     from ..diagnostics import diagnose_inputs, write_outputs
+    from ..diagnostics.output import frame
+    from ..reports.kpca_claims import write_claims
     from ..evaluation.harness import build_model
     from ..evaluation.plan import Plan, RunConfig
     from ..evaluation.suite import suite_from_dict
@@ -271,6 +273,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         accs = {x["input"]: x["accuracy"] for x in r}
         print(f"[{label}] " + ", ".join(f"{k} acc {100 * v:.1f}%" for k, v in accs.items()))
     paths = write_outputs(rows, axes, out, plots=not args.no_plots)
+    paths.update(write_claims(frame(rows), Path(out), plots=not args.no_plots))  # both sides of the KPCA claims
     _print_pap_summary(paths["csv"])
     print(f"diagnostics: {paths['csv']}")
     return 0

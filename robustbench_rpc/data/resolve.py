@@ -8,6 +8,7 @@ from torch.utils.data import Dataset
 
 from ..registry import Registry
 from .embedded import digits32, digits32_ood
+from .cifar import CIFARTest
 
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
 #: datasets whose files live on disk under a root the user supplies (--data-root NAME=PATH)
@@ -65,8 +66,6 @@ def _cifar(name: str):
     torchvision's ``cifar-10-batches-py`` / ``cifar-100-python``; no resize, whatever the contract."""
 
     def make(roots: dict[str, str], cfg: dict[str, Any], skip_unreadable: bool = False) -> Dataset:
-        from .cifar import CIFARTest
-
         return CIFARTest(str(root_for(name, roots)), name)
 
     return make

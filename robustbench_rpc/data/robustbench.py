@@ -28,6 +28,7 @@ from importlib import resources
 from typing import Any, Mapping
 
 from .folders import EvalTransform, transform_from_data_config
+from .resolve import NEEDS_ROOT
 
 FILES = "robustbench_files"
 IMAGENET_IDS_FILE = "imagenet_test_image_ids.txt"
@@ -109,8 +110,6 @@ def describe_preprocessing(data_config: Mapping[str, Any] | None, dataset: str) 
     contract's resize/crop/interpolation for on-disk ImageNet-style sets and the RobustBench preprocessing it
     equals, the released ImageNet-C files as they are at 224 px (= RobustBench's ``Res224`` on them),
     ``ToTensor`` for CIFAR and CIFAR-C, no transform for the in-memory sets."""
-    from .resolve import NEEDS_ROOT
-
     if dataset in ("cifar10", "cifar100", "cifar10-c", "cifar100-c") or dataset not in NEEDS_ROOT or not data_config:
         return {"transform": "ToTensor" if dataset.startswith("cifar") else "in-memory tensors, no resize",
                 "robustbench": "None" if dataset.startswith("cifar") else None}

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from .folders import IMG_EXTENSIONS
 from .images import load_rgb, unreadable_reason
+from .embedded import _split_indices
 
 IGNORE_INDEX = 255
 DIGITS_SEG_CLASSES = ("background",) + tuple(f"digit {d}" for d in range(10))
@@ -116,8 +117,6 @@ def _canvas(rng: np.random.Generator, scans: np.ndarray, labels: np.ndarray, poo
 @lru_cache(maxsize=2)
 def _digits_seg64(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits
-
-    from .embedded import _split_indices
 
     digits = load_digits()
     pool = _split_indices()[split]

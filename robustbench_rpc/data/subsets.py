@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from torch.utils.data import Dataset, Subset
+from .robustbench import IMAGENET_SUBSET, imagenet_test_ids
 
 
 class SubsetError(ValueError):
@@ -78,8 +79,6 @@ def builtin_subset(name: str) -> list[str] | None:
     - ``first-N``: sample ids 0..N-1, the first N images of a set in its own order (RobustBench's CIFAR
       ``n_examples``; ``--limit`` spreads N over the classes instead).
     """
-    from .robustbench import IMAGENET_SUBSET, imagenet_test_ids
-
     text = str(name)
     base, sep, count = text.partition(":")
     if base == IMAGENET_SUBSET:

@@ -14,6 +14,8 @@ from torch import nn
 
 from ..evalspec import EvalSpec, attack_label, attack_params, unit_seed
 from .base import run_diagnostics
+from .. import attacks
+from ..corruptions import CorruptedDataset
 
 INPUT_KINDS = ("clean", "attack", "corruption")
 
@@ -21,8 +23,6 @@ INPUT_KINDS = ("clean", "attack", "corruption")
 def attacked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str, params: dict[str, Any],
              seed: int = 0, batch_size: int = 128) -> torch.Tensor:
     """``x`` attacked with the registered attack ``name`` (suite parameters: eps as float, alpha_rel ok)."""
-    from .. import attacks
-
     spec = EvalSpec("attack", name, "diagnostics", dict(params))
     device = next(model.parameters()).device
     out = []
@@ -33,8 +33,6 @@ def attacked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str, para
 
 
 def corrupted(dataset, corruption: str, severity: int, seed: int = 0) -> torch.Tensor:
-    from ..corruptions import CorruptedDataset
-
     ds = CorruptedDataset(dataset, corruption, severity, seed=seed)
     return torch.stack([ds[i][0] for i in range(len(ds))])
 

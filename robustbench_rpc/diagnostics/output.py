@@ -106,22 +106,6 @@ def _save(fig, folder: Path, name: str):
     return png, svg
 
 
-def _kpca_claims(df: pd.DataFrame, out: Path, plots: bool) -> dict[str, Path]:
-    """``kpca_claims.csv`` (the report's claims table, tidy) and ``plots/kpca_claims_<model>.png``."""
-    from ..reports.kpca_claims import claims_plots, claims_table
-
-    d = df.assign(model_key=df["model"]) if "model" in df else df
-    table = claims_table(d) if "iteration" in d else None
-    if table is None:
-        return {}
-    paths = {"claims_csv": out / "kpca_claims.csv"}
-    table.tidy.to_csv(paths["claims_csv"], index=False)
-    if plots:
-        for p in claims_plots(d, out / "plots"):
-            paths[f"claims:{p.name}:png"], paths[f"claims:{p.name}:svg"] = p.png, p.svg
-    return paths
-
-
 def write_outputs(rows: list[dict[str, Any]], axis_rows: list[dict[str, Any]], out: str | Path,
                   plots: bool = True) -> dict[str, Path]:
     """Write the CSVs and (optionally) one PAP and one KPCA plot per model into ``out``."""
@@ -131,8 +115,6 @@ def write_outputs(rows: list[dict[str, Any]], axis_rows: list[dict[str, Any]], o
     paths = {"csv": out / "diagnostics.csv", "axes_csv": out / "diagnostics_axes.csv"}
     df.to_csv(paths["csv"], index=False)
     adf.to_csv(paths["axes_csv"], index=False)
-    claims = _kpca_claims(df, out, plots)  # both sides of the kernel-PCA claims, when they were computed
-    paths.update(claims)
     if plots:
         for model in dict.fromkeys(df["model"]):
             for kind, res in (("pap", pap_plot(df, model, out / "plots")),

@@ -18,9 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import ModelForm, register_model_form
-from ..models.checkpoint import resolve_checkpoint
+from ..models import ModelForm, create_model, register_model_form
+from ..models.checkpoint import (CheckpointError, read_checkpoint_file, read_checkpoint_metadata, resolve_checkpoint,
+                                 sha256_of)
 
+from .base import get_head
 FORMAT = "robustbench_rpc.head/1"
 
 
@@ -90,9 +92,6 @@ def num_tokens_of_backbone(backbone: nn.Module) -> int:
 
 def create_head_model(name: str, **kwargs: Any) -> BackboneWithHead:
     """Shapes only (for plan validation, e.g. on the meta device): backbone + an untrained default head."""
-    from ..models import create_model
-    from .base import get_head
-
     backbone_name, head_name, _ = parse_head_spec(name)
     cls = get_head(head_name)
     backbone = create_model(backbone_name, **kwargs)
@@ -109,8 +108,6 @@ def backbone_checkpoint_path(entry: dict[str, Any]) -> Path | None:
 
 
 def read_head_metadata(path: str | Path) -> dict[str, Any]:
-    from ..models.checkpoint import CheckpointError, read_checkpoint_metadata
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"head checkpoint not found: {path}")
@@ -122,8 +119,6 @@ def read_head_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def build_head(meta: dict[str, Any]) -> nn.Module:
-    from .base import get_head
-
     return get_head(meta["head"])(**meta["head_config"])
 
 
@@ -132,7 +127,6 @@ def load_head_model(name: str, checkpoint: str | Path | None, *, trusted_globals
     """Backbone (its checkpoint from the head's metadata, SHA-256 checked) + trained head, and the settings
     of both; ``models.load_model`` wraps it (contract, normalization, eval, device) like every model."""
     from ..models import create_model, load_checkpoint, resolve_checkpoint
-    from ..models.checkpoint import CheckpointError, read_checkpoint_file, sha256_of
 
     backbone_name, head_name, _ = parse_head_spec(name)
     if checkpoint is None:

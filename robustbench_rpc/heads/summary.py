@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from .model import read_head_metadata
+from ..metrics import wilson_interval
+from ..store.results import ResultsStore
 
 
 def _head_meta(checkpoint: str | None) -> dict[str, Any]:
     if not checkpoint or not Path(checkpoint).is_file():
         return {}
-    from .model import read_head_metadata
 
     try:
         return read_head_metadata(checkpoint)
@@ -23,9 +25,6 @@ def _head_meta(checkpoint: str | None) -> dict[str, Any]:
 
 
 def heads_table(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    from ..metrics import wilson_interval
-    from ..store.results import ResultsStore
-
     with ResultsStore(Path(run_dir) / "results.sqlite", readonly=True) as store:
         models = store.models()
         evals = store.evaluations().set_index("eval_key")

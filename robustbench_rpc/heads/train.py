@@ -27,9 +27,11 @@ import torch.nn.functional as F
 
 from .base import Head, get_head
 from .convex import fista, one_thread
-from ..models import PACKAGED_DIR
+from ..models import PACKAGED_DIR, load_model, sha256_of
 from ..models.checkpoint import resolve_checkpoint
 from .model import FORMAT
+from ..models.loading import split_spec
+from ..data import digits32
 
 DEFAULT_CACHE = Path.home() / ".cache" / "robustbench_rpc" / "features"
 
@@ -53,8 +55,6 @@ class TrainHeadConfig:
 
 
 def _backbone_entry(spec: str) -> tuple[str, Path | None, str | None]:
-    from ..models.loading import split_spec
-
     name, ckpt = split_spec(spec)
     if ckpt == "packaged":
         return name, Path(resolve_checkpoint(name, ckpt)), "packaged"
@@ -70,9 +70,6 @@ def _backbone_entry(spec: str) -> tuple[str, Path | None, str | None]:
 def backbone_features(backbone_spec: str, split: str, cache_dir: str | Path | None = None,
                       log: Callable[[str], None] = print) -> dict[str, torch.Tensor]:
     """Final-norm token features (n, N, D) of digits32 ``split``, computed once and cached."""
-    from ..data import digits32
-    from ..models import load_model, sha256_of
-
     name, path, _ = _backbone_entry(backbone_spec)
     if path is None:
         raise ValueError(f"backbone '{name}' needs a checkpoint (NAME:CKPT or NAME:packaged): a head on random "
@@ -215,7 +212,6 @@ def train_head(cfg: TrainHeadConfig, out: str | Path | None = None, cache_dir: s
               "train_acc": accuracy(head, train["tokens"], y), "test_acc": accuracy(head, test["tokens"], y_test),
               "seconds": round(time.time() - t0, 1)}
     rank = head.rank_info()
-    from ..models import sha256_of
 
     meta = {
         "format": FORMAT, "head": cfg.head, "head_config": head.describe(),

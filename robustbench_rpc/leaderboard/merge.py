@@ -26,6 +26,7 @@ from ..data import robustbench as rbdata
 from ..store.rows import stable_key
 from .fingerprint import column_label, differences, is_adaptive_column, is_reduced_autoattack
 from .sources import Entry, LeaderboardError, RunRecord
+from ..data.subsets import subset_fingerprint
 
 ROBUSTBENCH_CORRUPTION_SET = sorted((c, s) for c in rbdata.CORRUPTIONS for s in range(1, 6))
 BASELINE_RB = "AlexNet on RobustBench's 5,000 ids (its unaggregated_results.csv)"
@@ -160,8 +161,6 @@ def _baseline(fp: dict[str, Any], members: list[tuple[str, int]]) -> tuple[str |
 
 
 def _rb_list_sha() -> str:
-    from ..data.subsets import subset_fingerprint
-
     return subset_fingerprint(rbdata.imagenet_test_ids())[:16]
 
 

@@ -34,6 +34,7 @@ from ..evalspec import eps_label
 from ..store.rows import stable_key
 from .merge import BASELINE_RB, ROBUSTBENCH_CORRUPTION_SET, Board, Cell, Column, Row, _rb_list_sha
 from .sources import LeaderboardError
+from .fingerprint import agrees, column_label
 
 THREATS = ("Linf", "L2", "corruptions")
 N_EXAMPLES = {"imagenet": 5000, "cifar10": 10000, "cifar100": 10000}
@@ -255,8 +256,6 @@ _LABELS = {"corruptions_acc": "corruption acc (RobustBench 15 x 5)",
 def add_published(boards: list[Board], paths: list[str]) -> list[Board]:
     """Published rows joined to the measured board of their images where there is one (a column whose
     fingerprint agrees with every field they state, else a new one); else one board per RobustBench folder."""
-    from .fingerprint import agrees, column_label
-
     for path in published_files(paths):
         pub = read_published(path)
         board = _board_for(boards, pub)

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from .checkpoint import PRETRAINED, CheckpointError, extract_state_dict, read_checkpoint_file
 from .vit import ARCHS, MODELS, RPC_DEFAULTS, ModelEntry
+from ..attention import resolve_layers
 
 
 #: Source labels recorded per setting in ``model_settings`` (model info, manifest).
@@ -55,8 +56,6 @@ def _head_rows(obj: Any, path: str | Path) -> int | None:
 
 
 def _layers_list(value: Any, depth: int) -> list[int]:
-    from ..attention import resolve_layers
-
     return resolve_layers(list(value) if isinstance(value, (list, tuple, range)) else value, depth)
 
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from torch import nn
 
 from .checkpoint import CheckpointError, read_checkpoint_metadata
+from ..attention import ATTENTIONS, patch_attention
 
 #: safetensors metadata key of the build record: {"model", "kwargs", "attention", "plugins"}
 BUILD_KEY = "build"
@@ -56,7 +57,6 @@ def apply_recorded_attention(model: nn.Module, build: Mapping[str, Any], path: s
     att = build.get("attention")
     if not att or (name is not None and build.get("model") != name):
         return model
-    from ..attention import ATTENTIONS, patch_attention
 
     variant = att["variant"]
     if variant not in ATTENTIONS:

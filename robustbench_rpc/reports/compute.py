@@ -15,6 +15,7 @@ from .. import metrics
 from ..evalspec import THREAT_DEFAULTS, eps_label as format_eps, threat_of
 from .data import RunData, eps_key, is_imagenet, paired
 from .protocol import eval_label
+from ..data.robustbench import IMAGENET_SUBSET, alexnet_imagenet_c
 
 NAN = float("nan")
 
@@ -230,8 +231,6 @@ def _corruption_results(data: RunData) -> list[CorruptionResult]:
 
 def _on_robustbench_ids(data: RunData, group: pd.DataFrame) -> bool:
     """Whether a corruption dataset's images are exactly RobustBench's 5,000 ImageNet ids (its list)."""
-    from ..data.robustbench import IMAGENET_SUBSET
-
     subsets = [data.info(k).get("subset") or {} for k in group["eval_key"]]
     return bool(subsets) and all(s.get("method") == "file" and str(s.get("file")) == IMAGENET_SUBSET
                                  and s.get("entries") == 5000 for s in subsets)
@@ -245,8 +244,6 @@ def _alexnet_baseline(data: RunData, group: pd.DataFrame, by_c: dict, severities
     if extra:
         notes.append(f"not in the mCE (no AlexNet baseline): {', '.join(extra)}")
     if _on_robustbench_ids(data, group):
-        from ..data.robustbench import alexnet_imagenet_c
-
         rows = alexnet_imagenet_c()
         in_mce = [c for c in by_c if c not in extra and all((c, s) in rows for s, _ in by_c[c])]
         baseline = {c: [1.0 - rows[(c, s)] for s, _ in by_c[c]] for c in in_mce}

@@ -12,16 +12,16 @@ import pandas as pd
 
 from ..atomic import replacing
 from .data import RunData, slug
-from .plots import Plot
+from .plots import Plot, _save
 from .render import Table, fmt_ci
+from ..diagnostics.output import AXIS_COLUMNS, CSV_COLUMNS, frame, kpca_plot, pap_plot
+from .kpca_claims import claims_plots, claims_table
 
 _PREFIX = "diagnostics/"
 
 
 def diagnostics_frames(data: RunData) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All stored diagnostics rows (one per model, input, layer, head, iteration) and per-axis rows."""
-    from ..diagnostics.output import AXIS_COLUMNS, CSV_COLUMNS, frame
-
     rows, axes = [], []
     for key, value in data.meta.items():
         if not key.startswith(_PREFIX) or not isinstance(value, dict):
@@ -151,8 +151,6 @@ def sweep_plots(sf: pd.DataFrame, df: pd.DataFrame, folder: Path) -> list[Plot]:
     a column per (base model, layers); PAP sparsity (last iteration, clean, mean over PAP layers) beside."""
     import matplotlib.pyplot as plt
 
-    from .plots import _save
-
     s = sf[sf["patched"]]
     if s.empty:
         return []
@@ -211,9 +209,6 @@ def sweep_plots(sf: pd.DataFrame, df: pd.DataFrame, folder: Path) -> list[Plot]:
 def diagnostics_section(data: RunData, out: Path) -> tuple[list[Table], list[Plot], dict[str, Path]]:
     """Tables, plots (under ``out/plots``) and extra CSVs (under ``out/tables``: every row, and eq. 11 per
     axis) for the run's diagnostics and sweep; ([], [], {}) when it has neither."""
-    from ..diagnostics.output import kpca_plot, pap_plot
-    from .kpca_claims import claims_plots, claims_table
-
     df, adf = diagnostics_frames(data)
     folder = Path(out) / "plots"
     tables: list[Table] = []

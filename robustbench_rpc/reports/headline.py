@@ -9,6 +9,7 @@ from .compute import NAN, WorstGroup, acc_stats, corruption_results, finite, ood
 from .data import RunData, eps_key, slug
 from .protocol import attack_display, eval_label, threat_suffix
 from .render import Table, fmt_ci, fmt_delta, fmt_num, pct
+from ..evaluation.ood import protocol_of
 
 
 def _headline_clean_evals(data: RunData) -> list[str]:
@@ -193,8 +194,6 @@ def corruption_columns(data: RunData) -> tuple[list[Column], list[str]]:
 
 
 def shift_and_ood_columns(data: RunData) -> tuple[list[Column], list[str]]:
-    from ..evaluation.ood import protocol_of
-
     cols = [(eval_label(data.info(e)), "shift", _acc_getter(data, e), e) for e in data.evals_of("shift")["eval_key"]]
     protocol = []
     for e in data.evals_of("ood")["eval_key"]:

@@ -24,7 +24,7 @@ from ..diagnostics.kpca_alignment import ALIGNMENT_METRICS
 from ..diagnostics.kpca_eigen import EIG_STATS, VARIANTS
 from ..diagnostics.moments import SQ, pooled
 from .data import slug
-from .plots import Plot
+from .plots import Plot, _save
 from .render import Table
 
 #: the study's reported maxima over 10 ImageNet ViTs/DeiTs (optimal cosine, linear CKA, kernel CKA)
@@ -185,8 +185,6 @@ def claims_plots(df: pd.DataFrame, folder: Path, max_models: int = 8) -> list[Pl
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from .plots import _save
-
     if not has_claims(df):
         return []
     d = df[(df["iteration"] == 0) & (df["input"] == "clean")].dropna(subset=["align_cos_optimal"])
@@ -286,3 +284,18 @@ def training_figure(metrics_csv: str | Path, png: str | Path, title: str = "") -
     fig.savefig(png, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return png
+
+
+def write_claims(df: pd.DataFrame, out: Path, plots: bool = True) -> dict[str, Path]:
+    """``diagnose``'s ``kpca_claims.csv`` (the report's claims table, tidy) and ``plots/kpca_claims_<model>.png``
+    from its diagnostics rows, when both sides of the kernel-PCA claims were computed (else nothing)."""
+    d = df.assign(model_key=df["model"]) if "model" in df else df
+    table = claims_table(d) if "iteration" in d else None
+    if table is None:
+        return {}
+    paths = {"claims_csv": out / "kpca_claims.csv"}
+    table.tidy.to_csv(paths["claims_csv"], index=False)
+    if plots:
+        for p in claims_plots(d, out / "plots"):
+            paths[f"claims:{p.name}:png"], paths[f"claims:{p.name}:svg"] = p.png, p.svg
+    return paths

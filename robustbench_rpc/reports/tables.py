@@ -16,6 +16,7 @@ from .protocol import (
     attack_name, common_lines, dataset_lines, eval_label, incomplete_notes, params_text, pixel_equivalents,
 )
 from .render import Table, fmt_ci, fmt_delta, fmt_num, fmt_p, pct
+from ..evaluation.ood import describe as describe_protocol, protocol_of
 
 NA = "n/a"  # not applicable (as opposed to None = missing result)
 
@@ -289,7 +290,6 @@ def ood_table(data: RunData) -> Table | None:
     ev = data.evals_of("ood")
     if ev.empty or not data.model_keys:
         return None
-    from ..evaluation.ood import describe as describe_protocol, protocol_of
 
     columns = ["Model", "OOD set", "Protocol", "In-distribution", "AUPR (%) [95% CI]", "AUROC (%)", "FPR95 (%)",
                "n in", "n out"]

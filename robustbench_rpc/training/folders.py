@@ -14,10 +14,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ..data.folders import (
-    ClassMismatchError, ImageSampleFolder, ImageNetVal, UnreadableImageError, load_rgb, scan_class_folders,
-    transform_from_data_config,
-)
+from ..data.folders import (ClassFolder, ClassMismatchError, ImageNetVal, ImageSampleFolder, UnreadableImageError,
+                            load_rgb, scan_class_folders, transform_from_data_config)
 from ..data.images import check_readable
 from ..data.imagenet_classes import IMAGENET_WNIDS
 from ..data.pool import RunLoader
@@ -96,7 +94,6 @@ def _validation(name, classes, samples, held, val_dir, recipe, evaluation) -> tu
         diff = sorted(set(got) ^ set(classes))
         raise RecipeError(f"data.val_root {val_dir}: its class folders differ from the training classes "
                           f"({', '.join(diff[:5]) or 'order'}{' ...' if len(diff) > 5 else ''})")
-    from ..data.folders import ClassFolder
 
     return ClassFolder(str(val_dir), evaluation), f"folder {val_dir}"
 

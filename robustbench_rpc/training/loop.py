@@ -26,7 +26,7 @@ from torch import nn
 
 from ..models import save_checkpoint
 from . import state as st
-from .data import TrainData
+from .data import TrainData, sample_seed
 from .datasets import build_data
 from .ddp import Ranks
 from .logs import EpochLog, epoch_line
@@ -34,6 +34,8 @@ from .model import build_model, check_fits
 from .objectives import get_objective
 from .recipe import Recipe
 from .validation import epoch_diagnostics, validate
+from ..store.manifest import git_state
+from ..store.lock import lock_folder, refuse_foreign_folder
 
 
 @dataclass
@@ -110,7 +112,6 @@ def prepare(recipe: Recipe, out: Path, cfg: Settings, ranks: Ranks, log: Callabl
     data = build_data(recipe, model.data_config, cfg.workers, cfg.skip_unreadable)
     check_fits(model, data, recipe.model.name)
     if ranks.rank:  # each rank its own random starts; rank 0 keeps the single-process stream
-        from .data import sample_seed
 
         torch.manual_seed(sample_seed(recipe.seed, -1, ranks.rank))
     model.to(ranks.device)
@@ -127,7 +128,6 @@ def prepare(recipe: Recipe, out: Path, cfg: Settings, ranks: Ranks, log: Callabl
                 "threads": torch.get_num_threads(), "workers": cfg.workers}
     if cfg.skip_unreadable:  # which images are trained on: recorded, and a resume must keep it
         settings["skip_unreadable"] = True
-    from ..store.manifest import git_state
 
     return Job(recipe, out, ranks, model, model, data, objective, opt, params, sched, ema, gen, record, settings,
                log, EpochLog(out, ranks.main, cfg.progress, log), git=git_state() if ranks.main else None)
@@ -315,8 +315,6 @@ def _say(line: str) -> None:
 def train(recipe: Recipe, out: str | Path, settings: Settings | None = None,
           log: Callable[[str], None] = _say) -> dict[str, Any]:
     """Train ``recipe`` into the folder ``out`` (resuming what it holds); see the module docstring."""
-    from ..store.lock import lock_folder, refuse_foreign_folder
-
     cfg = settings or Settings()
     out = Path(out)
     ranks = Ranks(cfg.device, cfg.rank_timeout, cfg.amp)

@@ -14,6 +14,7 @@ from ..models import PACKAGED_DIR, CheckpointError, ModelContractError, load_mod
 from ..models.checkpoint import shipped_file
 from ..models.trained import BUILD_KEY
 from .recipe import RecipeError
+from ..attention import patch_attention
 
 
 def resolve_init(init: str | None, name: str) -> Path | None:
@@ -50,8 +51,6 @@ def build_model(recipe, plugins: list[str] | None = None) -> tuple[nn.Module, di
         raise RecipeError(f"model.kwargs of {name}: {e}") from None
     attention = None
     if m.attention:
-        from ..attention import patch_attention
-
         try:
             patch_attention(model, m.attention, layers=m.attention_layers, allow_reinit=m.attention_reinit,
                             **m.attention_args)

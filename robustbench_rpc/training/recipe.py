@@ -26,6 +26,8 @@ from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Mapping
+from ..evalspec import linf_range_problem
+from ..diagnostics import list_diagnostics
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -72,8 +74,6 @@ def _fraction(v):
 
 def _linf_budget(v):
     """A pixel-space Linf budget: > 0 and within the [0, 1] image range, refused in ``run``'s words."""
-    from ..evalspec import linf_range_problem
-
     return _positive(v) or linf_range_problem(v)
 
 
@@ -91,8 +91,6 @@ def _objective(v):
 
 def _diagnostic_names(v):
     """Opt-in per-epoch diagnostics (``validation.diagnostics``): registered names only."""
-    from ..diagnostics import list_diagnostics
-
     known = list_diagnostics()
     unknown = [n for n in v if n not in known]
     if unknown or not v:

@@ -27,6 +27,7 @@ from ..attacks import get_attack
 from ..data.subsets import stratified_indices
 from ..metrics import wilson_interval
 from .ddp import AMP_DTYPES
+from ..diagnostics import run_diagnostics
 
 
 def val_units(labels: list[int], limit: int, batch_size: int) -> list[list[int]]:
@@ -75,8 +76,6 @@ def summarize_diagnostics(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def epoch_diagnostics(model: torch.nn.Module, data, recipe) -> dict[str, float]:
     """The recipe's per-epoch diagnostics on the validation images (module docstring); {} when none."""
-    from ..diagnostics import run_diagnostics
-
     v = recipe.validation
     if not getattr(v, "diagnostics", None):
         return {}

@@ -18,10 +18,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..base import eval_mode, get_attack, model_device
+from ..base import ATTACKS, eval_mode, get_attack, model_device
 from ..checks import CheckResult
 from ..evaluate import BudgetError, attack_outcomes
 from ..stochastic import detect_stochastic
+from .inner import ALIASES
+from ...metrics import mcnemar, paired_delta_ci
 
 
 @torch.no_grad()
@@ -53,9 +55,6 @@ def _cheap(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """``params`` of attack ``name`` with the iteration counts of :data:`CHEAP` capped, defaulted ones
     included (also inside an adaptive attack's ``base_args``, for its base)."""
     import inspect
-
-    from .inner import ALIASES
-    from ..base import ATTACKS
 
     try:
         sig = inspect.signature(ATTACKS.get(name)).parameters
@@ -150,8 +149,6 @@ def check_adaptive_gap(standard, adaptive, *, alpha: float = 0.05, confidence: f
     array with the same keys. FAIL when, at some budget, the adaptive accuracy is significantly lower
     (McNemar, exact below 25 discordant pairs, Holm-corrected over budgets at ``alpha``); the message gives
     both accuracies, the paired difference with its CI (Newcombe) and the p-value."""
-    from ...metrics import mcnemar, paired_delta_ci
-
     if isinstance(standard, Mapping) and (not isinstance(adaptive, Mapping) or set(standard) != set(adaptive)):
         raise ValueError(f"check_adaptive_gap: budgets differ ({sorted(standard)} vs "
                          f"{sorted(adaptive) if isinstance(adaptive, Mapping) else 'one array'})")

@@ -30,6 +30,8 @@ import torch.nn as nn
 
 from ..base import Attack, eval_mode, model_device, normalization_of, register_attack, NormalizationError
 from .inner import build_base, resolve_base, resolved_args
+from ...models import CheckpointError, list_models, load_model, resolve_checkpoint, split_spec
+from ...registry import UnknownNameError
 
 SELF_NO_PAP = "self:no-pap"
 _LOADED: dict[tuple[str, str], nn.Module] = {}
@@ -61,7 +63,6 @@ def _check_spec(surrogate: Any) -> None:
     if surrogate.startswith("self:"):
         raise ValueError(f"surrogate of attack 'transfer': unknown form {surrogate!r}; the target's own form is "
                          f"{SELF_NO_PAP!r}")
-    from ...models import CheckpointError, resolve_checkpoint, split_spec
 
     name, checkpoint = split_spec(surrogate)
     try:
@@ -74,9 +75,6 @@ def _check_spec(surrogate: Any) -> None:
 
 def _known_model(name: str) -> None:
     import timm
-
-    from ...models import list_models
-    from ...registry import UnknownNameError
 
     if name.startswith("timm:"):
         if not timm.is_model(name[5:]):
@@ -103,8 +101,6 @@ def load_surrogate(surrogate: Any, target: nn.Module) -> nn.Module:
         return twin
     key = (surrogate, str(device))
     if key not in _LOADED:
-        from ...models import load_model
-
         if len(_LOADED) >= 2:  # a run uses one or two surrogates; do not hoard models
             _LOADED.pop(next(iter(_LOADED)))
         _LOADED[key] = load_model(surrogate, device=str(device)).eval()
