@@ -134,7 +134,7 @@ class CountQueries:
         return getattr(self.__dict__["_attack"], name)
 
     def __call__(self, model, x, y):
-        from .indicators import PathRecorder  # the counter that also keeps each sample's path
+        from .indicators import PathRecorder  # lazy: indicators.py builds on this module (the path-keeping counter)
 
         self.recorder = PathRecorder(model, x, y)
         out = self._attack(self.recorder, x, y)
@@ -149,7 +149,7 @@ class CountQueries:
             return {}
         out = {"forwards": c.forwards.tolist(), "backwards": c.backwards.tolist(), "ambiguous": c.ambiguous}
         if clean_correct is not None and adv_correct is not None:
-            from .indicators import indicator_values
+            from .indicators import indicator_values  # lazy: indicators.py builds on this module
 
             out["indicators"] = indicator_values(self.recorder, clean_correct.tolist(), adv_correct.tolist())
         return out

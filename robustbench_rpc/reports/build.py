@@ -9,10 +9,12 @@ import pandas as pd
 from ..atomic import write_text
 from ..store.errors import output_error
 from .compute import pairwise
+from .curve_report import curves_section
 from .data import STORE_FILENAME, RunData
 from .diagnostics import diagnostics_section
 from .html import page_plan, write_index, write_markdown
 from .plots import all_plots
+from .queries_report import indicators_table, queries_table
 from .tables import all_tables, checks_summary
 
 _OWNED = "report_files.json"  # files written by the previous build, removed before a rebuild
@@ -68,13 +70,9 @@ def _write_report(data: RunData, run_dir: Path, out: Path) -> dict:
 
     a_tables, a_plots = adversarial_section(data, out)
     tables, plots = tables + a_tables, plots + a_plots
-    from .curve_report import curves_section  # kind = "curve": robust accuracy vs eps from minimal norms
-
-    c_tables, c_plots = curves_section(data, out)
+    c_tables, c_plots = curves_section(data, out)  # kind = "curve": robust accuracy vs eps from minimal norms
     tables, plots = tables + c_tables, plots + c_plots
-    from .queries_report import indicators_table, queries_table  # cost and failure indicators of each attack
-
-    tables += [t for t in (queries_table(data), indicators_table(data)) if t is not None]
+    tables += [t for t in (queries_table(data), indicators_table(data)) if t is not None]  # each attack's cost
     for t in tables:
         paths.update(t.write(out / "tables"))
     for p in plots:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..attacks.indicators import verdicts
 from ..evalspec import attack_label
 from .data import RunData
 from .render import Table
@@ -49,8 +50,6 @@ def indicators_table(data: RunData) -> Table | None:
     """Pintor et al.'s indicators of attack failure per model and attack evaluation, from the per-sample values
     each unit stored (``attacks.indicators``): the verdicts that tell "the attack stalled" from "the model is
     robust". None when the run stored none."""
-    from ..attacks.indicators import verdicts
-
     per: dict[tuple[str, str], dict[str, list]] = {}
     for key, value in data.meta.items():
         if not key.startswith(PREFIX) or not isinstance(value, dict) or not isinstance(value.get("indicators"), dict):
