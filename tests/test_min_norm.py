@@ -137,6 +137,11 @@ kind = "attack"
 attack = "fmn"
 norm = "L2"
 steps = 10
+[[evaluation]]
+kind = "attack"
+attack = "fmn"
+norm = "L2"
+steps = 1
 """)
     out = tmp_path / "out"
     assert main(["run", "--suite", str(suite), "--out", str(out), "--no-progress", "--device", "cpu",
@@ -145,8 +150,12 @@ steps = 10
     assert "attack fmn norm=L2 steps=10" in printed
     with ResultsStore(out / "results.sqlite", readonly=True) as store:
         evals = store.evaluations()
-        key = evals[evals["name"] == "fmn"]["eval_key"].iloc[0]
-        rows = store.samples(eval_key=key)
+        steps = evals["params"].map(lambda p: p.get("steps"))
+        rows = store.samples(eval_key=evals[steps == 10]["eval_key"].iloc[0])
+        one_step = store.samples(eval_key=evals[steps == 1]["eval_key"].iloc[0])
     assert len(rows) == 8
     broken = rows[(rows["clean_correct1"] == 1) & (rows["correct1"] == 0)]
     assert len(broken) and (broken["l2"] > 0).all()  # the per-sample minimal L2 norm is what the store holds
+    # one step breaks nothing (the first iterate is the clean image): never broken is stored as no norm at all
+    never = one_step[(one_step["clean_correct1"] == 1) & (one_step["correct1"] == 1)]
+    assert len(never) >= 6 and never["l2"].isna().all() and never["linf"].isna().all()

@@ -32,6 +32,7 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class DDN(GradientAttack):
     norms = ("L2",)
     eps_required = False
+    minimum_norm = True  # its stored rows hold each sample's minimal norm (none for a sample it never broke)
 
     def __init__(self, eps: float | None = None, norm: str = "L2", steps: int = 100, init_epsilon: float = 1.0,
                  gamma: float = 0.05, space: str = "pixel", clip: bool = True, labels: str = "true",

@@ -27,6 +27,7 @@ from .square import library_seed
 class FAB(GradientAttack):
     norms = ("Linf", "L2", "L1")
     eps_required = False
+    minimum_norm = True  # its stored rows hold each sample's minimal norm (none for a sample it never broke)
 
     def __init__(self, eps: float | None = None, norm: str = "Linf", n_iter: int = 100, n_restarts: int = 1,
                  alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, targeted: bool = False,

@@ -108,6 +108,7 @@ def _project_l0(delta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 class FMN(GradientAttack):
     norms = ("L0", "L1", "L2", "Linf")
     eps_required = False
+    minimum_norm = True  # its stored rows hold each sample's minimal norm (none for a sample it never broke)
 
     def __init__(self, eps: float | None = None, norm: str = "Linf", steps: int = 100, alpha_init: float = 1.0,
                  alpha_final: float | None = None, gamma_init: float = 0.05, gamma_final: float = 0.001,

@@ -79,6 +79,9 @@ def attack_rows(model: torch.nn.Module, spec: EvalSpec, x: torch.Tensor, y: torc
     if gallery:  # the report's gallery: the first images, clean and adversarial (store/adversarial.py)
         kept[GALLERY_KEY] = gallery_images(x, attack.images, eps=spec.params.get("eps"))
     kept[QUERIES_KEY] = counted.stored(out.clean_correct1, out.adv_correct1)  # costs and failure indicators
+    # a minimum-norm attack's row holds the sample's minimal norm; one it never broke has none (not the 0 of its
+    # unchanged image)
+    never_broken = (out.clean_correct1 & out.adv_correct1) if getattr(attack, "minimum_norm", False) else None
     return {
         **kept,
         "sample_id": ids.tolist(),
@@ -91,9 +94,14 @@ def attack_rows(model: torch.nn.Module, spec: EvalSpec, x: torch.Tensor, y: torc
         "clean_correct5": out.clean_correct5.int().tolist(),
         "plain_correct1": out.plain_correct1.int().tolist(),
         "plain_correct5": out.plain_correct5.int().tolist(),
-        "linf": out.linf.float().tolist(),
-        "l2": out.l2.float().tolist(),
+        "linf": _norms(out.linf, never_broken),
+        "l2": _norms(out.l2, never_broken),
     }
+
+
+def _norms(values: torch.Tensor, missing: torch.Tensor | None) -> list:
+    norms = values.float().tolist()
+    return norms if missing is None else [None if m else v for v, m in zip(norms, missing.tolist())]
 
 
 def unit_rows(model: torch.nn.Module, e: EvalSpec, unit: int, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
