@@ -185,3 +185,25 @@ steps = 3
         evals = store.evaluations()
         assert {"patch_fool"} <= set(evals["name"].dropna())
         assert len(store.samples()) == 8 * 3
+
+
+def test_attention_probe_equals_timm_explicit_attention(micro):
+    """On timm's softmax ViT the probe's maps are the probabilities timm's explicit path computes (read at its
+    attn_drop, the softmax output)."""
+    _, x, _ = micro
+    model = robustbench_rpc.load_model("vit_micro_patch4_32", "packaged").eval()
+    probe = AttentionProbe(model)
+    seen = []
+    hooks = []
+    for m in probe.modules:
+        m.fused_attn = False
+        hooks.append(m.attn_drop.register_forward_hook(lambda mod, args, out: seen.append(out.detach())))
+    try:
+        with torch.no_grad(), probe.recording():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(seen) == len(probe.maps) == 4
+    for mine, timm_attn in zip(probe.maps, seen):
+        assert torch.allclose(mine, timm_attn, atol=1e-6)
