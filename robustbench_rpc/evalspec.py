@@ -19,7 +19,9 @@ from .store.rows import stable_key
 ACCURACIES = ("robust", "plain")
 #: evaluation-level parameters of an attack evaluation (not passed to the attack); ``adaptive = true``
 #: counts the evaluation among the adaptive ones (the ``adaptive`` preset sets it on each of its attacks)
-EVAL_PARAMS = ("accuracy", "attack_amp", "adaptive", "curve")  # curve: the curve evaluation it belongs to
+#: evaluation-level parameters, never passed to the attack (curve: the curve evaluation it belongs to;
+#: query_budget: forwards + backwards allowed per sample, attacks/accounting.py)
+EVAL_PARAMS = ("accuracy", "attack_amp", "adaptive", "curve", "query_budget")
 #: attacks adapted to the defense by construction: adaptive whatever the evaluation says
 ADAPTIVE_ATTACKS = ("bpda", "transfer")
 #: attacks whose returned image is chosen by top-1 success (they stop at the first iterate that flips

@@ -111,3 +111,38 @@ early_stop = false
     table = pd.read_csv(out / "tables" / "queries.csv")
     assert table["forwards_mean"].tolist() == [4.0] and table["backwards_total"].tolist() == [32]
     assert "What each attack cost" in (out / "index.html").read_text()
+
+
+def test_suite_query_budget_caps_every_sample_of_a_run(tmp_path, capsys):
+    from robustbench_rpc.cli import main
+    from robustbench_rpc.store.results import ResultsStore
+
+    suite = tmp_path / "b.toml"
+    text = """name = "b"
+version = 1
+description = "a query budget"
+[defaults]
+dataset = "digits32"
+models = ["symvit_micro_patch4_32:packaged"]
+batch_size = 8
+seed = 0
+limit = 8
+[[evaluation]]
+kind = "attack"
+attack = "pgd"
+eps = "8/255"
+steps = 10
+early_stop = false
+query_budget = BUDGET
+"""
+    suite.write_text(text.replace("BUDGET", "0"))
+    assert main(["run", "--suite", str(suite), "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
+    assert "query_budget must be an integer >= 1" in capsys.readouterr().err
+    suite.write_text(text.replace("BUDGET", "6"))
+    out = tmp_path / "out"
+    assert main(["run", "--suite", str(suite), "--out", str(out), "--no-progress", "--device", "cpu",
+                 "--no-report"]) == 0
+    with ResultsStore(out / "results.sqlite", readonly=True) as store:
+        (stored,) = [v for k, v in store.meta().items() if k.startswith("queries/")]
+    queries = [f + b for f, b in zip(stored["forwards"], stored["backwards"])]
+    assert max(queries) <= 6 + 1 and min(queries) >= 6  # 10 steps would cost 20

@@ -90,14 +90,24 @@ class QueryCounter(nn.Module):
             if inner is not None:
                 out = out.index_copy(0, keep, inner.to(out.dtype))
         self._count(self.forwards, owners[allowed])
+        seen = self._observe(out, owners, allowed)
         if x.requires_grad and torch.is_grad_enabled():
             counted = owners[allowed]
 
-            def on_backward(grad, counted=counted):
+            def on_backward(grad, counted=counted, seen=seen):
                 self._count(self.backwards, counted)
+                self._observe_grad(grad, seen)
                 return grad
             x.register_hook(on_backward)
         return out
+
+    def _observe(self, out: torch.Tensor, owners: torch.Tensor, allowed: torch.Tensor):
+        """A subclass's look at a call's logits (``PathRecorder``: the margins); what it returns reaches
+        ``_observe_grad`` with the gradient of the same call's input."""
+        return None
+
+    def _observe_grad(self, grad: torch.Tensor, seen) -> None:
+        return None
 
     def _classes(self, x: torch.Tensor) -> int:
         with torch.no_grad():
@@ -125,8 +135,9 @@ class CountQueries:
     the failure indicators); ``counts`` after each call. Every other attribute reads through to the attack it
     wraps (eps, norm, space, clip, name, patch budget...)."""
 
-    def __init__(self, attack):
+    def __init__(self, attack, query_budget: int | None = None):
         self._attack = attack
+        self.query_budget = query_budget
         self.counts: QueryCounts | None = None
         self.recorder = None
 
@@ -136,7 +147,7 @@ class CountQueries:
     def __call__(self, model, x, y):
         from .indicators import PathRecorder  # lazy: indicators.py builds on this module (the path-keeping counter)
 
-        self.recorder = PathRecorder(model, x, y)
+        self.recorder = PathRecorder(model, x, y, self.query_budget)
         out = self._attack(self.recorder, x, y)
         self.counts = self.recorder.counts()
         return out

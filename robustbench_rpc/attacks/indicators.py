@@ -38,37 +38,32 @@ NOISY_WARN = 0.2
 
 
 class PathRecorder(QueryCounter):
-    """The accounting wrapper, also keeping each sample's margins and input-gradient norms in call order."""
+    """The accounting wrapper, also keeping each sample's margins and input-gradient norms in call order (a row
+    refused by the query budget is not part of the path)."""
 
-    def __init__(self, model, clean: torch.Tensor, labels: torch.Tensor):
-        super().__init__(model, clean)
+    def __init__(self, model, clean: torch.Tensor, labels: torch.Tensor, query_budget: int | None = None):
+        super().__init__(model, clean, query_budget)
         self.labels = labels.detach().cpu().long()
         self.margins: list[list[float]] = [[] for _ in range(clean.shape[0])]
         self.grads: list[list[float | None]] = [[] for _ in range(clean.shape[0])]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        owners = self._owners(x)
-        out = self.model(x)
-        self._count(self.forwards, owners)
+    def _observe(self, out: torch.Tensor, owners: torch.Tensor, allowed: torch.Tensor):
         logits = out.detach().float().cpu()
         y = self.labels[owners.clamp_min(0)]
         true = logits.gather(1, y[:, None]).squeeze(1)
         other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
         slots = []
-        for row, (owner, margin) in enumerate(zip(owners.tolist(), (true - other).tolist())):
-            if owner >= 0:
+        for row, (owner, ok, margin) in enumerate(zip(owners.tolist(), allowed.tolist(), (true - other).tolist())):
+            if owner >= 0 and ok:
                 self.margins[owner].append(margin)
                 self.grads[owner].append(None)
                 slots.append((row, owner, len(self.grads[owner]) - 1))
-        if x.requires_grad and torch.is_grad_enabled():
-            def on_backward(grad, slots=slots, owners=owners):
-                norms = grad.detach().flatten(1).float().norm(dim=1).cpu().tolist()
-                for row, owner, slot in slots:
-                    self.grads[owner][slot] = norms[row]
-                self._count(self.backwards, owners)
-                return grad
-            x.register_hook(on_backward)
-        return out
+        return slots
+
+    def _observe_grad(self, grad: torch.Tensor, seen) -> None:
+        norms = grad.detach().flatten(1).float().norm(dim=1).cpu().tolist()
+        for row, owner, slot in seen:
+            self.grads[owner][slot] = norms[row]
 
 
 def break_point_alignment(loss: np.ndarray) -> float:

@@ -64,7 +64,8 @@ def attack_rows(model: torch.nn.Module, spec: EvalSpec, x: torch.Tensor, y: torc
     attack = attacks.get_attack(spec.name, seed=seed, **attack_params(spec, amp))
     from ..attacks.accounting import QUERIES_KEY, CountQueries
 
-    attack = counted = CountQueries(attack)  # forwards and backwards per sample, the attack unchanged
+    # forwards and backwards per sample, the attack unchanged; query_budget: AttackBench's cap, per sample
+    attack = counted = CountQueries(attack, spec.params.get("query_budget"))
     if spec.save_adversarial or gallery:  # the images the rows are scored on, kept for store/adversarial.py
         from .adversarial_run import KeepImages
 

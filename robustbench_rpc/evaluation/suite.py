@@ -171,6 +171,10 @@ def _attack_evals(ev: dict[str, Any], dataset: str, amp: str | None, where: str)
         save = spec.pop("save_adversarial", False)
         if not isinstance(save, bool):
             raise SuiteError(f"{where}: save_adversarial must be true or false, got {save!r}")
+        budget = spec.get("query_budget")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise SuiteError(f"{where}: attack {name}: query_budget must be an integer >= 1 (forwards + backwards "
+                             f"per sample), got {budget!r}")
         eps_list = spec.pop("eps", None)
         if isinstance(eps_list, list) and not eps_list:
             raise SuiteError(f"{where}: attack {name}: eps is an empty list; give at least one budget")
