@@ -657,3 +657,15 @@ def test_api_a_module_returning_probabilities_is_refused_before_compute(tmp_path
                                   out=tmp_path / "o", device="cpu", report=False)
     assert "returns probabilities, not logits" in str(info.value) and "\n" not in str(info.value)
     assert _stored_units(tmp_path / "o") == 0
+
+
+def test_cli_a_reader_that_leaves_early_gets_no_traceback():
+    """`robustbench-rpc models | head -1`: the pipe closes under the listing; the command ends quietly, exit 0."""
+    exe = Path(sys.executable).parent / "robustbench-rpc"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "robustbench_rpc"]
+    proc = subprocess.Popen(cmd + ["models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader leaves, as `head -1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -457,6 +457,15 @@ def main(argv: list[str] | None = None) -> int:
     except (RankFailure, StoreError, ModelOutputError, UnitFault) as e:  # faults during a run: NaN logits, full disk
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader left (`robustbench-rpc models | head`): what it read was all it wanted
+        _quiet_closed_stdout()
+        return 0
+
+
+def _quiet_closed_stdout() -> None:
+    """Point stdout at devnull so Python's flush at exit does not raise a second BrokenPipeError."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":
