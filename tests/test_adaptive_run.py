@@ -40,12 +40,12 @@ class Defended(nn.Module):
 CONTRACT = dict(input_size=(3, 32, 32), mean=(0.0,) * 3, std=(1.0,) * 3, num_classes=10)
 
 
-@robustbench_rpc.register_model("issue22_quantized", **CONTRACT)
+@robustbench_rpc.register_model("adaptive_quantized", **CONTRACT)
 def quantized(**kwargs):
     return Defended(quantize=True)
 
 
-@robustbench_rpc.register_model("issue22_unquantized", **CONTRACT)
+@robustbench_rpc.register_model("adaptive_unquantized", **CONTRACT)
 def unquantized(**kwargs):
     return Defended(quantize=False)
 '''
@@ -74,11 +74,11 @@ def _train_weights(path: Path) -> None:
 
 
 SUITE = '''
-name = "issue22"
+name = "adaptive-run"
 version = 1
 [defaults]
 dataset = "digits32"
-models = ["issue22_quantized:WEIGHTS"]
+models = ["adaptive_quantized:WEIGHTS"]
 batch_size = 64
 seed = 0
 limit = 64
@@ -103,7 +103,7 @@ base_args = {steps = 10}
 kind = "attack"
 attack = "transfer"
 eps = ["16/255"]
-surrogate = "issue22_unquantized:WEIGHTS"
+surrogate = "adaptive_unquantized:WEIGHTS"
 base_args = {steps = 10}
 '''
 
@@ -114,7 +114,7 @@ def _store(out: Path):
 
 
 def test_gradient_masked_plugin_model_standard_and_adaptive(tmp_path):
-    plugin, suite, out = tmp_path / "issue22_plugin.py", tmp_path / "suite.toml", tmp_path / "run"
+    plugin, suite, out = tmp_path / "adaptive_plugin.py", tmp_path / "suite.toml", tmp_path / "run"
     plugin.write_text(PLUGIN)
     _train_weights(tmp_path / "weights.pt")
     suite.write_text(SUITE.replace("WEIGHTS", str(tmp_path / "weights.pt")))
@@ -138,9 +138,9 @@ def test_gradient_masked_plugin_model_standard_and_adaptive(tmp_path):
     report = (out / "report.md").read_text()
     assert "Standard 16/255 (worst of PGD)" in report and "Adaptive - standard 16/255 (pp)" in report
     headline = report.split("## Headline results")[1].split("**Protocol")[0]
-    assert "| issue22_quantized (weights.pt) | static |" in headline
+    assert "| adaptive_quantized (weights.pt) | static |" in headline
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["extra"]["model_dynamics"]["issue22_quantized (weights.pt)"]["kind"] == "static"
+    assert manifest["extra"]["model_dynamics"]["adaptive_quantized (weights.pt)"]["kind"] == "static"
 
 
 def test_dynamic_model_without_adaptive_evaluation_is_marked(tmp_path):
@@ -189,18 +189,18 @@ class Thresholded(nn.Module):
         return self.net((x > 0.5).float())
 
 
-@robustbench_rpc.register_model("issue22_thresholded", input_size=(3, 32, 32), mean=(0.0,) * 3, std=(1.0,) * 3,
+@robustbench_rpc.register_model("adaptive_thresholded", input_size=(3, 32, 32), mean=(0.0,) * 3, std=(1.0,) * 3,
                                 num_classes=10)
 def thresholded(**kwargs):
     return Thresholded()
 '''
 
 PRESET_SUITE = '''
-name = "issue22-preset"
+name = "adaptive-preset-run"
 version = 1
 [defaults]
 dataset = "digits32"
-models = ["issue22_thresholded:WEIGHTS"]
+models = ["adaptive_thresholded:WEIGHTS"]
 batch_size = 64
 seed = 0
 limit = 16
@@ -221,7 +221,7 @@ eps = ["16/255"]
 def test_the_adaptive_preset_runs_on_a_model_that_cuts_the_input_graph(tmp_path):
     """The reference libraries' APGD raised "element 0 of tensors does not require grad" on such a model (a
     traceback ending the run); now every attack of the preset runs on it and the checks name the masking."""
-    plugin, suite, out = tmp_path / "issue22_threshold.py", tmp_path / "suite.toml", tmp_path / "run"
+    plugin, suite, out = tmp_path / "adaptive_threshold.py", tmp_path / "suite.toml", tmp_path / "run"
     plugin.write_text(THRESHOLD_PLUGIN)
     _train_weights(tmp_path / "weights.pt")
     suite.write_text(PRESET_SUITE.replace("WEIGHTS", str(tmp_path / "weights.pt")))

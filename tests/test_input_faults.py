@@ -29,7 +29,7 @@ def _plugin(tmp_path, name: str, body: str):
 # ------------------------------------------------------------------------------------------ plug-ins
 
 def test_plugin_with_a_syntax_error_names_file_and_line(tmp_path, capsys):
-    path = _plugin(tmp_path, "issue21_syntax", """\
+    path = _plugin(tmp_path, "faults_syntax", """\
         import torch
 
         def broken(:
@@ -41,7 +41,7 @@ def test_plugin_with_a_syntax_error_names_file_and_line(tmp_path, capsys):
 
 
 def test_plugin_raising_at_import_names_its_line_and_the_exception(tmp_path, capsys):
-    path = _plugin(tmp_path, "issue21_raises", """\
+    path = _plugin(tmp_path, "faults_raises", """\
         import json
 
 
@@ -57,9 +57,9 @@ def test_plugin_raising_at_import_names_its_line_and_the_exception(tmp_path, cap
     assert f"(at {path}:5)" in err and "JSONDecodeError: Expecting property name" in err
     import sys
 
-    assert "issue21_raises" not in sys.modules  # a failed import leaves nothing half-loaded behind
+    assert "faults_raises" not in sys.modules  # a failed import leaves nothing half-loaded behind
 
-    path2 = _plugin(tmp_path, "issue21_raises_top", "x = 1\nraise RuntimeError('no GPU here\\nat all')\n")
+    path2 = _plugin(tmp_path, "faults_raises_top", "x = 1\nraise RuntimeError('no GPU here\\nat all')\n")
     assert main(["--plugin", str(path2), "models"]) == 2
     err = _one_error_line(capsys)
     assert f"RuntimeError: no GPU here at all (at {path2}:2)" in err
@@ -68,7 +68,7 @@ def test_plugin_raising_at_import_names_its_line_and_the_exception(tmp_path, cap
 def test_plugin_registering_an_existing_name_names_both_registrants(tmp_path, capsys):
     import robustbench_rpc.attacks.pgd as pgd_module
 
-    path = _plugin(tmp_path, "issue21_dup_attack", """\
+    path = _plugin(tmp_path, "faults_dup_attack", """\
         from robustbench_rpc.attacks import register_attack
 
 
@@ -82,12 +82,12 @@ def test_plugin_registering_an_existing_name_names_both_registrants(tmp_path, ca
                       if ln.startswith('@register_attack("pgd")'))
     assert f"attack 'pgd' is already registered by robustbench_rpc.attacks.pgd ({pgd_module.__file__}:" \
            f"{first_line})" in err
-    assert f"issue21_dup_attack ({path}:4) registers it again" in err
+    assert f"faults_dup_attack ({path}:4) registers it again" in err
     from robustbench_rpc.attacks import get_attack
 
     assert type(get_attack("pgd", eps=0.01)).__module__ == "robustbench_rpc.attacks.pgd"  # the original kept
 
-    path2 = _plugin(tmp_path, "issue21_dup_attention", """\
+    path2 = _plugin(tmp_path, "faults_dup_attention", """\
         from robustbench_rpc.attention import SymmetricAttention, register_attention
         register_attention("rpc")(SymmetricAttention)
         """)
@@ -101,33 +101,33 @@ def test_plugin_registering_an_existing_name_names_both_registrants(tmp_path, ca
 
 
 def test_plugin_module_not_found_and_the_same_file_twice(tmp_path, capsys, monkeypatch):
-    assert main(["--plugin", "issue21_no_such_module", "models"]) == 2
-    assert "no module named 'issue21_no_such_module'" in _one_error_line(capsys)
+    assert main(["--plugin", "faults_no_such_module", "models"]) == 2
+    assert "no module named 'faults_no_such_module'" in _one_error_line(capsys)
     from robustbench_rpc.attacks import ATTACKS
     from robustbench_rpc.plugins import PluginError, load_plugin
 
-    path = _plugin(tmp_path, "issue21_twice", """\
+    path = _plugin(tmp_path, "faults_twice", """\
         from robustbench_rpc.attacks import register_attack
 
 
-        @register_attack("issue21-twice")
+        @register_attack("faults-twice")
         def make(**kwargs):
             raise NotImplementedError
         """)
     try:
         load_plugin(str(path))
         load_plugin(str(path))  # imported once, as `import` would: no clash with itself
-        assert ATTACKS.registered_by("issue21-twice") == f"issue21_twice ({path}:4)"
+        assert ATTACKS.registered_by("faults-twice") == f"faults_twice ({path}:4)"
         other = tmp_path / "elsewhere"
         other.mkdir()
-        (other / "issue21_twice.py").write_text("")
-        with pytest.raises(PluginError, match="a module named 'issue21_twice' is already loaded"):
-            load_plugin(str(other / "issue21_twice.py"))
+        (other / "faults_twice.py").write_text("")
+        with pytest.raises(PluginError, match="a module named 'faults_twice' is already loaded"):
+            load_plugin(str(other / "faults_twice.py"))
     finally:
-        ATTACKS._items.pop("issue21-twice", None)
+        ATTACKS._items.pop("faults-twice", None)
         import sys
 
-        sys.modules.pop("issue21_twice", None)
+        sys.modules.pop("faults_twice", None)
 
 
 def test_registry_records_registrants_and_overwrite_still_replaces():
@@ -147,7 +147,7 @@ def test_registry_records_registrants_and_overwrite_still_replaces():
 
 # ------------------------------------------------------------------------------------------ folders
 
-CLEAN_SUITE = 'name = "issue21"\n[defaults]\nbatch_size = 4\n[[evaluation]]\nkind = "clean"\n'
+CLEAN_SUITE = 'name = "input-faults"\n[defaults]\nbatch_size = 4\n[[evaluation]]\nkind = "clean"\n'
 
 
 def _image_folder(root, classes: int = 10, per_class: int = 2, ext: str = "png"):
@@ -164,7 +164,7 @@ def _image_folder(root, classes: int = 10, per_class: int = 2, ext: str = "png")
 
 
 def _run_folder(tmp_path, root, out, *extra):
-    suite = tmp_path / "issue21.toml"
+    suite = tmp_path / "input-faults.toml"
     suite.write_text(CLEAN_SUITE)
     return main(["run", "--suite", str(suite), "--model", "symvit_micro_patch4_32:packaged", "--dataset", "folder",
                  "--data-root", f"folder={root}", "--out", str(out), "--no-progress", "--no-report",

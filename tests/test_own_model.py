@@ -72,29 +72,29 @@ def _timm_factory_without_cfg(name: str):
 
 def test_undeclared_contract_is_refused_not_defaulted_to_imagenet(mini_suite, tmp_path, capsys):
     """It was normalized with ImageNet mean/std at 224 px, silently (clean 98.4 vs 100, contrast-5 14.1 vs 49.2)."""
-    _timm_factory_without_cfg("issue12_user_vit")
+    _timm_factory_without_cfg("own_model_user_vit")
     with pytest.raises(ModelContractError) as e:
-        load_model("timm:issue12_user_vit")
+        load_model("timm:own_model_user_vit")
     msg = str(e.value)
-    assert "model 'timm:issue12_user_vit' declares no evaluation contract" in msg
+    assert "model 'timm:own_model_user_vit' declares no evaluation contract" in msg
     assert "--input-size" in msg and "--mean" in msg and "register_model(" in msg and "\n" not in msg
-    w = load_model("timm:issue12_user_vit", data_config={"input_size": "3,32,32", "mean": 0.5, "std": [0.25] * 3})
+    w = load_model("timm:own_model_user_vit", data_config={"input_size": "3,32,32", "mean": 0.5, "std": [0.25] * 3})
     assert w.data_config["mean"] == (0.5, 0.5, 0.5) and w.data_config["input_size"] == (3, 32, 32)
     assert w.data_config["interpolation"] == "bilinear" and w.data_config["crop_pct"] == 1.0
     assert w.data_config["contract_source"] == "given (input_size, mean, std)"
     torch.testing.assert_close(w.mean.flatten(), torch.full((3,), 0.5))
     with pytest.raises(ModelContractError, match="built for 32x32.*input size \\(3, 64, 64\\)"):
-        load_model("timm:issue12_user_vit", data_config={"input_size": 64, "mean": 0.5, "std": 0.25})
+        load_model("timm:own_model_user_vit", data_config={"input_size": 64, "mean": 0.5, "std": 0.25})
     with pytest.raises(ModelContractError, match="unknown key 'men'. Did you mean: mean"):
-        load_model("timm:issue12_user_vit", data_config={"men": 0.5})
+        load_model("timm:own_model_user_vit", data_config={"men": 0.5})
     # the CLI: refused before compute, one line; then explicit flags
     out = tmp_path / "r"
-    assert main(["run", "--suite", str(mini_suite), "--model", "timm:issue12_user_vit", "--out", str(out),
+    assert main(["run", "--suite", str(mini_suite), "--model", "timm:own_model_user_vit", "--out", str(out),
                  "--no-progress", "--no-report", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: model 'timm:issue12_user_vit' declares no evaluation contract") and "\n" not in err
+    assert err.startswith("error: model 'timm:own_model_user_vit' declares no evaluation contract") and "\n" not in err
     assert not out.exists()
-    assert main(["run", "--suite", str(mini_suite), "--model", "timm:issue12_user_vit", "--out", str(out),
+    assert main(["run", "--suite", str(mini_suite), "--model", "timm:own_model_user_vit", "--out", str(out),
                  "--input-size", "3,32,32", "--mean", "0.3057,0.3057,0.3057", "--std", "0.324,0.324,0.324",
                  "--no-progress", "--no-report", "--device", "cpu"]) == 0
     models, _, _ = _models(out)
@@ -109,49 +109,49 @@ def test_timm_models_carry_their_declared_contract():
 
 
 def test_register_model_decorator():
-    @register_model("issue12_cnn", input_size=(3, 32, 32), mean=(0.3,) * 3, std=(0.3,) * 3, num_classes=10,
+    @register_model("own_model_cnn", input_size=(3, 32, 32), mean=(0.3,) * 3, std=(0.3,) * 3, num_classes=10,
                     notes="a test CNN")
-    def issue12_cnn(**kwargs):
+    def own_model_cnn(**kwargs):
         return _cnn(**kwargs)
 
-    assert issue12_cnn.__name__ == "issue12_cnn"  # the factory is returned unchanged
-    assert "issue12_cnn" in robustbench_rpc.list_models()
-    w = load_model("issue12_cnn")
+    assert own_model_cnn.__name__ == "own_model_cnn"  # the factory is returned unchanged
+    assert "own_model_cnn" in robustbench_rpc.list_models()
+    w = load_model("own_model_cnn")
     assert w.data_config["contract_source"] == "model" and w.data_config["mean"] == (0.3, 0.3, 0.3)
     assert w.data_config["crop_pct"] == 1.0 and w.data_config["interpolation"] == "bilinear"
     assert w.num_classes == 10 and w(torch.rand(2, 3, 32, 32)).shape == (2, 10)
-    assert isinstance(timm.create_model("issue12_cnn"), nn.Sequential)  # timm's pretrained_cfg is swallowed
-    with pytest.raises(ValueError, match="'issue12_cnn' is already registered"):
-        register_model("issue12_cnn", input_size=32, mean=0.5, std=0.5, num_classes=10)(_cnn)
+    assert isinstance(timm.create_model("own_model_cnn"), nn.Sequential)  # timm's pretrained_cfg is swallowed
+    with pytest.raises(ValueError, match="'own_model_cnn' is already registered"):
+        register_model("own_model_cnn", input_size=32, mean=0.5, std=0.5, num_classes=10)(_cnn)
     with pytest.raises(ValueError, match="no published weights"):
-        timm.create_model("issue12_cnn", pretrained=True)
+        timm.create_model("own_model_cnn", pretrained=True)
     with pytest.raises(ModelContractError, match="std must be > 0"):
-        register_model("issue12_bad", input_size=32, mean=0.5, std=0.0, num_classes=10)
+        register_model("own_model_bad", input_size=32, mean=0.5, std=0.0, num_classes=10)
     with pytest.raises(ModelContractError, match="interpolation 'cubic'"):
-        register_model("issue12_bad", input_size=32, mean=0.5, std=0.5, num_classes=10, interpolation="cubic")
+        register_model("own_model_bad", input_size=32, mean=0.5, std=0.5, num_classes=10, interpolation="cubic")
 
-    @register_model("issue12_wrong_classes", input_size=32, mean=0.5, std=0.5, num_classes=5)
+    @register_model("own_model_wrong_classes", input_size=32, mean=0.5, std=0.5, num_classes=5)
     def wrong(**kwargs):
         return timm.create_model("vit_micro_patch4_32")  # 10 classes
 
     with pytest.raises(ModelContractError, match="declares num_classes=5 but its factory built .* num_classes=10"):
-        load_model("issue12_wrong_classes")
+        load_model("own_model_wrong_classes")
 
 
 def test_plugin_model_through_the_cli(tmp_path, mini_suite, capsys):
-    plugin = tmp_path / "issue12_plugin.py"
+    plugin = tmp_path / "own_model_plugin.py"
     plugin.write_text(
         "import robustbench_rpc\nfrom torch import nn\n"
-        "@robustbench_rpc.register_model('issue12_plugin_cnn', input_size=(3, 32, 32), mean=(0.3057,) * 3,\n"
+        "@robustbench_rpc.register_model('own_model_plugin_cnn', input_size=(3, 32, 32), mean=(0.3057,) * 3,\n"
         "                                std=(0.324,) * 3, num_classes=10)\n"
         "def f(width=4, **kwargs):\n"
         "    return nn.Sequential(nn.Conv2d(3, width, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10))\n")
     out = tmp_path / "r"
-    assert main(["--plugin", str(plugin), "run", "--suite", str(mini_suite), "--model", "issue12_plugin_cnn",
-                 "--model-arg", "width=3", "--reference", "issue12_plugin_cnn", "--out", str(out), "--no-progress",
+    assert main(["--plugin", str(plugin), "run", "--suite", str(mini_suite), "--model", "own_model_plugin_cnn",
+                 "--model-arg", "width=3", "--reference", "own_model_plugin_cnn", "--out", str(out), "--no-progress",
                  "--no-report", "--device", "cpu"]) == 0
     models, samples, checks = _models(out)
-    assert list(models["arch"]) == ["issue12_plugin_cnn"] and models.iloc[0]["contract"] == "model"
+    assert list(models["arch"]) == ["own_model_plugin_cnn"] and models.iloc[0]["contract"] == "model"
     assert models.iloc[0]["num_params"] == 3 * 3 * 3 * 3 + 3 + 3 * 10 + 10
     chance = checks[checks["check"] == "chance_level"].iloc[0]
     assert chance["status"] == "fail" and "not significantly above chance 1/10" in chance["message"]

@@ -30,7 +30,7 @@ from test_imagenet_o import NOT_O, val_tree
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-MODEL = "issue21_conv224"
+MODEL = "faults_conv224"
 SUITES_DIR = Path(robustbench_rpc.__file__).parent / "suites"
 # iteration-like parameters and the small values they get here (only where the attack takes them)
 FEW = {"steps": 2, "max_iterations": 2, "n_iter": 2, "n_restarts": 1, "n_queries": 10, "n_samples": 8,
