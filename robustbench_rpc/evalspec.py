@@ -156,7 +156,7 @@ def attack_params(spec: EvalSpec, amp: str | None) -> dict[str, Any]:
     Robust accuracy needs no work on lost samples: attacks that can stop early (``early_stop``: skip the
     clean-misclassified, keep the first misclassified iterate) do so unless the evaluation says
     otherwise; plain accuracy (the paper's) keeps every sample's last iterate."""
-    from .attacks import attack_class
+    from .attacks import attack_class  # lazy: attacks/ imports this leaf, a top-level import would be a circle
 
     params = {k: v for k, v in spec.params.items() if k not in EVAL_PARAMS}
     if "early_stop" not in params and "early_stop" in inspect.signature(attack_class(spec.name)).parameters:
@@ -190,7 +190,7 @@ def _kind_of(default: Any) -> type | None:
 def check_param_types(e: EvalSpec, where: str) -> None:
     """Each attack parameter of the type its default has (TOML's ``"false"`` is a string, not False;
     ``12.7`` is not a step count): one line naming the file, the evaluation and the key."""
-    from .attacks import attack_class
+    from .attacks import attack_class  # lazy: attacks/ imports this leaf, a top-level import would be a circle
 
     try:
         params = inspect.signature(attack_class(e.name)).parameters
@@ -224,7 +224,7 @@ def resolve_attack(e: EvalSpec, amp: str | None, where: str) -> dict[str, Any]:
     """Build the attack once (no model, no data) and return every parameter as it will run (defaults
     included, the run's ``amp`` applied). A misspelt parameter or a bad value fails here, before any
     compute, naming ``where`` and the evaluation."""
-    from . import attacks
+    from . import attacks  # lazy: attacks/ imports this leaf, a top-level import would be a circle
 
     accuracy = e.params.get("accuracy", "robust")
     if accuracy not in ACCURACIES:
