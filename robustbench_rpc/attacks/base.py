@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ..registry import Registry, did_you_mean
 from .budget import NORMS, Box, canonical_norm, project, validate_eps, validate_norm, validate_threat
+from ..models.normalize import Normalized
 
 ATTACKS: Registry[Callable[..., "Attack"]] = Registry("attack", name_attr="name")
 
@@ -278,8 +279,6 @@ class NormalizationError(ValueError):
 def normalization_of(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) of the [0, 1] wrapper (``models.Normalized``) at or under ``model`` (through ``.model``
     attributes of wrappers such as EOT or class masking), each shaped (1, C, 1, 1)."""
-    from ..models.normalize import Normalized
-
     m, seen = model, set()
     while isinstance(m, nn.Module) and id(m) not in seen:
         if isinstance(m, Normalized):
@@ -385,7 +384,6 @@ class Attack:
         if self.space == "pixel":
             self.box = Box.unit() if self.clip else Box.none()
             return model, (lambda t: t), (lambda t: t), self.box
-        from ..models.normalize import Normalized
 
         mean, std = (t.to(device) for t in normalization_of(model))
         inner = model.model if isinstance(model, Normalized) else FromNormalized(model, mean, std)

@@ -18,6 +18,9 @@ from ..evalspec import EvalSpec, describe_eval
 from ..store.adversarial import (ADVERSARIAL_DIR, GALLERY_KEY, IMAGES_KEY, AdversarialSetError, evaluation_label,
                                  listing, set_bytes, unit_files, unit_saved, write_gallery, write_unit_images)
 from ..store.errors import StoreWriteError
+from .transfer import register_sources, transfer_evals
+from .external import check_given, read_given, register_checked
+from .. import dist
 
 if TYPE_CHECKING:
     from .harness import Runner
@@ -46,8 +49,6 @@ class KeepImages:
 def plan_adversarial(suite, evals: list[EvalSpec], models: list, save_all: bool) -> list[EvalSpec]:
     """``--save-adversarial`` marks every attack evaluation; ``kind = "transfer"`` adds one evaluation per
     (source model, saved attack, float or 8-bit) and makes the attacks it reads keep their images."""
-    from .transfer import transfer_evals
-
     if save_all:
         evals = [replace(e, save_adversarial=True) if e.kind == "attack" else e for e in evals]
     return transfer_evals(suite, evals, models)
@@ -61,8 +62,6 @@ def saved_evals(plan: "Plan") -> list[EvalSpec]:
 def preflight(plan: "Plan", log) -> None:
     """Before any compute: print the disk the saved sets will take and refuse when the folder lacks it;
     read and check every external set against its clean images (one line per fault)."""
-    from .external import check_given, read_given, register_checked
-
     keep = saved_evals(plan)
     if keep:
         need = 0
@@ -153,9 +152,6 @@ def manifest_listing(store, out: Path) -> list[dict[str, Any]]:
 def run_transfer(runner: "Runner") -> None:
     """The transfer evaluations, after every model's own: each target model rebuilt once and scored on the
     sets its sources saved (nothing is attacked again)."""
-    from .. import dist
-    from .transfer import register_sources
-
     p = runner.plan
     deferred = [e for e in p.evals if e.kind == "transfer"]
     if not deferred:

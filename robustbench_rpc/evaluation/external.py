@@ -29,6 +29,15 @@ import torch
 
 from ..evalspec import EvalSpec, SuiteError, eps_label, linf_range_problem, parse_eps
 from ..store.adversarial import AdversarialSetError, read_set
+from ..models.checkpoint import sha256_of
+from ..attacks.budget import canonical_norm, measure_budget
+from ..data.subsets import sample_ids
+from .. import attacks, metrics
+from ..attacks.base import amp_dtype_of
+from .compute_unit import STOCHASTIC_EVAL_REPEATS
+from .plan import RunConfig, parse_pairs
+from .suite import suite_from_dict
+from ..store.results import ResultsStore
 
 FORMATS = ("robustbench-pt", "safetensors", "png-folder")
 #: eval key -> (unit, sample ids) -> the given images of those ids (registered before the units run)
@@ -59,8 +68,6 @@ def set_format(path: Path) -> str:
 
 def set_sha256(path: Path) -> str:
     """sha256 of the file; of a PNG folder, of its sorted (name, file sha256) list."""
-    from ..models.checkpoint import sha256_of
-
     if not path.is_dir():
         return sha256_of(path)
     h = hashlib.sha256()
@@ -123,8 +130,6 @@ def _read_pngs(folder: Path, sha: str) -> GivenSet:
 
 def external_spec(ev: dict[str, Any], dataset: str, where: str) -> EvalSpec:
     """A ``kind = "external"`` evaluation: the file's sha256 and the budget are its identity (not its path)."""
-    from ..attacks.budget import canonical_norm
-
     for key in ("adversarial", "eps"):
         if key not in ev:
             raise SuiteError(f"{where}: an external evaluation needs '{key}'")
@@ -159,9 +164,6 @@ def check_given(given: GivenSet, clean: torch.utils.data.Dataset, eps: float, no
     """(evaluated ids, their images in that order), every image checked against its clean image: ids,
     shape, finite, [0, 1] and the budget (``measure_budget``'s rounding bound plus ``quantization`` per value).
     Faults raise one AdversarialSetError line before any model runs."""
-    from ..attacks.budget import measure_budget
-    from ..data.subsets import sample_ids
-
     ids = [int(i) for i in sample_ids(clean)]
     n = len(ids)
     images = given.images
@@ -248,10 +250,6 @@ class GivenImages:
 def given_rows(model: torch.nn.Module, e: EvalSpec, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                unit: int, device: str, amp: str | None) -> dict[str, list]:
     """The per-sample rows of one unit of an ``external`` or ``transfer`` evaluation (robust accuracy)."""
-    from .. import attacks
-    from ..attacks.base import amp_dtype_of
-    from .compute_unit import STOCHASTIC_EVAL_REPEATS
-
     if e.key not in _GIVEN:
         raise AdversarialSetError(f"{e.name}: its adversarial images were not loaded before the run")
     images = _GIVEN[e.key](unit, [int(i) for i in ids.tolist()])
@@ -277,11 +275,6 @@ def given_rows(model: torch.nn.Module, e: EvalSpec, x: torch.Tensor, y: torch.Te
 def external_run_config(args) -> Any:
     """``evaluate-external``'s flags -> a one-model run of a clean and an external evaluation (so report,
     verify and leaderboard read it as any run)."""
-    from .plan import RunConfig, parse_pairs
-    from .suite import suite_from_dict
-
-    from ..attacks.budget import canonical_norm
-
     if not Path(args.adversarial).expanduser().exists():  # the flags' own names, before the suite's words
         raise AdversarialSetError(f"--adversarial {args.adversarial}: no such file or folder")
     eps = parse_eps(args.eps, "--eps")
@@ -303,9 +296,6 @@ def external_run_config(args) -> Any:
 
 def external_summary(out: str | Path) -> list[str]:
     """One line per stored external evaluation: model, robust accuracy with its Wilson interval, the file."""
-    from .. import metrics
-    from ..store.results import ResultsStore
-
     lines = []
     with ResultsStore(Path(out) / "results.sqlite", readonly=True) as store:
         evals = store.evaluations()

@@ -16,6 +16,8 @@ from typing import Any
 
 from ..evalspec import EvalSpec, SuiteError, attack_label
 from ..store.adversarial import AdversarialSetError, quantize_8bit, read_set, unit_file
+from .external import register_given
+from .. import metrics
 
 
 def transfer_evals(suite, evals: list[EvalSpec], models: list) -> list[EvalSpec]:
@@ -66,8 +68,6 @@ def transfer_evals(suite, evals: list[EvalSpec], models: list) -> list[EvalSpec]
 
 def register_sources(store, out: Path, evals: list[EvalSpec]) -> None:
     """Serve each transfer evaluation's units from its source model's saved unit files."""
-    from .external import register_given
-
     models = store.models()
     keys = dict(zip(models.get("name", []), models.get("model_key", [])))
     for e in evals:
@@ -93,8 +93,6 @@ def _lookup(out: Path, model_key: str, eval_key: str, quantize: bool, source: st
 def transfer_cells(store) -> list[dict[str, Any]]:
     """One record per (target model, transfer evaluation): source, target, attack, quantized, n, accuracy
     and its Wilson interval, white-box (source is target)."""
-    from .. import metrics
-
     evals = store.evaluations()
     if evals.empty or "kind" not in evals:
         return []

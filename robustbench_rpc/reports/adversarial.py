@@ -17,6 +17,8 @@ from ..evalspec import eps_label
 from .data import RunData, slug
 from .plots import Plot, _save
 from .render import Table, fmt_ci
+from ..evaluation.transfer import transfer_cells
+from .gallery import gallery_plots
 
 
 def external_table(data: RunData) -> Table | None:
@@ -55,8 +57,6 @@ def external_table(data: RunData) -> Table | None:
 
 
 def transfer_frame(data: RunData) -> pd.DataFrame:
-    from ..evaluation.transfer import transfer_cells
-
     return pd.DataFrame(transfer_cells(data.store))
 
 
@@ -135,7 +135,6 @@ def adversarial_section(data: RunData, out: Path) -> tuple[list[Table], list[Plo
     df = transfer_frame(data)
     tables += transfer_tables(df)
     plots = transfer_plots(df, Path(out) / "plots")
-    from .gallery import gallery_plots
 
     plots += gallery_plots(data, Path(out) / "plots")
     return tables, plots

@@ -23,6 +23,14 @@ import torch
 from ..evalspec import THREAT_DEFAULTS, EvalSpec, eps_label
 from .data import RunData, slug
 from .plots import Plot
+from ..data.resolve import ROOT_OF
+from ..evaluation.plan import Plan, RunConfig
+from ..evaluation.suite import suite_from_dict
+from ..evaluation.compute_unit import unit_rows
+from ..store.adversarial import IMAGES_KEY, gallery_images, read_gallery, read_set, unit_file
+from ..atomic import replacing
+from ..evaluation.harness import build_model
+from ..attacks import EOTModel
 
 SAMPLES = 3        # fixed images per model
 CORRUPTIONS = 5    # corruptions shown (each at every stored severity)
@@ -69,10 +77,6 @@ def headline_budget(data: RunData) -> tuple[str, float, list[str]] | None:
 
 def _plan(data: RunData):
     """The run's plan rebuilt from its stored suite and settings (data and models as the run read them)."""
-    from ..data.resolve import ROOT_OF
-    from ..evaluation.plan import Plan, RunConfig
-    from ..evaluation.suite import suite_from_dict
-
     raw = dict(data.meta.get("suite") or {})
     settings = data.meta.get("settings") or {}
     suite = suite_from_dict({"name": raw.get("name", "run"), "version": raw.get("version", 1),
@@ -98,8 +102,6 @@ def _unit0(ds, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 def recompute_unit0(plan, model: torch.nn.Module, spec: EvalSpec) -> tuple[dict[str, Any], list[int]]:
     """Unit 0 of an attack evaluation attacked again with its stored seed: (rows with the images, ids)."""
-    from ..evaluation.compute_unit import unit_rows
-
     x, y, ids = _unit0(plan.dataset_for(spec), plan.batch_size)
     rows = unit_rows(model, replace(spec, save_adversarial=True), 0, x, y, ids, run_seed=plan.seed,
                      device=plan.device, amp=plan.amp)
@@ -131,15 +133,12 @@ class _Recompute:
 
     def model(self, model_key: str):
         if model_key not in self._models and self.plan is not None:
-            from ..evaluation.harness import build_model
-
             m = {x.display: x for x in self.plan.models}.get(self.data.name(model_key))
             try:
                 model = build_model(self.plan, m) if m is not None else None
             except Exception:  # noqa: BLE001 - saved images are still shown
                 model = None
             if model is not None and _stochastic(self.data, model_key):  # as the harness evaluates it
-                from ..attacks import EOTModel
 
                 model = EOTModel(model, samples=self.plan.cfg.eot_samples)
             self._models[model_key] = model
@@ -148,8 +147,6 @@ class _Recompute:
 
 def model_gallery(data: RunData, model_key: str, again: _Recompute | None = None) -> ModelGallery | None:
     """The gallery of one model: the run's gallery files, else its saved sets, else unit 0 recomputed."""
-    from ..store.adversarial import IMAGES_KEY, gallery_images, read_gallery, read_set, unit_file
-
     again = again or _Recompute(data)
     budget = headline_budget(data)
     clean_keys = list(data.evals_of("clean")["eval_key"])
@@ -215,8 +212,6 @@ def model_gallery(data: RunData, model_key: str, again: _Recompute | None = None
 
 def _corruptions(data: RunData, model_key: str, g: ModelGallery, again: _Recompute) -> None:
     """The first image at each severity of the first CORRUPTIONS corruptions, with the model's predictions."""
-    from ..store.adversarial import read_gallery
-
     corr = data.evals_of("corruption")
     names = list(dict.fromkeys(data.info(ek)["params"].get("corruption") for ek in corr["eval_key"]))[:CORRUPTIONS]
     for ek in corr["eval_key"]:
@@ -256,8 +251,6 @@ def _stochastic(data: RunData, model_key: str) -> bool:
 def _save_small(fig, folder: Path, name: str, title: str, caption: str) -> Plot:
     """As the report's other figures (PNG + SVG, each atomic), at 100 dpi: images of images, kept light."""
     import matplotlib.pyplot as plt
-
-    from ..atomic import replacing
 
     folder.mkdir(parents=True, exist_ok=True)
     png, svg = folder / f"{name}.png", folder / f"{name}.svg"

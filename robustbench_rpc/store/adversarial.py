@@ -25,7 +25,8 @@ from typing import Any, Iterable
 import torch
 
 from ..atomic import write_bytes
-from ..evalspec import SuiteError
+from ..evalspec import EvalSpec, SuiteError, describe_eval
+from ..models.checkpoint import sha256_of
 
 ADVERSARIAL_DIR = "adversarial"
 #: the rows key under which a unit's adversarial images travel from the unit to the writer (never stored)
@@ -167,8 +168,6 @@ def listing(run_dir: str | Path, done: dict[tuple[str, str], dict[int, int]],
 
     ``done``: {(model_key, eval_key): {unit: n}} of the units in the store; only their files are listed (a
     file whose rows are not stored is not a result). ``labels``: (model name, evaluation label) per pair."""
-    from ..models.checkpoint import sha256_of
-
     run_dir = Path(run_dir)
     out = []
     for (mk, ek), units in sorted(done.items()):
@@ -183,8 +182,6 @@ def listing(run_dir: str | Path, done: dict[tuple[str, str], dict[int, int]],
 
 def evaluation_label(info: dict) -> str:
     """'attack pgd eps=8/255 steps=10 ...': an evaluation as the manifest and export-adversarial name it."""
-    from ..evalspec import EvalSpec, describe_eval
-
     if not info:
         return "?"
     try:

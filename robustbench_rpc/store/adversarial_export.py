@@ -17,6 +17,7 @@ import torch
 from ..evalspec import THREAT_DEFAULTS, eps_label, parse_eps
 from .adversarial import AdversarialSetError, evaluation_label, export_set, load_saved, unit_files
 from .results import ResultsStore
+from ..attacks.budget import canonical_norm
 
 
 def _model_key(store: ResultsStore, ident: str, where: Path) -> tuple[str, str]:
@@ -79,8 +80,6 @@ def _planned_order(store: ResultsStore) -> list[str]:
 def worst_case_set(store: ResultsStore, run_dir: Path, model_key: str, saved: list[str], eps_text: str,
                    norm: str) -> tuple[list[int], torch.Tensor, dict[str, Any]]:
     """Per sample, the first saved attack's image (suite order) that breaks robust correctness."""
-    from ..attacks.budget import canonical_norm
-
     eps = parse_eps(eps_text, "--worst-case")
     try:
         norm = canonical_norm(norm)

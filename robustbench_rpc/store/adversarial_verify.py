@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .adversarial import AdversarialSetError, read_set, sample_digest
+from ..models.checkpoint import sha256_of
 
 SHOW = 5
 
@@ -85,8 +86,6 @@ def compare_saved_sets(a: Path, b: Path, ma: dict, mb: dict, tolerance: float, d
 
 def _check_own(side: str, run: Path, entries: dict, diff: Callable[[str], None], intact: dict) -> None:
     """Each listed file of one run against the sha256 its manifest recorded."""
-    from ..models.checkpoint import sha256_of
-
     for key, e in sorted(entries.items()):
         path = run / e["file"]
         if not path.is_file():
