@@ -242,3 +242,16 @@ def test_paper_seg_without_its_folder_is_one_line(tmp_path, capsys):
                  str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--data-root ade20k=PATH" in err
+
+
+def test_leaderboard_puts_segmentation_runs_on_boards_of_their_own(seg_run, tmp_path, capsys):
+    _, out = seg_run
+    board = tmp_path / "board"
+    assert main(["leaderboard", str(out), str(out), "--out", str(board)]) == 0
+    text = (board / "segmentation.md").read_text()
+    assert text.count("## digits-seg64") == 1 and "(runs disagree)" not in text
+    assert "| 1 | segmenter_linear" in text and "| 2 | segmenter_linear" in text
+    csv = pd.read_csv(board / "segmentation.csv")
+    table = pd.read_csv(out / "seg_table.csv")
+    assert sorted(csv["value"]) == pytest.approx(sorted(table["value"]))  # the report's numbers, not top-1
+    assert not (board / "index.html").exists()  # no classification board made of per-pixel runs

@@ -156,6 +156,15 @@ def build_leaderboard(runs: list[str | Path], out: str | Path, *, published: lis
                                    + ")")
     if not runs and not by_path and not pub and not remove:
         raise LeaderboardError("nothing to put on a board: pass run folders (or --published model_info JSONs)")
+    from .segmentation import is_segmentation_run, write_segmentation_boards
+
+    seg_runs = [str(Path(r).resolve()) for r in runs if is_segmentation_run(Path(r))]  # boards of their own
+    runs = [r for r in runs if str(Path(r).resolve()) not in seg_runs]
+    if seg_runs and not runs and not by_path and not pub and not remove:  # segmentation runs only
+        seg = write_segmentation_boards(list(dict.fromkeys(seg_runs)), out, log)
+        return {"boards": [], "paths": {**seg, "html": seg["segmentation_md"]}, "read": seg_runs, "reused": [],
+                "kept": [], "gone": [], "exported": [], "not_exported": []}
+    seg_paths = write_segmentation_boards(list(dict.fromkeys(seg_runs)), out, log)
     read, reused = [], []
     for run in dict.fromkeys(str(Path(r).resolve()) for r in runs):
         with open_store(run) as store:
@@ -199,5 +208,6 @@ def build_leaderboard(runs: list[str | Path], out: str | Path, *, published: lis
         f"{len(kept)} kept from the board" + (f", {len(gone)} of them gone from disk (flagged; --remove takes "
                                               "them off)" if gone else "") + f"), {n_published} published file(s) "
         f"-> {len(boards)} board(s)")
+    paths.update(seg_paths)
     return {"boards": boards, "paths": paths, "read": read, "reused": reused, "kept": kept, "gone": sorted(gone),
             "exported": list(dict.fromkeys(exported)), "not_exported": not_exported}
