@@ -14,6 +14,8 @@ harness normalizes.
 """
 from __future__ import annotations
 
+# The harness, the plan and the reports are imported inside benchmark(), on purpose: ``import robustbench_rpc``
+# imports this module, and a notebook that only loads a model must not pay for the evaluation machinery.
 import hashlib
 import inspect
 import json

@@ -1,5 +1,9 @@
 """``robustbench-rpc``: models | run | report | compare | verify | train | diagnose | train-head | heads-report |
-leaderboard. Each subcommand is a small function."""
+leaderboard. Each subcommand is a small function.
+
+Every command imports what it runs inside its own function, on purpose: ``robustbench-rpc --help`` or
+``models`` must not pay for importing the harness, the attacks, the reports and matplotlib, and a Ctrl-C while
+those load is answered in one line by :func:`main`. The modules each command reaches are named at its top."""
 from __future__ import annotations
 
 import argparse
