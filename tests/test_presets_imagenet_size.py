@@ -94,7 +94,11 @@ def packaged_attack_rows() -> list[tuple[str, dict]]:
     suite's ``preset = ...`` table is covered by that preset's rows), one budget per spec, cut to ``FEW``
     iterations and without repeats (presets and suites share rows)."""
     rows = [(f"preset {p} #{i}", r) for p in list_presets() for i, r in enumerate(get_preset(p))]
+    from robustbench_rpc.evaluation.seg_plan import read_suite
+
     for path in sorted(SUITES_DIR.glob("*.toml")):
+        if read_suite(str(path)) is not None:  # segmentation suites: tests/test_segmentation_run.py
+            continue
         for i, ev in enumerate(load_suite(str(path)).evaluations):
             if ev.get("kind") == "attack" and "preset" not in ev:
                 budgets = ev.get("eps") if isinstance(ev.get("eps"), list) else [ev.get("eps")]

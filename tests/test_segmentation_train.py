@@ -91,10 +91,13 @@ def test_bad_segmentation_recipes_are_one_line(tmp_path, capsys, edit, message):
     assert err.count("\n") == 1 and message in err
 
 
-def test_shipped_segmentation_recipes_name_their_checkpoints():
+def test_shipped_segmentation_checkpoints_hold_their_recipes():
+    from robustbench_rpc.models.checkpoint import PACKAGED_DIR, read_checkpoint_metadata
     from robustbench_rpc.training.seg_train import build_seg_recipe
 
     for name in ("segmenter_linear_symvit_micro", "segmenter_linear_rpc_symvit_micro"):
         recipe = build_seg_recipe(name, {})
         assert recipe["name"] == name and recipe["model"]["name"] == name
         assert (RECIPES_DIR / f"{name}.toml").is_file()
+        meta = read_checkpoint_metadata(PACKAGED_DIR / f"{name}.safetensors")
+        assert meta["recipe"] == recipe and meta["task"] == "segmentation"  # trained by that very recipe
