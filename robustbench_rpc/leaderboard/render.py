@@ -101,7 +101,8 @@ def board_table(board: Board, index: int) -> Table:
                          "model": row.name, "row_id": key, "published": row.published, "flags": "; ".join(row.flags),
                          "column": c.label, "metric": c.metric, "value": cell.value, "lo": cell.lo, "hi": cell.hi,
                          "n": cell.n, "n_expected": cell.n_expected, "complete": cell.complete,
-                         "runs": " ".join(cell.runs), "column_key": c.key, "ranked_by": c is board.rank_column})
+                         "runs": " ".join(cell.runs), "column_key": c.key, "ranked_by": c is board.rank_column,
+                         "note": cell.note or None})  # where the number comes from (best known: which attacks)
     protocol = [f"ranked by {rank_label}; rank interval: paired bootstrap over the shared samples (1,000 resamples); "
                 "accuracies in % with 95% Wilson intervals (corruption accuracy: bootstrap over samples); "
                 "McNemar tests on shared sample ids, Holm-adjusted over the board's pairs"]
