@@ -637,12 +637,12 @@ def test_store_a_unit_whose_rows_disagree_is_refused_by_report_and_recomputed_by
 
 
 def test_train_an_output_folder_it_cannot_write_is_one_line(tmp_path, capsys, monkeypatch):
-    from robustbench_rpc.store import lock
+    from robustbench_rpc.training import loop
 
     def read_only(folder):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(lock, "lock_folder", read_only)
+    monkeypatch.setattr(loop, "lock_folder", read_only)  # where train takes its folder lock
     assert _train(tmp_path / "o") == 2
     assert f"--out {tmp_path / 'o'}: cannot write there (Read-only file system)" in _one_line_error(capsys)
 

@@ -104,6 +104,9 @@ def packaged_attack_rows() -> list[tuple[str, dict]]:
                 budgets = ev.get("eps") if isinstance(ev.get("eps"), list) else [ev.get("eps")]
                 spec = {"name": ev["attack"], **{k: v for k, v in ev.items() if k != "attack"}}
                 rows += [(f"{path.name} evaluation #{i + 1}", {**spec, "eps": e}) for e in budgets]
+    for _, spec in rows:
+        if spec["name"] == "patch_fool":  # the conv stand-in has no attention and no patch grid of its own
+            spec.update(patch_size=16, select="random", loss="ce")
     unique = {}
     for where, spec in rows:
         spec = reduced({k: v for k, v in spec.items() if k != "kind" and v is not None})
