@@ -347,7 +347,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_evaluate_external(args: argparse.Namespace) -> int:
     """A given adversarial set scored on a model, stored as a run (evaluation/external.py)."""
-    from ..evaluation.external import external_run_config, external_summary
+    from ..evaluation.external_command import external_run_config, external_summary
     from ..evaluation.harness import run
 
     cfg = external_run_config(args)

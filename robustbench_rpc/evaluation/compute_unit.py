@@ -13,6 +13,14 @@ import torch
 
 from ..evalspec import EvalSpec, attack_params, unit_seed
 from ..store.adversarial import GALLERY_KEY, IMAGES_KEY, gallery_images
+from ..attacks.base import amp_dtype_of
+from ..attacks.evaluate import check_finite
+from ..data.folders import mask_logits
+from .. import attacks
+from ..attacks.accounting import CountQueries, QUERIES_KEY
+from .adversarial_run import KeepImages
+from .external import given_rows
+from ..data import folders
 
 
 #: classifications of each adversarial image of a stochastic model, per-sample worst case kept
@@ -21,8 +29,6 @@ STOCHASTIC_EVAL_REPEATS = 20
 
 
 def autocast(device: str, amp: str | None):
-    from ..attacks.base import amp_dtype_of
-
     dtype = amp_dtype_of(amp)
     if dtype is None:
         return contextlib.nullcontext()
@@ -33,13 +39,10 @@ def autocast(device: str, amp: str | None):
 def prediction_rows(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                     device: str, amp: str | None, class_mask: torch.Tensor | None = None) -> dict[str, list]:
     """Top-1/top-5 correctness and max-softmax confidence of ``model`` on a batch."""
-    from ..attacks.evaluate import check_finite
-
     with autocast(device, amp):
         logits = model(x).float()
     check_finite(logits)  # before the class mask, whose excluded classes are -inf on purpose
     if class_mask is not None:  # ImageNet-A/R: argmax over the 200 classes of the subset only
-        from ..data.folders import mask_logits
 
         logits = mask_logits(logits, class_mask)
     probs = logits.softmax(dim=1)
@@ -58,16 +61,11 @@ def prediction_rows(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, id
 
 def attack_rows(model: torch.nn.Module, spec: EvalSpec, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                 seed: int, device: str, amp: str | None, gallery: bool = False) -> dict[str, list]:
-    from .. import attacks
-    from ..attacks.base import amp_dtype_of
-
     attack = attacks.get_attack(spec.name, seed=seed, **attack_params(spec, amp))
-    from ..attacks.accounting import QUERIES_KEY, CountQueries
 
     # forwards and backwards per sample, the attack unchanged; query_budget: AttackBench's cap, per sample
     attack = counted = CountQueries(attack, spec.params.get("query_budget"))
     if spec.save_adversarial or gallery:  # the images the rows are scored on, kept for store/adversarial.py
-        from .adversarial_run import KeepImages
 
         attack = KeepImages(attack)
     # a stochastic model (evaluated through EOT): the final classification is repeated, worst draw kept
@@ -116,14 +114,11 @@ def unit_rows(model: torch.nn.Module, e: EvalSpec, unit: int, x: torch.Tensor, y
     if e.kind == "attack":
         return attack_rows(model, e, x, y, ids, seed, device, amp, gallery=unit == 0)
     if e.kind in ("external", "transfer"):  # given adversarial images, no attack run
-        from .external import given_rows
 
         return given_rows(model, e, x, y, ids, unit, device, amp)
     mask = None
     mask_name = e.dataset if e.kind == "shift" else e.params.get("class_mask")  # ood protocols set class_mask
     if mask_name:
-        from ..data import folders
-
         mask = folders.class_mask_for(mask_name).to(device)
     torch.manual_seed(seed)
     rows = prediction_rows(model, x, y, ids, device, amp, mask)

@@ -32,12 +32,8 @@ from ..store.adversarial import AdversarialSetError, read_set
 from ..models.checkpoint import sha256_of
 from ..attacks.budget import canonical_norm, measure_budget
 from ..data.subsets import sample_ids
-from .. import attacks, metrics
+from .. import attacks
 from ..attacks.base import amp_dtype_of
-from .compute_unit import STOCHASTIC_EVAL_REPEATS
-from .plan import RunConfig, parse_pairs
-from .suite import suite_from_dict
-from ..store.results import ResultsStore
 
 FORMATS = ("robustbench-pt", "safetensors", "png-folder")
 #: eval key -> (unit, sample ids) -> the given images of those ids (registered before the units run)
@@ -250,6 +246,8 @@ class GivenImages:
 def given_rows(model: torch.nn.Module, e: EvalSpec, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                unit: int, device: str, amp: str | None) -> dict[str, list]:
     """The per-sample rows of one unit of an ``external`` or ``transfer`` evaluation (robust accuracy)."""
+    from .compute_unit import STOCHASTIC_EVAL_REPEATS  # lazy: compute_unit computes external units through here
+
     if e.key not in _GIVEN:
         raise AdversarialSetError(f"{e.name}: its adversarial images were not loaded before the run")
     images = _GIVEN[e.key](unit, [int(i) for i in ids.tolist()])
@@ -269,42 +267,3 @@ def given_rows(model: torch.nn.Module, e: EvalSpec, x: torch.Tensor, y: torch.Te
         "plain_correct1": out.plain_correct1.int().tolist(), "plain_correct5": out.plain_correct5.int().tolist(),
         "linf": out.linf.float().tolist(), "l2": out.l2.float().tolist(),
     }
-
-
-# --------------------------------------------------------------------------------------------- the command
-def external_run_config(args) -> Any:
-    """``evaluate-external``'s flags -> a one-model run of a clean and an external evaluation (so report,
-    verify and leaderboard read it as any run)."""
-    if not Path(args.adversarial).expanduser().exists():  # the flags' own names, before the suite's words
-        raise AdversarialSetError(f"--adversarial {args.adversarial}: no such file or folder")
-    eps = parse_eps(args.eps, "--eps")
-    try:
-        norm = canonical_norm(args.norm)
-    except ValueError as err:
-        raise SuiteError(f"--norm: {err}") from None
-    if norm == "Linf" and eps > 1:
-        external_spec({"adversarial": args.adversarial, "eps": eps, "norm": norm}, args.dataset, "--eps")
-    defaults = {"dataset": args.dataset, "batch_size": args.batch_size, "seed": args.seed}
-    suite = suite_from_dict({"name": "external", "version": 1, "defaults": defaults, "evaluation": [
-        {"kind": "clean"},
-        {"kind": "external", "adversarial": args.adversarial, "norm": args.norm, "eps": args.eps}]},
-        "evaluate-external")
-    return RunConfig(suite=suite, models=[args.model], out=args.out, device=args.device, limit=args.limit,
-                     subset=args.subset, data_roots=parse_pairs(args.data_root, "--data-root"),
-                     report=not args.no_report, progress=False if args.no_progress else None)
-
-
-def external_summary(out: str | Path) -> list[str]:
-    """One line per stored external evaluation: model, robust accuracy with its Wilson interval, the file."""
-    lines = []
-    with ResultsStore(Path(out) / "results.sqlite", readonly=True) as store:
-        evals = store.evaluations()
-        names = dict(zip(store.models().get("model_key", []), store.models().get("name", [])))
-        for ek in evals.loc[evals["kind"] == "external", "eval_key"] if "kind" in evals else ():
-            info = store.evaluation_info(ek)
-            for mk, part in store.samples(eval_key=ek).groupby("model_key"):
-                acc, lo, hi = metrics.accuracy_ci(part["correct1"].to_numpy().astype(bool))
-                clean = part["clean_correct1"].astype(float).mean()
-                lines.append(f"{names.get(mk, mk)}: external robust accuracy {100 * acc:.2f}% [{100 * lo:.1f}, "
-                             f"{100 * hi:.1f}] (n={len(part)}, clean {100 * clean:.2f}%) on {info['name']}")
-    return lines

@@ -17,17 +17,26 @@ from typing import Any, Callable
 
 import torch
 
-from .. import dist
+from .. import attacks, dist
 from ..evalspec import EvalSpec, SuiteError, describe_eval
 from ..models import PRETRAINED, load_model, sha256_of
 from .plan import ModelSpec, Plan, RunConfig, RunFolderError, default_device
 from ..store.results import ResultsStore
-from ..store.errors import StoreWriteError, write_error
+from ..store.errors import FolderBusyError, StoreWriteError, write_error
 from ..store.lock import lock_folder
 from ..store.rows import stable_key
 from .preflight import check_input_gradients, check_output
 from .compute_unit import STOCHASTIC_EVAL_REPEATS, unit_rows
 from .stored_curves import adaptive_pairs, attack_curves
+from ..attention import patch_attention, summarize_attention
+from ..attacks import adaptive as adaptive_checks, checks as attack_checks, model_dynamics
+from .adversarial_run import manifest_listing, preflight, run_transfer
+from ..attacks.evaluate import BudgetError, NonFiniteLogitsError
+from ..data.pool import RunLoader
+from ..diagnostics import diagnose_inputs
+from ..attacks.accounting import QUERIES_KEY
+from ..attacks.checks import check_chance_level
+from ..store.manifest import build_manifest, write_manifest
 
 STORE_NAME = "results.sqlite"
 #: what a model's record says about where its checkpoint lay: information, not identity (the key has its sha256)
@@ -60,8 +69,6 @@ class Runner:
         """Rank 0: lock --out for the run's duration (a second run into it is refused), open the store and
         refuse settings or evaluations that would mix two protocols in one folder."""
         import sqlite3
-
-        from ..store.errors import FolderBusyError
 
         p = self.plan
         if p.out.is_dir() and not (p.out / STORE_NAME).exists() and any(
@@ -127,8 +134,6 @@ class Runner:
             self._lock = None
 
     def model_info(self, m: ModelSpec, model: torch.nn.Module) -> tuple[str, dict[str, Any]]:
-        from ..attention import summarize_attention
-
         try:
             attention = summarize_attention(model)
         except TypeError:  # not a ViT with blocks (e.g. a timm CNN baseline)
@@ -174,7 +179,6 @@ class Runner:
     # -- the loop ---------------------------------------------------------------------------------------
     def run(self) -> Path:
         p = self.plan
-        from .adversarial_run import preflight, run_transfer
 
         preflight(p, self.log)  # the disk saved images take; given sets checked against their clean images
         self.store = dist.run_everywhere(lambda: self.open_store() if dist.rank() == 0 else None, "opening the store")
@@ -208,8 +212,6 @@ class Runner:
         """Stochastic models are detected here and evaluated with EOT; compile if asked. NaN/inf logits
         end the run here, named, rather than being mistaken for randomness."""
         p = self.plan
-        from .. import attacks
-        from ..attacks.evaluate import NonFiniteLogitsError
 
         ds = p.base_dataset(p.dataset)
         x = torch.stack([ds[i][0] for i in range(min(8, len(ds)))]).to(p.device)
@@ -240,8 +242,6 @@ class Runner:
     def loader(self) -> "RunLoader":
         """The run's data workers: started once and shared by every evaluation (see data/pool.py)."""
         if self._loader is None:
-            from ..data.pool import RunLoader
-
             p = self.plan
             self._loader = RunLoader({e.key: p.dataset_for(e) for e in p.evals}, p.workers,
                                      pin_memory=p.device.startswith("cuda"),
@@ -252,8 +252,6 @@ class Runner:
         return math.ceil(len(self.plan.dataset_for(e)) / self.plan.batch_size)
 
     def run_eval(self, model: torch.nn.Module, model_key: str, m: ModelSpec, e: EvalSpec) -> None:
-        from ..attacks.evaluate import BudgetError, NonFiniteLogitsError
-
         p = self.plan
         ds = p.dataset_for(e)
         n_units = self.units_of(e)
@@ -315,7 +313,6 @@ class Runner:
         ``diagnostics/<model_key>/<eval_key>`` (skipped when present: resumable per model)."""
         if dist.rank() != 0 or self.store is None:
             return
-        from ..diagnostics import diagnose_inputs
 
         meta_key = f"diagnostics/{model_key}/{e.key}"
         if self.store.get_meta(meta_key) is not None:
@@ -340,7 +337,6 @@ class Runner:
 
         if self.store is None:
             return
-        from ..attacks.accounting import QUERIES_KEY
 
         for res in results:
             if res is not None:
@@ -368,10 +364,6 @@ class Runner:
         """Clean accuracy above chance; accuracy monotone in eps; large-eps attack drives accuracy to ~0;
         gradient-free vs gradient attacks (masking); differentiability. Recomputed from the store (and seeded),
         so resume-safe."""
-        from ..attacks import adaptive as adaptive_checks
-        from ..attacks import checks as attack_checks
-        from ..attacks.checks import check_chance_level
-
         p = self.plan
         if p.clean_key is not None:
             s = self.store.samples(model_key, p.clean_key)
@@ -427,8 +419,6 @@ class Runner:
         return {r["name"]: r["dynamics"] for _, r in models.iterrows() if isinstance(r["dynamics"], dict)}
 
     def write_manifest(self) -> None:
-        from ..store.manifest import build_manifest, write_manifest
-
         p = self.plan
         manifest = build_manifest(
             seeds={"run": p.seed}, device=p.device,
@@ -441,7 +431,6 @@ class Runner:
                    "model_dynamics": self._dynamics(),
                    "pretrained": [m.display for m in p.models if m.checkpoint == PRETRAINED]},
         )
-        from .adversarial_run import manifest_listing
 
         manifest["adversarial"] = manifest_listing(self.store, p.out)  # saved images, sha256 per unit file
         self.store.set_meta("manifest", manifest)
@@ -498,8 +487,6 @@ def build_model(plan: Plan, m: ModelSpec) -> torch.nn.Module:
     model = load_model(m.name, m.checkpoint, device=plan.device, data_config=plan.cfg.data_config,
                        trusted_globals=plan.cfg.trusted_globals, **m.kwargs)
     if m.attention:
-        from ..attention import patch_attention
-
         patch_attention(model, m.attention["variant"], layers=m.attention["layers"],
                         allow_reinit=plan.cfg.attention_reinit, **m.patch_params)
         model.eval()
@@ -509,8 +496,6 @@ def build_model(plan: Plan, m: ModelSpec) -> torch.nn.Module:
 def model_dynamics_info(model: torch.nn.Module) -> dict[str, Any]:
     """Static or dynamic (``attacks.model_dynamics``: declared by its modules, else detected on random images of
     its input size), for the model info; a model that cannot be probed is recorded as ``unknown``, with why."""
-    from ..attacks import model_dynamics
-
     try:
         found = model_dynamics(model)
     except Exception as err:  # noqa: BLE001 - recorded, never fatal: the evaluations decide the numbers

@@ -17,12 +17,19 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .. import dist
-from ..data.resolve import get_dataset
-from ..evalspec import EvalSpec, SuiteError
+from .. import corruptions, dist
+from ..data.resolve import ROOT_OF, get_dataset, root_for
+from ..evalspec import EVAL_PARAMS, EvalSpec, SuiteError, describe_eval
 from ..models import PRETRAINED, CheckpointError, resolve_checkpoint, split_spec
 from ..models.checkpoint import PACKAGED_DIR
 from .suite import Suite, expand, load_suite
+from ..data.subsets import SubsetError, listing_fingerprint, read_subset_file, sample_ids, subset_fingerprint
+from .plan_checks import check_attention_flag, check_input_size, check_model, check_roots, check_settings, check_sweep
+from . import ood
+from ..data import subsets
+from ..data.images import check_readable, skipped_files
+from ..data.folders import eval_transform
+from .ood import in_eval_key
 
 
 @dataclass
@@ -189,8 +196,6 @@ class Plan:
 
     # -- step 1: run settings ------------------------------------------------------------------------------
     def _plan_settings(self) -> None:
-        from .plan_checks import check_settings
-
         cfg, d = self.cfg, self.suite.defaults
         self.dataset = cfg.dataset or d.get("dataset", "digits32")
         self.batch_size = cfg.batch_size if cfg.batch_size is not None else d.get("batch_size", 64)
@@ -208,8 +213,6 @@ class Plan:
         self.roots = {**d.get("data_roots", {}), **cfg.data_roots}
         self.subset_entries = None
         if self.subset_file:
-            from ..data.subsets import SubsetError, read_subset_file
-
             first_n = self.limit is not None and cfg.limit is not None and not cfg.subset
             if self.limit is not None and not first_n:
                 raise SuiteError("--subset and --limit both choose the images: pass one of them")
@@ -222,8 +225,6 @@ class Plan:
 
     # -- step 2: models -----------------------------------------------------------------------------------
     def _plan_models(self) -> None:
-        from .plan_checks import check_attention_flag, check_model
-
         cfg, d = self.cfg, self.suite.defaults
         specs = cfg.models or list(d.get("models", []))
         if not specs:
@@ -281,8 +282,6 @@ class Plan:
 
     # -- step 3: evaluations ------------------------------------------------------------------------------
     def _plan_evaluations(self) -> None:
-        from . import ood
-
         self.evals = expand(self.suite, self.dataset, self.amp)  # attacks resolved with the run's --amp
         from .adversarial_run import plan_adversarial  # saved images, and transfer evaluations of the models
 
@@ -296,8 +295,6 @@ class Plan:
 
     # -- step 4: output folder and datasets ---------------------------------------------------------------
     def _plan_datasets(self) -> None:
-        from .plan_checks import check_input_size, check_roots
-
         self.run_name = self.suite.name
         self.out = Path(self.cfg.out) if self.cfg.out else Path("reports") / self.run_name
         if self.out.exists() and not self.out.is_dir():
@@ -326,9 +323,6 @@ class Plan:
     def data_read(self) -> dict[str, dict[str, Any]]:
         """{dataset: {"root": absolute path or None (shipped data), "listing_sha256": ...}} of every dataset
         the run reads; released corruption files by their source."""
-        from ..data.resolve import ROOT_OF
-        from ..data.subsets import listing_fingerprint
-
         out: dict[str, dict[str, Any]] = {}
         for e in self.evals:
             files = e.kind == "corruption" and e.params["source"] != "on-the-fly"
@@ -344,8 +338,6 @@ class Plan:
     def subset_info(self) -> dict[str, Any]:
         """How the evaluated images were chosen (stored with the run, shown on the protocol card)."""
         if self.subset_entries is not None:
-            from ..data.subsets import subset_fingerprint
-
             return {"method": "file", "file": str(self.subset_file), "entries": len(self.subset_entries),
                     "sha256": subset_fingerprint(self.subset_entries)}
         if self.limit is not None:
@@ -355,8 +347,6 @@ class Plan:
     def choose(self, ds: Dataset, what: str) -> Dataset:
         """The run's images of ``ds``: all, N spread evenly over its classes, or (for the run's dataset)
         the listed ones; other sets (OOD, shifts) are used whole under ``--subset``."""
-        from ..data import subsets
-
         try:
             if self.subset_entries is not None:
                 if what != self.dataset:
@@ -371,8 +361,6 @@ class Plan:
 
     def base_dataset(self, name: str) -> Dataset:
         if name not in self._datasets:
-            from ..data.images import check_readable
-
             ds = get_dataset(name, self.roots, self.data_config)  # every file listed: the choice never
             # depends on which decode, so --skip-unreadable on a resume moves no finished unit's images
             self._datasets[name] = check_readable(self.choose(ds, name), skip=self.cfg.skip_unreadable,
@@ -382,7 +370,6 @@ class Plan:
     def dataset_for(self, e: EvalSpec) -> Dataset:
         if e.kind != "corruption":
             return self.base_dataset(e.dataset)
-        from .. import corruptions
 
         p = e.params
         if p["source"] == "on-the-fly":
@@ -396,23 +383,17 @@ class Plan:
 
     def _corruption_files(self, p: dict[str, Any]) -> Dataset:
         """A released corruption set (ImageNet-C folders, CIFAR-C .npy) restricted to the clean subset."""
-        from .. import corruptions
-        from ..data.resolve import root_for
-
         root = root_for(p["source"], self.roots)
         if p["source"] == "imagenet-c":
             # paper protocol: the released 224 px crops as they are; other model sizes get them resized
             size = int(self.data_config["input_size"][-1])
             transform = None
             if size != 224:
-                from ..data.folders import eval_transform
-
                 transform = eval_transform(size, size, str(self.data_config.get("interpolation", "bilinear")))
             ds = corruptions.ImageNetCFolder(root, p["corruption"], p["severity"], transform=transform)
         else:
             ds = corruptions.CIFARCNpy(root, p["corruption"], p["severity"])
         if self.subset_entries is not None or self.limit is not None:  # the clean subset's images
-            from ..data import subsets
 
             clean = self.base_dataset(self.dataset)
             what = f"{p['source']} {p['corruption']} s{p['severity']}"
@@ -422,7 +403,6 @@ class Plan:
                                   else subsets.positions_of_ids(ds, subsets.sample_ids(clean), what))
             except subsets.SubsetError as err:
                 raise SuiteError(str(err)) from None
-        from ..data.images import check_readable
 
         return check_readable(ds, skip=self.cfg.skip_unreadable, what=f"{p['source']} {p['corruption']} "
                                                                       f"s{p['severity']}")
@@ -431,18 +411,13 @@ class Plan:
         """What the store records about one evaluation (kind, name, dataset, params as declared and as run)."""
         params = dict(e.params)
         if e.kind == "ood":
-            from .ood import in_eval_key
-
             params["in_eval_key"] = in_eval_key(e, self.clean_key)
         if e.kind == "corruption" and e.params["source"] == "on-the-fly":
-            from .. import corruptions
-
             c, h, w = self.data_config["input_size"]
             params["severity_table"] = corruptions.resolve_severity_table(h, w, e.params["severity_table"])
         elif e.kind == "corruption":  # released files: their own parameters, whatever the model's input size
             params["severity_table"] = f"{e.params['source']} (files on disk)"
         ds = self.dataset_for(e)
-        from ..data.images import skipped_files
 
         skipped = skipped_files(ds)
         if skipped:  # recorded with the results, so a table built on fewer files says so
@@ -476,8 +451,6 @@ def _once_each(evals: list[EvalSpec], log: Callable[[str], None]) -> list[EvalSp
     (``pgd`` and ``pgd`` with ``norm = "Linf"`` spelled out) are computed once: the first is kept and the plan
     says which it stands for. Their declared parameters differ, so their store keys would too, and the same
     numbers would be computed twice and shown as two rows."""
-    from ..evalspec import EVAL_PARAMS, describe_eval
-
     unsaid = {"accuracy": "robust", "attack_amp": True, "adaptive": False}  # the evaluation-level defaults
     kept: list[EvalSpec] = []
     first: dict[str, EvalSpec] = {}
@@ -524,8 +497,6 @@ def innermost(ds: Dataset) -> Dataset:
 
 
 def _sample_ids(ds: Dataset) -> list[int]:
-    from ..data.subsets import sample_ids
-
     if hasattr(ds, "base") and isinstance(ds.base, Dataset) and not isinstance(ds, Subset):
         return _sample_ids(ds.base)  # on-the-fly corruptions keep their base's ids
     return sample_ids(ds)
@@ -535,8 +506,6 @@ def sweep_models(models: list[ModelSpec], sweep: dict[str, Any], where: str) -> 
     """[sweep] -> one ModelSpec per (model, layers, args combination), the variant patched in at evaluation
     time; with ``include_base`` (default true) each model unpatched first. Every variant argument is tried
     on a small module now, so a bad value fails before any compute."""
-    from .plan_checks import check_sweep
-
     variant = sweep["attention"]
     layers = sweep.get("layers", ["all"])
     layers = [layers] if isinstance(layers, (str, int)) else list(layers)

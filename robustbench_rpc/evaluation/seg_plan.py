@@ -27,6 +27,13 @@ import numpy as np
 
 from ..evalspec import SuiteError, parse_eps
 from ..store.rows import stable_key
+from ..corruptions.core import CORRUPTIONS, list_corruptions
+from ..data.segmentation import SegmentationDataError, ade20k, digits_seg64
+from ..models import CheckpointError, ModelContractError, load_model
+from ..models.checkpoint import resolve_checkpoint, split_spec
+from ..models.contract import task_of
+from ..registry import UnknownNameError
+from ..store.manifest import sha256_file
 
 SEG_ATTACKS = ("pixel-pgd", "segpgd", "cospgd")
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
@@ -79,8 +86,6 @@ def _eps_list(value: Any, where: str) -> list[tuple[str, float]]:
 
 
 def evaluations(suite: dict, where: str) -> list[SegEval]:
-    from ..corruptions.core import CORRUPTIONS, list_corruptions
-
     out: list[SegEval] = []
     for i, ev in enumerate(suite.get("evaluation", [])):
         at = f"{where}: [[evaluation]] {i + 1}"
@@ -127,8 +132,6 @@ def evaluations(suite: dict, where: str) -> list[SegEval]:
 
 def dataset_for(name: str, roots: dict[str, str], where: str):
     """The clean segmentation set ``name`` (``digits-seg64`` or ``ade20k`` with its root)."""
-    from ..data.segmentation import SegmentationDataError, ade20k, digits_seg64
-
     if name == "digits-seg64":
         return digits_seg64("test")
     if name == "ade20k":
@@ -155,12 +158,6 @@ def load_models(specs: list[str], num_classes: int, device: str, where: str,
     """Each model built and loaded, its task and class count checked against the set: one line otherwise. The
     torch seed is set before each build, so a model without a checkpoint has the same weights on a resume."""
     import torch
-
-    from ..models import CheckpointError, ModelContractError, load_model
-    from ..models.checkpoint import resolve_checkpoint, split_spec
-    from ..models.contract import task_of
-    from ..registry import UnknownNameError
-    from ..store.manifest import sha256_file
 
     out = []
     for spec in specs:

@@ -27,6 +27,14 @@ from ..evalspec import SuiteError, unit_seed
 from ..metrics_seg import batch_areas
 from ..store.seg_areas import seg_done_units
 from .seg_plan import SegEval, SegModel, dataset_for, evaluations, load_models, read_suite, spread
+from ..data.segmentation import SegmentationDataError
+from ..corruptions.segmentation import CorruptedSegmentation
+from ..models.sliding import SlidingWindow
+from ..attacks import get_attack
+from ..atomic import replacing
+from ..store.lock import lock_folder
+from ..store.results import ResultsStore
+from ..store.manifest import build_manifest, write_manifest
 
 #: images per (model, evaluation) kept for the report's examples (image, ground truth, prediction)
 EXAMPLES = 2
@@ -73,7 +81,6 @@ class SegRun:
                 kwargs[k.strip()] = v  # a bare word: a string
         self.models = load_models(list(specs), self.dataset.num_classes, self.device, self.where, kwargs, self.seed)
         if hasattr(self.dataset, "pairs"):  # files: every planned mask read and checked, one line naming a bad one
-            from ..data.segmentation import SegmentationDataError
 
             try:
                 for p in self.positions:
@@ -85,14 +92,11 @@ class SegRun:
     def data_of(self, e: SegEval):
         if e.kind != "corruption":
             return self.dataset
-        from ..corruptions.segmentation import CorruptedSegmentation
 
         return CorruptedSegmentation(self.dataset, e.params["corruption"], e.params["severity"], seed=self.seed,
                                      channel_order=e.params["channel_order"])
 
     def sliding(self, m: SegModel):
-        from ..models.sliding import SlidingWindow
-
         return SlidingWindow(m.model, stride=self.stride, short_side=self.short_side, long_side=self.long_side,
                              batch_size=self.window_batch)
 
@@ -142,8 +146,6 @@ class SegRun:
         return rows, areas, examples
 
     def _attack(self, net, e: SegEval, x, y, seed: int, ids: list[int]) -> torch.Tensor:
-        from ..attacks import get_attack
-
         p = e.params
         attack = get_attack(p["attack"], eps=p["eps"], norm=p["norm"], steps=p["steps"], seed=seed, progress=False)
         adv = attack(net, x, y).detach()
@@ -157,8 +159,6 @@ class SegRun:
         return adv
 
     def save_examples(self, m: SegModel, e: SegEval, examples: list) -> None:
-        from ..atomic import replacing
-
         folder = self.out / EXAMPLES_DIR / m.key
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{e.key(self.dataset_name)}.npz"
@@ -173,9 +173,6 @@ class SegRun:
 
     # -- the run -------------------------------------------------------------------------------------------
     def run(self, progress: bool = True) -> Path:
-        from ..store.lock import lock_folder
-        from ..store.results import ResultsStore
-
         self.out.mkdir(parents=True, exist_ok=True)
         units = [self.positions[i:i + self.batch_size] for i in range(0, len(self.positions), self.batch_size)]
         ids = [int(self.dataset[p][2]) if not hasattr(self.dataset, "sample_ids") else
@@ -214,8 +211,6 @@ class SegRun:
         return self.out
 
     def _manifest(self, store, ids: list[int]) -> None:
-        from ..store.manifest import build_manifest, write_manifest
-
         manifest = build_manifest(
             seeds={"run": self.seed}, device=self.device,
             checkpoints={m.spec: m.info["checkpoint"] for m in self.models if m.info["checkpoint"]},

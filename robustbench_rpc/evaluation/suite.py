@@ -10,6 +10,11 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from . import ood
+from .. import attacks, corruptions
+from ..registry import UnknownNameError
+from ..diagnostics import DIAGNOSTICS
+from .external import external_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -149,8 +154,6 @@ def suite_from_dict(raw: dict[str, Any], path: str = "<suite>") -> Suite:
 
 def _ood_specs(ev: dict[str, Any], where: str) -> list[EvalSpec]:
     """An OOD evaluation, preceded by the in-distribution evaluation its protocol needs (if its own)."""
-    from . import ood
-
     if "dataset" not in ev:
         raise SuiteError(f"{where}: an ood evaluation needs 'dataset'")
     spec = EvalSpec("ood", ev["dataset"], ev["dataset"], ood.ood_params(ev["dataset"], ev.get("protocol"), where))
@@ -160,8 +163,6 @@ def _ood_specs(ev: dict[str, Any], where: str) -> list[EvalSpec]:
 
 def _attack_evals(ev: dict[str, Any], dataset: str, amp: str | None, where: str) -> list[EvalSpec]:
     """One evaluation per attack (a preset's rows) and budget, each attack resolved once."""
-    from .. import attacks
-
     out = []
     for spec in _attack_specs(ev, where):
         name = spec.pop("attack", None) or spec.pop("name", None)
@@ -210,8 +211,6 @@ def _curve_evals(ev: dict[str, Any], dataset: str, amp: str | None, where: str) 
 
 def _corruption_evals(ev: dict[str, Any], dataset: str, where: str) -> list[EvalSpec]:
     """One evaluation per corruption and severity, names and severities checked."""
-    from .. import corruptions
-
     source = ev.get("source", "on-the-fly")
     if source not in ("on-the-fly", "imagenet-c", "cifar10-c", "cifar100-c"):
         raise SuiteError(f"{where}: source must be on-the-fly, imagenet-c, cifar10-c or cifar100-c, got {source!r}")
@@ -235,8 +234,6 @@ def _corruption_evals(ev: dict[str, Any], dataset: str, where: str) -> list[Eval
 
 
 def _attack_specs(ev: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    from .. import attacks
-
     if "preset" in ev:
         extra = {k: v for k, v in ev.items() if k not in ("kind", "preset")}
         try:
@@ -249,8 +246,6 @@ def _attack_specs(ev: dict[str, Any], where: str) -> list[dict[str, Any]]:
 
 def _known(registry, name: str, where: str) -> None:
     """A registered name, or a SuiteError naming the file and the registry's did-you-mean message."""
-    from ..registry import UnknownNameError
-
     try:
         registry.get(name)
     except UnknownNameError as e:
@@ -259,9 +254,6 @@ def _known(registry, name: str, where: str) -> None:
 
 def _diagnostics_spec(ev: dict[str, Any], dataset: str, where: str) -> EvalSpec:
     """A ``kind = "diagnostics"`` evaluation, every name and parameter checked now."""
-    from .. import attacks, corruptions
-    from ..diagnostics import DIAGNOSTICS
-
     names = ev.get("diagnostics", DIAGNOSTICS.names())
     names = [names] if isinstance(names, str) else list(names)
     for n in names:
@@ -310,8 +302,6 @@ def expand(suite: Suite, dataset: str, amp: str | None = None) -> list[EvalSpec]
         elif kind == "curve":
             out += _curve_evals(ev, dataset, amp, where)
         elif kind == "external":
-            from .external import external_spec
-
             out.append(external_spec(ev, dataset, where))
         # kind "transfer": planned with the models (evaluation/transfer.py), its keys checked there
     keys = [e.key for e in out]

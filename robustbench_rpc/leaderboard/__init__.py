@@ -32,6 +32,7 @@ from .ranking import check_rank_by, flag_rows, rank_board
 from .render import write_all
 from .sources import (OUTCOME_COLUMNS, STORE_NAME, Entry, LeaderboardError, RunRecord, open_store, read_run,
                       store_digest)
+from .segmentation import is_segmentation_run, write_segmentation_boards
 
 STATE = "board_state.json.gz"
 #: the state of boards built before it became one file (read once, then replaced by STATE)
@@ -156,7 +157,6 @@ def build_leaderboard(runs: list[str | Path], out: str | Path, *, published: lis
                                    + ")")
     if not runs and not by_path and not pub and not remove:
         raise LeaderboardError("nothing to put on a board: pass run folders (or --published model_info JSONs)")
-    from .segmentation import is_segmentation_run, write_segmentation_boards
 
     seg_runs = [str(Path(r).resolve()) for r in runs if is_segmentation_run(Path(r))]  # boards of their own
     runs = [r for r in runs if str(Path(r).resolve()) not in seg_runs]

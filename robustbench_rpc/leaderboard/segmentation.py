@@ -16,12 +16,12 @@ from typing import Callable
 import pandas as pd
 
 from ..atomic import write_text
+from ..reports.seg_report import collect, is_segmentation_run as check
+from ..store.errors import StoreError
+from ..store.results import ResultsStore
 
 
 def is_segmentation_run(run_dir: str | Path) -> bool:
-    from ..reports.seg_report import is_segmentation_run as check
-    from ..store.errors import StoreError
-
     try:
         return check(Path(run_dir))
     except (StoreError, OSError):  # a damaged or unreadable store: the run reader says so in its own words
@@ -29,9 +29,6 @@ def is_segmentation_run(run_dir: str | Path) -> bool:
 
 
 def _records(run_dir: Path) -> tuple[str, list[dict]]:
-    from ..reports.seg_report import collect
-    from ..store.results import ResultsStore
-
     with ResultsStore(run_dir / "results.sqlite", readonly=True) as store:
         data = collect(store)
         manifest = store.get_meta("manifest") or {}

@@ -24,14 +24,16 @@ import pandas as pd
 from ..evaluation.seg_plan import SEG_ATTACKS
 from ..metrics_seg import (INTERSECT, METRICS, _draws, _interval, _resampled, paired_seg_bootstrap, seg_metrics,
                            worst_case_areas)
+from ..store.results import ResultsStore
+from ..store.seg_areas import read_areas
+from ..evaluation.seg_run import EXAMPLES_DIR
+from ..atomic import write_text
 
 N_BOOT, CONFIDENCE, BOOT_SEED = 1000, 0.95, 0
 STORE = "results.sqlite"
 
 
 def is_segmentation_run(run_dir: Path) -> bool:
-    from ..store.results import ResultsStore
-
     path = Path(run_dir) / STORE
     if not path.is_file():
         return False
@@ -52,8 +54,6 @@ def mean_with_interval(sets: list[np.ndarray], metric: str) -> tuple[float, floa
 def collect(store) -> dict:
     """Everything the report shows, from the store: {model_key: {column: {metric: (value, lo, hi)}}} and
     the per-corruption curves."""
-    from ..store.seg_areas import read_areas
-
     areas = read_areas(store)
     evals = {k: store.evaluation_info(k) for k in store.evaluations().get("eval_key", [])}
     models = {k: store.model_info(k) for k in store.models().get("model_key", [])}
@@ -177,8 +177,6 @@ def _examples_png(run_dir: Path, data: dict, path: Path, num_classes: int) -> bo
     """One row per model: image, ground truth, clean prediction, then the corrupted image and its prediction
     (the most severe of the first corruption), then the attacked image and its prediction (the largest budget's
     first attack); the first image each evaluation kept."""
-    from ..evaluation.seg_run import EXAMPLES_DIR
-
     rows = []
     for m in data["models"]:
         kept = {e: run_dir / EXAMPLES_DIR / m / f"{e}.npz" for e in data["evals"]}
@@ -225,9 +223,6 @@ def _examples_png(run_dir: Path, data: dict, path: Path, num_classes: int) -> bo
 
 
 def build_seg_report(run_dir: Path, out: Path | None = None) -> dict[str, Path]:
-    from ..atomic import write_text
-    from ..store.results import ResultsStore
-
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -71,6 +71,7 @@ from .schema import EVAL_KINDS, JSON_COLUMNS, MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from .write_unit import (
     insert_unit, refuse_clashes, require_registered, same_rows, sample_records, stored_whole, unit_index,
 )
+from ..metrics import wilson_interval
 
 CHECKPOINT_INTERVAL_S = 30.0  # write_unit checkpoints the WAL at least this often (and when an evaluation ends)
 
@@ -691,8 +692,6 @@ class ResultsStore:
 
         Pairs with no samples have n = 0, complete False and NaN statistics.
         """
-        from ..metrics import wilson_interval
-
         models = self._query("SELECT model_key FROM models ORDER BY rowid")
         evals = self._query("SELECT eval_key, info_json FROM evaluations ORDER BY rowid")
         counts = {(m, e): (n, c1, c5, conf) for m, e, n, c1, c5, conf in self._query(

@@ -39,9 +39,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.segmentation import IGNORE_INDEX
+from ..data.segmentation import IGNORE_INDEX, SegmentationDataError, ade20k, digits_seg64, segmentation_folder
 from . import state as st
 from .recipe import RECIPES_DIR, RecipeError
+from ..metrics_seg import batch_areas, seg_metrics
+from ..models.sliding import SlidingWindow
+from ..models.checkpoint import PACKAGED_DIR, extract_state_dict, read_checkpoint_file
+from ..store.manifest import sha256_file
+from ..models import load_model, save_checkpoint
+from ..models.contract import task_of
+from ..store.lock import lock_folder, refuse_foreign_folder
 
 DEFAULTS = {
     "model": {"name": None, "kwargs": {}, "backbone_init": None},
@@ -114,8 +121,6 @@ def _sha(recipe: dict) -> str:
 
 # -- data ----------------------------------------------------------------------------------------------------
 def datasets(recipe: dict):
-    from ..data.segmentation import SegmentationDataError, ade20k, digits_seg64, segmentation_folder
-
     d = recipe["data"]
     try:
         if d["dataset"] == "digits-seg64":
@@ -174,9 +179,6 @@ def batches(train, recipe: dict, window: int, epoch: int, gen: torch.Generator):
 
 @torch.no_grad()
 def validate(model, val, limit: int, device: str) -> dict[str, float]:
-    from ..metrics_seg import batch_areas, seg_metrics
-    from ..models.sliding import SlidingWindow
-
     model.eval()
     net = SlidingWindow(model, short_side=None if val[0][0].shape[-1] == model.data_config["input_size"][-1]
                         else 512)
@@ -195,9 +197,6 @@ def init_backbone(model, init: str) -> dict[str, Any]:
     """Load a classification checkpoint of the backbone into the Segmenter's encoder (head dropped, position
     embedding resampled to the window's grid)."""
     from timm.layers import resample_abs_pos_embed
-
-    from ..models.checkpoint import PACKAGED_DIR, extract_state_dict, read_checkpoint_file
-    from ..store.manifest import sha256_file
 
     path = Path(init).expanduser()
     if not path.is_file():
@@ -227,10 +226,6 @@ def init_backbone(model, init: str) -> dict[str, Any]:
 
 def train_segmentation(recipe_name: str, overrides: dict[str, Any], out: Path, device: str | None = None,
                        log=print) -> dict[str, Any]:
-    from ..models import load_model, save_checkpoint
-    from ..models.contract import task_of
-    from ..store.lock import lock_folder, refuse_foreign_folder
-
     recipe = build_seg_recipe(recipe_name, overrides)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     refuse_foreign_folder(out, st.STATE_FILE, "train", writes=st.OUTPUTS, error=RecipeError)
