@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from .store.rows import stable_key
+from .keys import stable_key
 
+#: classifications of each adversarial image of a stochastic model, per-sample worst case kept
+#: (``attacks.attack_outcomes(repeats=...)``; auto-attack PR #105 uses 20 evaluations for random defenses)
+STOCHASTIC_EVAL_REPEATS = 20
 #: accuracy definitions of an attack evaluation: "robust" (clean-correct AND correct under attack) or
 #: "plain" (correct under attack, the RPC paper's definition)
 ACCURACIES = ("robust", "plain")

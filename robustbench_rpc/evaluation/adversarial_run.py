@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -21,10 +21,6 @@ from ..store.errors import StoreWriteError
 from .transfer import register_sources, transfer_evals
 from .external import check_given, read_given, register_checked
 from .. import dist
-
-if TYPE_CHECKING:
-    from .harness import Runner
-    from .plan import Plan
 
 
 class KeepImages:
@@ -54,12 +50,12 @@ def plan_adversarial(suite, evals: list[EvalSpec], models: list, save_all: bool)
     return transfer_evals(suite, evals, models)
 
 
-def saved_evals(plan: "Plan") -> list[EvalSpec]:
+def saved_evals(plan: Any) -> list[EvalSpec]:
     return [e for e in plan.evals if e.kind == "attack" and e.save_adversarial]
 
 
 # ----------------------------------------------------------------------------------------------- preflight
-def preflight(plan: "Plan", log) -> None:
+def preflight(plan: Any, log) -> None:
     """Before any compute: print the disk the saved sets will take and refuse when the folder lacks it;
     read and check every external set against its clean images (one line per fault)."""
     keep = saved_evals(plan)
@@ -149,7 +145,7 @@ def manifest_listing(store, out: Path) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------------ transfer
-def run_transfer(runner: "Runner") -> None:
+def run_transfer(runner: Any) -> None:
     """The transfer evaluations, after every model's own: each target model rebuilt once and scored on the
     sets its sources saved (nothing is attacked again)."""
     p = runner.plan

@@ -11,21 +11,18 @@ import contextlib
 
 import torch
 
-from ..evalspec import EvalSpec, attack_params, unit_seed
+from ..evalspec import EvalSpec, STOCHASTIC_EVAL_REPEATS, attack_params, unit_seed
 from ..store.adversarial import GALLERY_KEY, IMAGES_KEY, gallery_images
 from ..attacks.base import amp_dtype_of
 from ..attacks.evaluate import check_finite
 from ..data.folders import mask_logits
 from .. import attacks
-from ..attacks.accounting import CountQueries, QUERIES_KEY
+from ..attacks.attack_record import QUERIES_KEY, CountQueries
 from .adversarial_run import KeepImages
 from .external import given_rows
 from ..data import folders
 
 
-#: classifications of each adversarial image of a stochastic model, per-sample worst case kept
-#: (``attacks.attack_outcomes(repeats=...)``; auto-attack PR #105 uses 20 evaluations for random defenses)
-STOCHASTIC_EVAL_REPEATS = 20
 
 
 def autocast(device: str, amp: str | None):

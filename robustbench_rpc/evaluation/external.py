@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..evalspec import EvalSpec, SuiteError, eps_label, linf_range_problem, parse_eps
+from ..evalspec import EvalSpec, STOCHASTIC_EVAL_REPEATS, SuiteError, eps_label, linf_range_problem, parse_eps
 from ..store.adversarial import AdversarialSetError, read_set
 from ..models.checkpoint import sha256_of
 from ..attacks.budget import canonical_norm, measure_budget
@@ -246,8 +246,6 @@ class GivenImages:
 def given_rows(model: torch.nn.Module, e: EvalSpec, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
                unit: int, device: str, amp: str | None) -> dict[str, list]:
     """The per-sample rows of one unit of an ``external`` or ``transfer`` evaluation (robust accuracy)."""
-    from .compute_unit import STOCHASTIC_EVAL_REPEATS  # lazy: compute_unit computes external units through here
-
     if e.key not in _GIVEN:
         raise AdversarialSetError(f"{e.name}: its adversarial images were not loaded before the run")
     images = _GIVEN[e.key](unit, [int(i) for i in ids.tolist()])

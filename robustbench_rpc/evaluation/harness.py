@@ -34,7 +34,7 @@ from .adversarial_run import manifest_listing, preflight, run_transfer
 from ..attacks.evaluate import BudgetError, NonFiniteLogitsError
 from ..data.pool import RunLoader
 from ..diagnostics import diagnose_inputs
-from ..attacks.accounting import QUERIES_KEY
+from ..attacks.attack_record import QUERIES_KEY
 from ..attacks.checks import check_chance_level
 from ..store.manifest import build_manifest, write_manifest
 

@@ -1,14 +1,14 @@
-"""How the results store encodes values: canonical JSON and the keys derived from it, and the per-sample
-row columns with their validation. A leaf (no package imports), shared by ``store`` and its export."""
+"""How the results store encodes values: the per-sample row columns with their validation; canonical JSON and
+the keys derived from it come from :mod:`robustbench_rpc.keys` (re-exported here), so the evaluation spec keys
+what the store keys the same way without importing the store."""
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
+
+from ..keys import canonical_json, stable_key  # noqa: F401  (the store's encoding, re-exported)
 
 SAMPLE_COLUMNS = ("sample_id", "label", "pred", "correct1", "correct5", "confidence",
                   "clean_correct1", "linf", "l2", "clean_correct5", "plain_correct1", "plain_correct5")
@@ -16,34 +16,6 @@ REQUIRED_SAMPLE_COLUMNS = ("sample_id", "label", "pred", "correct1", "correct5",
 OPTIONAL_SAMPLE_COLUMNS = ("clean_correct1", "linf", "l2", "clean_correct5", "plain_correct1", "plain_correct5")
 BOOL_COLUMNS = {"correct1", "correct5", "clean_correct1", "clean_correct5", "plain_correct1", "plain_correct5"}
 _INT_COLUMNS = {"sample_id", "label", "pred"} | BOOL_COLUMNS
-
-
-def _json_default(obj: Any) -> Any:
-    # numpy scalars/arrays, paths, tuples-in-sets: anything with a faithful JSON form
-    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    raise TypeError(f"value of type {type(obj).__name__} is not JSON-serializable: {obj!r}")
-
-
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys, no whitespace and no NaN/Infinity: equal values give equal text."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False, default=_json_default)
-
-
-def stable_key(obj: Any) -> str:
-    """First 16 hex chars of the sha256 of ``canonical_json(obj)``.
-
-    Use it to key models (name + checkpoint hash + attention params) and evaluations
-    (kind + name + dataset + params); the key does not depend on dict order or on the machine.
-    """
-    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:16]
 
 
 def rows_to_columns(rows: Mapping[str, Sequence] | Sequence[Mapping[str, Any]]) -> dict[str, list]:
