@@ -186,7 +186,7 @@ def _run_args(add: Callable[..., argparse.ArgumentParser]) -> None:
                    help="exit with code 3 when any trust check FAILs (for CI jobs that evaluate checkpoints; "
                         "without it a run exits 0 and reports the failure)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    from ..dist import DEFAULT_TIMEOUT_S
+    from ..dist import DEFAULT_TIMEOUT_S  # lazy: dist imports torch, which --help must not wait for
 
     r.add_argument("--rank-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                    help="torchrun: a rank silent this long ends the job with an error naming it "
@@ -252,7 +252,7 @@ def _train_args(add: Callable[..., argparse.ArgumentParser]) -> None:
     t.add_argument("--amp", default="fp32", help="CUDA mixed precision: fp32 (default), bf16, fp16")
     t.add_argument("--workers", type=int, default=2, help="image decoding workers for on-disk datasets (default 2)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
-    from ..dist import DEFAULT_TIMEOUT_S as _TIMEOUT
+    from ..dist import DEFAULT_TIMEOUT_S as _TIMEOUT  # lazy: dist imports torch, which --help must not wait for
 
     t.add_argument("--rank-timeout", type=float, default=_TIMEOUT, metavar="SECONDS",
                    help="torchrun: a rank silent this long ends the job with an error naming it")

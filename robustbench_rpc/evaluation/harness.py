@@ -30,7 +30,7 @@ from .compute_unit import STOCHASTIC_EVAL_REPEATS, unit_rows
 from .stored_curves import adaptive_pairs, attack_curves
 from ..attention import patch_attention, summarize_attention
 from ..attacks import adaptive as adaptive_checks, checks as attack_checks, model_dynamics
-from .adversarial_run import manifest_listing, preflight, run_transfer
+from .adversarial_run import manifest_listing, preflight, run_transfer, write_images
 from ..attacks.evaluate import BudgetError, NonFiniteLogitsError
 from ..data.pool import RunLoader
 from ..diagnostics import diagnose_inputs
@@ -341,8 +341,6 @@ class Runner:
         for res in results:
             if res is not None:
                 try:
-                    from .adversarial_run import write_images
-
                     write_images(self.plan.out, model_key, eval_key, res)  # before the rows: never rows alone
                     queries = res[1].pop(QUERIES_KEY, None) if isinstance(res[1], dict) else None
                     if queries:  # what the attack cost, per sample (attacks/accounting.py), before the rows

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import ModelForm, create_model, register_model_form
+from ..models import ModelForm, create_model, load_checkpoint, register_model_form
 from ..models.checkpoint import (CheckpointError, read_checkpoint_file, read_checkpoint_metadata, resolve_checkpoint,
                                  sha256_of)
 
@@ -126,8 +126,6 @@ def load_head_model(name: str, checkpoint: str | Path | None, *, trusted_globals
                     **kwargs: Any) -> tuple[BackboneWithHead, dict[str, Any]]:
     """Backbone (its checkpoint from the head's metadata, SHA-256 checked) + trained head, and the settings
     of both; ``models.load_model`` wraps it (contract, normalization, eval, device) like every model."""
-    from ..models import create_model, load_checkpoint, resolve_checkpoint
-
     backbone_name, head_name, _ = parse_head_spec(name)
     if checkpoint is None:
         raise CheckpointError(f"model '{name}' is a backbone with a trained head: pass the head checkpoint "
