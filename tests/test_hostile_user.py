@@ -542,7 +542,7 @@ def test_train_resumes_a_state_written_before_its_checksum_with_a_note(tmp_path,
     assert "already trained (1/1 epochs)" in said
 
 
-def test_train_never_saves_inf_or_nan_weights_left_by_a_step_with_a_finite_loss(tmp_path, capsys):
+def test_train_never_saves_inf_or_nan_weights_left_by_a_step_with_a_finite_loss(tmp_path, capsys, monkeypatch):
     """An update can overflow while its loss is finite (here a plug-in objective scaled to 3e38): the epoch's
     weights are checked before they are saved, and the training stops naming the epoch."""
     plugin = tmp_path / "overflowing_objective.py"
@@ -556,6 +556,10 @@ def test_train_never_saves_inf_or_nan_weights_left_by_a_step_with_a_finite_loss(
         "        logits = model(x)\n"
         "        ce = F.cross_entropy(logits, y)\n"
         "        return ce / ce.detach() * 3e38, logits\n")
+    from robustbench_rpc.training.objectives import OBJECTIVES
+
+    monkeypatch.setattr(OBJECTIVES, "_items", dict(OBJECTIVES._items))  # the probe objective leaves with the test
+    monkeypatch.setattr(OBJECTIVES, "_origins", dict(OBJECTIVES._origins))
     out = tmp_path / "o"
     assert main(["--plugin", str(plugin), *TINY_TRAIN, "--objective", "overflowing-probe", "--set", "data.limit=16",
                  "--out", str(out)]) == 2
