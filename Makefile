@@ -11,7 +11,10 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,docs]'  # docs: the site's build is a test
+	$(PY) -m pip install --quiet -e '.[test]'
+	# the site's build is a test; a step of its own because torchattacks pins requests~=2.25.1 and current
+	# mkdocs-material needs requests>=2.33, which one resolution refuses (torchattacks runs with the newer requests)
+	$(PY) -m pip install --quiet 'mkdocs>=1.6' 'mkdocs-material>=9.5' 'mkdocstrings-python>=1.10'
 	$(PY) -m pip install --quiet --no-deps 'robustbench==1.1.1'  # the reference loaders the tests compare with
 	$(PY) -m pip install --quiet --no-deps 'cleverhans==4.0.0'  # cw-cleverhans is checked side by side with it (its torch attacks need only torch, numpy, scipy)
 	$(PY) -m pip install --quiet 'foolbox==3.3.4'  # fmn and ddn are checked side by side with it (with deps: it imports eagerpy and GitPython)

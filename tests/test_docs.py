@@ -51,8 +51,7 @@ def command_lines(path: Path) -> list[str]:
 def test_site_builds_strict(tmp_path):
     missing = [m for m in SITE_PACKAGES if importlib.util.find_spec(m.split(".")[0]) is None]
     if missing:
-        pytest.skip(f"the docs packages are not installed ({', '.join(missing)}): pip install -e '.[docs]' "
-                    "(make install does)")
+        pytest.skip(f"the docs packages are not installed ({', '.join(missing)}): make install installs them")
     site = tmp_path / "site"
     res = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"),
                           "-d", str(site)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
