@@ -32,16 +32,17 @@ def test_head_model_uses_the_given_contract(tmp_path):
 
 
 def test_head_model_passes_trusted_globals_to_its_backbone(monkeypatch):
+    import robustbench_rpc.heads.model as head_model
     import robustbench_rpc.models as models
 
     seen = []
-    real = models.load_checkpoint
+    real = head_model.load_checkpoint
 
     def spy(model, path, **kw):
         seen.append(kw.get("trusted_globals"))
         return real(model, path, **kw)
 
-    monkeypatch.setattr(models, "load_checkpoint", spy)
+    monkeypatch.setattr(head_model, "load_checkpoint", spy)  # where the head form loads its backbone
     models.load_model(HEAD, trusted_globals=["numpy.dtype"])
     assert seen == [["numpy.dtype"]]
 
