@@ -28,6 +28,18 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.dim() - 1)))
 
 
+def random_start(x: torch.Tensor, eps: float, norm: str, box) -> torch.Tensor:
+    """PGD's random start (Madry et al.): uniform in the Linf ball, or a random direction at a uniform radius
+    in the L2 ball; clamped to the threat model's box. Shared by the classification and segmentation PGDs."""
+    if norm == "Linf":
+        delta = torch.empty_like(x).uniform_(-eps, eps)
+    else:
+        direction = torch.randn_like(x)
+        radius = torch.rand(x.shape[0], device=x.device, dtype=x.dtype) * eps
+        delta = direction * _bcast(radius / lp_norms(direction, "L2").clamp_min(1e-12), x)
+    return box.clamp(x + delta)
+
+
 @register_attack("pgd")
 class PGD(GradientAttack):
     norms = ("Linf", "L2")
@@ -54,15 +66,7 @@ class PGD(GradientAttack):
         self.params["amp_dtype"] = None if self.amp_dtype is None else str(self.amp_dtype).split(".")[-1]
 
     def _start(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.random_start:
-            return x.clone()
-        if self.norm == "Linf":
-            delta = torch.empty_like(x).uniform_(-self.eps, self.eps)
-        else:
-            direction = torch.randn_like(x)
-            radius = torch.rand(x.shape[0], device=x.device, dtype=x.dtype) * self.eps
-            delta = direction * _bcast(radius / lp_norms(direction, "L2").clamp_min(1e-12), x)
-        return self.box.clamp(x + delta)
+        return random_start(x, self.eps, self.norm, self.box) if self.random_start else x.clone()
 
     def _step(self, x: torch.Tensor, adv: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         if self.norm == "Linf":

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..base import GradientAttack, ModelOutputError
 from ..budget import lp_norms
+from ..pgd import random_start
 
 IGNORE_INDEX = 255
 
@@ -93,15 +94,7 @@ class SegmentationAttack(GradientAttack):
         return (x if x.dtype in (torch.float32, torch.float64) else x.float()), masks.detach().long()
 
     def _start(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.random_start:
-            return x.clone()
-        if self.norm == "Linf":
-            delta = torch.empty_like(x).uniform_(-self.eps, self.eps)
-        else:
-            direction = torch.randn_like(x)
-            radius = torch.rand(x.shape[0], device=x.device, dtype=x.dtype) * self.eps
-            delta = direction * _bcast(radius / lp_norms(direction, "L2").clamp_min(1e-12), x)
-        return self.box.clamp(x + delta)
+        return random_start(x, self.eps, self.norm, self.box) if self.random_start else x.clone()
 
     def _step(self, x: torch.Tensor, adv: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         if self.norm == "Linf":
