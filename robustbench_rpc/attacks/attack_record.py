@@ -41,5 +41,7 @@ class CountQueries:
             return {}
         out = {"forwards": c.forwards.tolist(), "backwards": c.backwards.tolist(), "ambiguous": c.ambiguous}
         if clean_correct is not None and adv_correct is not None:
-            out["indicators"] = indicator_values(self.recorder, clean_correct.tolist(), adv_correct.tolist())
+            fooled = getattr(self._attack, "surrogate_fooled", None)  # a transfer attack's surrogate verdicts
+            out["indicators"] = indicator_values(self.recorder, clean_correct.tolist(), adv_correct.tolist(),
+                                                 None if fooled is None else fooled.tolist())
         return out

@@ -1,27 +1,38 @@
 """Indicators of attack failure from each sample's optimization path, recorded through one model wrapper.
 
 Source: Pintor, Demetrio, Sotgiu, Manca, Demontis, Carlini, Biggio & Roli, "Indicators of Attack Failure:
-Debugging and Improving Optimization of Adversarial Examples", NeurIPS 2022 (arXiv:2106.09947); the indicator
-formulas are those of its code (``compute_indicators``: silent success, break-point angle, increasing loss,
-zero gradients). The attack runs unchanged; ``PathRecorder`` (the accounting wrapper, ``accounting.py``) keeps,
-per sample and per forward call that carried it, the margin (true logit - best other logit; < 0 means
-adversarial) and, when the call was differentiated, the input gradient's L2 norm. Those are the sample's path.
+Debugging and Improving Optimization of Adversarial Examples", NeurIPS 2022 (arXiv:2106.09947), with the
+formulas of its code as last revised (pralab/IndicatorsOfAttackFailure ``src/indicators/indicators.py``, the
+"updated version of the indicators" of May 2022, which replaced the first release's break-point angle and
+increasing-loss measures by the last-steps test below). The attack runs unchanged; ``PathRecorder`` (the
+accounting wrapper, ``accounting.py``) keeps, per sample and per forward call that carried it, the margin (true
+logit - best other logit; < 0 means adversarial; the attacker drives it down) and, when the call was
+differentiated, the L2 norm of the input gradient of the attack's own loss. Those are the sample's path.
 
-Per indicator, over the samples the attack did not break (where "attack stalled" and "model robust" look the
-same) and that were correct clean; a FAIL names the model and the attack:
+The paper's six indicators and the trust check that decides each here (never two checks for one question):
 
-* ``silent_success``: the path held an adversarial point, the returned image is not adversarial (FAIL if any);
-* ``zero_gradients`` (unavailable gradients): share of the path, before its first adversarial point, with a
-  zero input gradient; FAIL if the mean share is above 0.5;
-* ``incomplete_optimization`` (the break-point angle on the min-max rescaled margin path: |cos| of the angle
-  at the path's knee; near 1 the path is a straight line, the loss was still moving when the attack stopped);
-  FAIL if the mean over samples is above 0.95 (our threshold: the paper reports the value);
-* ``noisy_gradients`` (increasing loss: how much the margin rose between consecutive steps of the rescaled
-  path, the area under those rises as the code computes it); WARN above 0.2 (our threshold).
+==============================  ================================================================================
+silent success                  ``silent_success`` per attack evaluation: an unbroken sample's path held an
+                                adversarial point the attack did not return (FAIL if any)
+incomplete optimization         ``incomplete_optimization`` per attack evaluation: the reference's test on the
+                                min-max rescaled margin path made non-increasing (its running minimum): still
+                                falling by more than 0.05 over the last 10 calls; WARN above 10 % of the unbroken
+                                samples (our threshold: the code flags samples; a WARN, as the accuracy is then
+                                an upper bound that more steps may lower, not a wrong number)
+unavailable gradients           a cut graph or a zero margin gradient at clean points: ``differentiability``;
+                                the attack's own loss with a zero input gradient along its path (a saturated
+                                cross-entropy the margin check cannot see): ``zero_gradients`` per attack
+                                evaluation, FAIL when over half the unbroken samples' steps had one
+unstable predictions            ``unstable_predictions`` per model (``unstable_predictions`` below); randomness
+                                itself (identical inputs, different outputs) is ``stochastic_model``'s
+transfer failure                ``transfer_failure`` per ``transfer`` attack evaluation: samples that fooled the
+                                surrogate but not the model (WARN if any)
+unconstrained attack failure    ``large_eps``: an unbounded attack must break every sample
+==============================  ================================================================================
 
-Not here: the ``differentiability``, ``gradient_masking``, ``large_eps`` and ``stochastic_model`` trust checks
-already decide a cut graph, gradient masking (unconstrained attack failure) and randomness; transfer failure
-and bad initialization need a surrogate / restarts and are the ``transfer`` attack's and ``restarts``' business.
+Each per-evaluation indicator looks only at the samples that were correct clean and that the attack did not
+break: there "the attack stalled" and "the model is robust" give the same accuracy, and the indicators tell
+them apart (``stalled_or_robust``).
 """
 from __future__ import annotations
 
@@ -30,11 +41,15 @@ import torch
 import torch.nn.functional as F
 
 from .accounting import QueryCounter
+from .base import eval_mode, model_device
 from .checks import CheckResult
 
 ZERO_GRADIENTS_FAIL = 0.5
-INCOMPLETE_FAIL = 0.95
-NOISY_WARN = 0.2
+INCOMPLETE_STEPS, INCOMPLETE_DROP = 10, 0.05  # the reference code's last-steps window and drop
+INCOMPLETE_WARN, INCOMPLETE_MOST = 0.1, 0.5
+UNSTABLE_WARN = 0.1
+#: the per-evaluation checks this module writes, in the order a report shows them
+EVAL_CHECKS = ("silent_success", "zero_gradients", "incomplete_optimization", "transfer_failure")
 
 
 class PathRecorder(QueryCounter):
@@ -66,101 +81,145 @@ class PathRecorder(QueryCounter):
             self.grads[owner][slot] = norms[row]
 
 
-def break_point_alignment(loss: np.ndarray) -> float:
-    """|cos| of the angle at the knee of a (rescaled) loss path, as Pintor et al.'s break-point angle: the knee is
-    the point farthest from the chord first -> last; 1 for a straight path (no knee), small for a sharp one."""
-    if loss.size < 3:
-        return float("nan")
-    a, c = np.array([0.0, loss[0]]), np.array([1.0, loss[-1]])
-    v1 = (c - a) / np.linalg.norm(c - a)
-    step = 1.0 / (loss.size - 1)  # the code's 1 / n puts the last point off the chord's end; 1 / (n - 1) does not
-    inner = np.arange(1, loss.size - 1)
-    p = np.stack([inner * step, loss[inner]], axis=1) - a
-    dists = np.linalg.norm(p - (p @ v1)[:, None] * v1, axis=1)
-    k = int(np.argmax(dists)) + 1
-    b = np.array([k * step, loss[k]])
-    v2, v3 = b - a, b - c
-    n2, n3 = np.linalg.norm(v2), np.linalg.norm(v3)
-    if n2 == 0 or n3 == 0:
-        return 1.0
-    return float(abs((v2 / n2).dot(v3 / n3)))
+def still_falling(margins: np.ndarray, steps: int = INCOMPLETE_STEPS, drop: float = INCOMPLETE_DROP) -> bool:
+    """The reference's incomplete-optimization test on one path: rescaled to [0, 1] (min-max), made
+    non-increasing (the best value so far), it still fell by more than ``drop`` over its last ``steps`` points."""
+    path = np.asarray(margins, dtype=np.float64).copy()
+    if path.size < 2:
+        return False
+    path -= path.min()
+    if path.max() > 0:
+        path /= path.max()
+    best = np.minimum.accumulate(path)[-steps:]
+    return bool(best.max() - best.min() > drop)
 
 
-def increasing_loss(loss: np.ndarray) -> float:
-    """Area under the path's rising segments (as the reference code's ``increasing_loss_indicator``)."""
-    up = np.flatnonzero(np.diff(loss) > 0) + 1
-    if up.size == 0:
-        return 0.0
-    rises = np.stack([loss[up], loss[up - 1]], axis=1).reshape(-1)  # (after, before) of each rise, in order
-    return float(np.trapezoid(rises, np.linspace(0, 1, rises.size)))
-
-
-def _rescaled(path: np.ndarray) -> np.ndarray:
-    path = path - path.min()
-    top = path.max()
-    return path / top if top > 0 else path
-
-
-def indicator_values(recorder: PathRecorder, clean_ok, still) -> dict[str, list]:
+def indicator_values(recorder: PathRecorder, clean_ok, still, surrogate_fooled=None) -> dict[str, list]:
     """Per sample of the recorded batch: the indicators' values where the attack did not break a clean-correct
     sample with a path of at least two points (None elsewhere): ``silent_success`` (bool), ``zero_gradients``
     (share of zero input gradients before the first adversarial point; None without gradients),
-    ``alignment`` (break-point), ``increasing_loss``. Compact: what a run stores per unit."""
-    out: dict[str, list] = {"silent_success": [], "zero_gradients": [], "alignment": [], "increasing_loss": []}
+    ``incomplete_optimization`` (bool), and with ``surrogate_fooled`` (a transfer attack's surrogate verdict on
+    the returned images) ``transfer_failure`` (bool). Compact: what a run stores per unit."""
+    names = ["silent_success", "zero_gradients", "incomplete_optimization"]
+    if surrogate_fooled is not None:
+        names.append("transfer_failure")
+    out: dict[str, list] = {name: [] for name in names}
     for i in range(len(recorder.margins)):
         margins = np.array(recorder.margins[i])
-        if not (bool(clean_ok[i]) and bool(still[i]) and margins.size > 1):
-            for values in out.values():
-                values.append(None)
+        unbroken = bool(clean_ok[i]) and bool(still[i])
+        if surrogate_fooled is not None:  # a transfer attack's path is the surrogate's: the target sees 1 call
+            out["transfer_failure"].append(bool(surrogate_fooled[i]) if unbroken else None)
+        if not (unbroken and margins.size > 1):
+            for name in names[:3]:
+                out[name].append(None)
             continue
         adversarial = margins < 0
         out["silent_success"].append(bool(adversarial.any()))
         first = int(np.argmax(adversarial)) if adversarial.any() else margins.size
         grads = [g for g in recorder.grads[i][:first] if g is not None]
         out["zero_gradients"].append(float(np.mean(np.array(grads) <= 0)) if grads else None)
-        path = _rescaled(margins)
-        align = break_point_alignment(path)
-        out["alignment"].append(align if np.isfinite(align) else None)
-        out["increasing_loss"].append(increasing_loss(path))
+        out["incomplete_optimization"].append(still_falling(margins))
     return out
 
 
+def _known(values: dict[str, list], name: str) -> list:
+    return [v for v in values.get(name) or [] if v is not None]
+
+
 def verdicts(values: dict[str, list], where: str) -> list[CheckResult]:
-    """The four indicators' verdicts over the samples ``values`` covers (``indicator_values``, possibly the
-    concatenation of many units); ``where`` names the attack and the model."""
-    silent = [v for v in values.get("silent_success", []) if v is not None]
-    zero = [v for v in values.get("zero_gradients", []) if v is not None]
-    align = [v for v in values.get("alignment", []) if v is not None]
-    noisy = [v for v in values.get("increasing_loss", []) if v is not None]
-    n = len(silent)
-    results = [
-        CheckResult("silent_success", "fail" if any(silent) else "pass",
-                    f"{where}: {sum(silent)} of {n} unbroken samples had an adversarial point on the attack's path "
-                    "that the attack did not return" if any(silent) else
-                    f"{where}: no unbroken sample passed through an adversarial point ({n} checked)",
-                    {"count": int(sum(silent)), "n": n}),
-    ]
-    share = float(np.mean(zero)) if zero else 0.0
-    results.append(CheckResult(
-        "zero_gradients", "fail" if share > ZERO_GRADIENTS_FAIL else "pass",
-        f"{where}: the attack stalled, not the model robust: {share:.0%} of the unbroken samples' steps had a zero "
-        "input gradient" if share > ZERO_GRADIENTS_FAIL else
-        f"{where}: {share:.0%} of the unbroken samples' steps had a zero input gradient", {"share": share, "n": n}))
-    mean_align = float(np.mean(align)) if align else float("nan")
-    bad = bool(align) and mean_align > INCOMPLETE_FAIL
-    results.append(CheckResult(
-        "incomplete_optimization", "fail" if bad else "pass",
-        f"{where}: the margin was still moving in a straight line when the attack stopped (break-point alignment "
-        f"{mean_align:.2f} > {INCOMPLETE_FAIL}): more steps or a larger step size" if bad else
-        f"{where}: break-point alignment {mean_align:.2f} (the loss path bends: the attack converged)",
-        {"alignment": mean_align, "n": n}))
-    mean_noisy = float(np.mean(noisy)) if noisy else 0.0
-    results.append(CheckResult(
-        "noisy_gradients", "warn" if mean_noisy > NOISY_WARN else "pass",
-        f"{where}: the margin rose along the path (increasing-loss area {mean_noisy:.2f} > {NOISY_WARN})"
-        if mean_noisy > NOISY_WARN else f"{where}: increasing-loss area {mean_noisy:.2f}",
-        {"increasing_loss": mean_noisy, "n": n}))
+    """The indicators' verdicts over the samples ``values`` covers (``indicator_values``, possibly the
+    concatenation of many units); ``where`` names the attack and the model. An indicator the values do not hold
+    (a store written before it was recorded, a non-transfer attack's transfer failure) gets no verdict."""
+    results = []
+    if "silent_success" in values:
+        silent = _known(values, "silent_success")
+        n = len(silent)
+        results.append(CheckResult(
+            "silent_success", "fail" if any(silent) else "pass",
+            f"{where}: {sum(silent)} of {n} unbroken samples had an adversarial point on the attack's path that the "
+            "attack did not return (its robust accuracy is too high)" if any(silent) else
+            f"{where}: no unbroken sample passed through an adversarial point ({n} checked)",
+            {"count": int(sum(silent)), "n": n}))
+    if "zero_gradients" in values:
+        zero = _known(values, "zero_gradients")
+        share = float(np.mean(zero)) if zero else 0.0
+        bad = share > ZERO_GRADIENTS_FAIL
+        results.append(CheckResult(
+            "zero_gradients", "fail" if bad else "pass",
+            f"{where}: the attack stalled, not the model robust: {share:.0%} of the unbroken samples' steps had a "
+            "zero input gradient of the attack's loss (try a margin or DLR loss, or the adaptive attacks)" if bad
+            else f"{where}: {share:.0%} of the unbroken samples' steps had a zero input gradient",
+            {"share": share, "n": len(zero)}))
+    if "incomplete_optimization" in values:
+        inc = _known(values, "incomplete_optimization")
+        share = float(np.mean(inc)) if inc else 0.0
+        status = "warn" if share > INCOMPLETE_WARN else "pass"
+        results.append(CheckResult(
+            "incomplete_optimization", status,
+            f"{where}: the attack stopped while its loss was still falling on {sum(inc)} of {len(inc)} unbroken "
+            f"samples ({share:.0%}: more than {INCOMPLETE_DROP} of the rescaled margin in the last "
+            f"{INCOMPLETE_STEPS} calls): more steps or a larger step size" if status != "pass" else
+            f"{where}: the loss had levelled off on {len(inc) - sum(inc)} of {len(inc)} unbroken samples",
+            {"share": share, "count": int(sum(inc)), "n": len(inc)}))
+    if "transfer_failure" in values:
+        tf = _known(values, "transfer_failure")
+        results.append(CheckResult(
+            "transfer_failure", "warn" if any(tf) else "pass",
+            f"{where}: {sum(tf)} of {len(tf)} unbroken samples fooled the surrogate but not the model: for them the "
+            "accuracy measures the transfer, not robustness (attack the model itself: bpda, eot)" if any(tf) else
+            f"{where}: no unbroken sample fooled the surrogate ({len(tf)} checked)",
+            {"count": int(sum(tf)), "n": len(tf)}))
     return results
+
+
+def stalled_or_robust(statuses: dict[str, str], incomplete_share: float = 0.0) -> str:
+    """One phrase for a report from an evaluation's indicator statuses (check name -> status) and the share of
+    its unbroken samples whose loss was still falling."""
+    if statuses.get("zero_gradients") == "fail":
+        return "attack stalled (zero gradients)"
+    if statuses.get("silent_success") == "fail":
+        return "attack found adversarial points it did not return (silent success)"
+    if statuses.get("transfer_failure") == "warn":
+        return "transfer failed on some samples"
+    if statuses.get("incomplete_optimization") == "warn":
+        return ("attack still improving when it stopped (incomplete optimization)" if incomplete_share > INCOMPLETE_MOST
+                else "model robust on most unbroken samples; some still improving")
+    return "model robust on the unbroken samples"
+
+
+def unstable_predictions(model, images: torch.Tensor, labels: torch.Tensor, *, gamma: int = 100,
+                         radius: float = 8 / 255, seed: int = 0, name: str = "unstable_predictions") -> CheckResult:
+    """The reference's unstable-predictions indicator: the mean over ``gamma`` uniform perturbations in
+    [-radius/2, radius/2] per pixel (its ``(rand - 0.5) * radius``) of |L(x + r) - L(x)| / |L(x)| (a zero
+    reference counts as 1), capped at 1, with L the margin loss the ``differentiability`` check uses (defined for
+    every attack; the reference takes the attack's own objective). Perturbed images are clamped to [0, 1] as
+    every attack here clamps them. WARN above 0.1 (our threshold: the code returns the value): the loss moves
+    by more than a tenth of itself within the noise, so a gradient step sees a different model than the next."""
+    device = model_device(model, images.device)
+    x = images.to(device).float()
+    y = torch.as_tensor(labels).to(device).long()
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def margin_loss(inputs: torch.Tensor) -> torch.Tensor:
+        logits = model(inputs).float()
+        true = logits.gather(1, y[:, None]).squeeze(1)
+        other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
+        return other - true
+
+    with eval_mode(model), torch.no_grad():
+        ref = margin_loss(x)
+        scale = torch.where(ref == 0, torch.ones_like(ref), ref.abs())
+        rel = torch.stack([((margin_loss((x + ((torch.rand(x.shape, generator=gen) - 0.5) * radius).to(device))
+                                          .clamp(0, 1)) - ref).abs() / scale) for _ in range(gamma)])
+    value = min(float(rel.mean()), 1.0)
+    bad = value > UNSTABLE_WARN
+    per_sample = rel.mean(dim=0).clamp(max=1).tolist()
+    return CheckResult(
+        name, "warn" if bad else "pass",
+        f"the margin loss moves by {value:.0%} of itself under uniform noise of width {radius:.4g} "
+        f"(above {UNSTABLE_WARN:.0%}): gradients taken at one point say little about the next" if bad else
+        f"the margin loss moves by {value:.1%} of itself under uniform noise of width {radius:.4g}",
+        {"value": value, "gamma": gamma, "radius": radius, "n": len(x), "per_sample": per_sample})
 
 
 def attack_indicators(model, attack, x: torch.Tensor, y: torch.Tensor, model_name: str = "the model"
@@ -171,5 +230,6 @@ def attack_indicators(model, attack, x: torch.Tensor, y: torch.Tensor, model_nam
     with torch.no_grad():
         clean_ok = model(x).argmax(1).cpu() == y.cpu()
         still = model(x_adv).argmax(1).cpu() == y.cpu()
+    fooled = getattr(attack, "surrogate_fooled", None)
     name = getattr(attack, "name", type(attack).__name__)
-    return x_adv, verdicts(indicator_values(recorder, clean_ok, still), f"{name} on {model_name}")
+    return x_adv, verdicts(indicator_values(recorder, clean_ok, still, fooled), f"{name} on {model_name}")

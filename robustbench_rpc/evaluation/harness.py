@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 
 from .. import attacks, dist
-from ..evalspec import EvalSpec, SuiteError, describe_eval
+from ..evalspec import EvalSpec, SuiteError, attack_label, describe_eval
 from ..models import PRETRAINED, load_model, sha256_of
 from .plan import ModelSpec, Plan, RunConfig, RunFolderError, default_device
 from ..store.results import ResultsStore
@@ -27,9 +27,9 @@ from ..store.lock import lock_folder
 from ..store.rows import stable_key
 from .preflight import check_input_gradients, check_output
 from .compute_unit import STOCHASTIC_EVAL_REPEATS, unit_rows
-from .stored_curves import adaptive_pairs, attack_curves
+from .stored_curves import adaptive_pairs, attack_curves, stored_indicators
 from ..attention import patch_attention, summarize_attention
-from ..attacks import adaptive as adaptive_checks, checks as attack_checks, model_dynamics
+from ..attacks import adaptive as adaptive_checks, checks as attack_checks, indicators, model_dynamics
 from .adversarial_run import manifest_listing, preflight, run_transfer, write_images
 from ..attacks.evaluate import BudgetError, NonFiniteLogitsError
 from ..data.pool import RunLoader
@@ -390,9 +390,25 @@ class Runner:
             families = [{"name": e.name, **(e.resolved or {})} for e in p.evals if e.kind == "attack"]
             self._guarded(model_key, "eps_zero_identity",
                           lambda: adaptive_checks.check_eps_zero_identity(model, x[:8], y[:8], families, seed=p.seed))
+            self._guarded(model_key, "unstable_predictions",
+                          lambda: indicators.unstable_predictions(model, x[:8], y[:8], seed=p.seed))
         standard, adaptive = adaptive_pairs(self.store, model_key)
         if standard:
             self._guarded(model_key, "adaptive_gap", lambda: adaptive_checks.check_adaptive_gap(standard, adaptive))
+        self.indicator_checks(model_key)
+
+    def indicator_checks(self, model_key: str) -> None:
+        """Pintor et al.'s indicators of attack failure, one check per indicator and attack evaluation, from the
+        per-sample values the units stored (so a resumed run checks what a fresh one would)."""
+        evals = self.store.evaluations().set_index("eval_key")
+        name = self.store.models().set_index("model_key")["name"].get(model_key, model_key)
+        for eval_key, values in stored_indicators(self.store, model_key).items():
+            info = evals.loc[eval_key] if eval_key in evals.index else None
+            label = attack_label(str(info["name"]), info["params"]) if info is not None else eval_key
+            for res in indicators.verdicts(values, f"{label} on {name}"):
+                self.store.write_check(model_key, eval_key, res.name, res.status, res.message, res.details)
+                if res.status != "pass":
+                    self.log(f"  trust check {res.name}: {res.status.upper()}: {res.message}")
 
     def _guarded(self, model_key: str, name: str, fn: Callable[[], Any]) -> None:
         """A check that crashes is recorded as failed (with the error), never silently dropped."""

@@ -62,3 +62,18 @@ def attack_curves(store: ResultsStore, model_key: str) -> tuple[dict, dict, set,
         if not attacks.is_gradient_based(info["name"]):
             free.add(group)
     return curves, norms, free, n_min
+
+
+def stored_indicators(store: ResultsStore, model_key: str) -> dict[str, dict[str, list]]:
+    """One model's per-sample indicator values of attack failure per attack evaluation, concatenated over the
+    units the run stored (``queries/<model_key>/<eval_key>/<unit>`` in the meta, ``attacks.indicators``)."""
+    prefix = f"queries/{model_key}/"
+    per: dict[str, dict[str, list]] = {}
+    for key, value in sorted(store.meta().items()):
+        if not key.startswith(prefix) or not isinstance(value, dict) or not isinstance(value.get("indicators"), dict):
+            continue
+        eval_key = key[len(prefix):].rsplit("/", 1)[0]
+        acc = per.setdefault(eval_key, {})
+        for name, values in value["indicators"].items():
+            acc.setdefault(name, []).extend(values)
+    return per

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..attacks.indicators import verdicts
+from ..attacks.indicators import EVAL_CHECKS, stalled_or_robust
 from ..evalspec import attack_label
 from .data import RunData
 from .render import Table
@@ -47,31 +47,39 @@ def queries_table(data: RunData) -> Table | None:
 
 
 def indicators_table(data: RunData) -> Table | None:
-    """Pintor et al.'s indicators of attack failure per model and attack evaluation, from the per-sample values
-    each unit stored (``attacks.indicators``): the verdicts that tell "the attack stalled" from "the model is
-    robust". None when the run stored none."""
-    per: dict[tuple[str, str], dict[str, list]] = {}
-    for key, value in data.meta.items():
-        if not key.startswith(PREFIX) or not isinstance(value, dict) or not isinstance(value.get("indicators"), dict):
-            continue
-        _, model_key, eval_key, _unit = key.split("/", 3)
-        acc = per.setdefault((model_key, eval_key), {})
-        for name, values in value["indicators"].items():
-            acc.setdefault(name, []).extend(values)
-    if not per:
+    """Pintor et al.'s indicators of attack failure per model and attack evaluation, as the run's trust checks
+    recorded them (``attacks.indicators``, written by the harness per attack evaluation): one verdict per row
+    that tells "the attack stalled" from "the model is robust". None when the run recorded none."""
+    ck = data.checks
+    if ck.empty:
+        return None
+    ck = ck[ck["check"].isin(EVAL_CHECKS) & ck["eval_key"].map(lambda e: isinstance(e, str) and bool(e))]
+    if ck.empty:
         return None
     rows, tidy = [], []
-    for (model_key, eval_key), values in sorted(per.items(), key=lambda kv: (data.name(kv[0][0]), kv[0][1])):
+    for (model_key, eval_key), group in sorted(ck.groupby(["model_key", "eval_key"]),
+                                               key=lambda kv: (data.name(kv[0][0]), kv[0][1])):
         info = data.info(eval_key)
         attack = attack_label(str(info.get("name")), info["params"])
-        for r in verdicts(values, f"{attack} on {data.name(model_key)}"):
-            rows.append([data.name(model_key), attack, r.name, r.status.upper(), r.message])
-            tidy.append({"model": data.name(model_key), "attack": attack, "indicator": r.name, "status": r.status,
-                         "message": r.message, **{k: v for k, v in r.details.items()}})
-    return Table("indicators", "Indicators of attack failure", ["model", "attack", "indicator", "verdict", "what"],
-                 rows, pd.DataFrame(tidy),
-                 protocol=["Pintor et al., NeurIPS 2022, on the samples each attack did not break: silent success "
-                           "(an adversarial point on the path not returned), zero gradients (the attack stalled: "
-                           "FAIL above half the steps), incomplete optimization (break-point alignment above 0.95), "
-                           "noisy gradients (increasing loss, WARN above 0.2). Paths are the model's margins at "
-                           "every call of the attack, recorded through the counting wrapper."])
+        statuses = dict(zip(group["check"], group["status"]))
+        details = dict(zip(group["check"], group["details"]))
+        n = next((d.get("n") for d in details.values() if isinstance(d, dict) and "n" in d), None)
+        incomplete = details.get("incomplete_optimization")
+        verdict = stalled_or_robust(statuses, incomplete.get("share", 0.0) if isinstance(incomplete, dict) else 0.0)
+        cells = [statuses.get(c, "").upper() or "-" for c in EVAL_CHECKS]
+        rows.append([data.name(model_key), attack, "" if n is None else str(n), verdict, *cells])
+        tidy.append({"model": data.name(model_key), "attack": attack, "eval_key": eval_key, "unbroken": n,
+                     "verdict": verdict, **{c: statuses.get(c) for c in EVAL_CHECKS},
+                     "messages": " | ".join(m for m, st in zip(group["message"], group["status"]) if st != "pass")})
+    return Table("indicators", "Indicators of attack failure: attack stalled or model robust?",
+                 ["model", "attack", "unbroken samples", "verdict", *EVAL_CHECKS], rows, pd.DataFrame(tidy),
+                 protocol=["Pintor et al., NeurIPS 2022 (formulas of pralab/IndicatorsOfAttackFailure as last "
+                           "revised), on the samples each attack did not break, from the path the counting wrapper "
+                           "recorded (the model's margin at every call of the attack). silent_success: an "
+                           "adversarial point on the path was not returned (FAIL if any). zero_gradients: the "
+                           "attack's loss had a zero input gradient (FAIL above half the steps: the attack "
+                           "stalled). incomplete_optimization: the best margin so far still fell by more than "
+                           "0.05 (rescaled) over the last 10 calls (WARN above 10 % of the samples: the accuracy "
+                           "is an upper bound more steps may lower). transfer_failure (transfer attacks): fooled the surrogate, not the model. "
+                           "The model-wide indicators are the checks table's differentiability, "
+                           "unstable_predictions, stochastic_model and large_eps."])

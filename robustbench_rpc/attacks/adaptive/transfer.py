@@ -126,6 +126,7 @@ class Transfer(Attack):
         self.inner = build_base("transfer", name, args, {"eps": eps, "norm": norm, "space": space, "clip": clip,
                                                          "batch_size": batch_size, "progress": False})
         self._record(surrogate=surrogate, base=base, base_args=resolved_args(self.inner), early_stop=bool(early_stop))
+        self.surrogate_fooled: torch.Tensor | None = None  # set by each call (classification): the returned images
         if early_stop and getattr(self.inner, "task", "") == "segmentation":
             raise ValueError("early_stop of attack 'transfer' skips images the target already misclassifies, which "
                              f"has no meaning per pixel: a segmentation base ('{name}') runs without it")
@@ -149,6 +150,11 @@ class Transfer(Attack):
         if todo.numel():
             self.inner.seed = self.seed  # the base seeds (and restores) the RNG for its call
             adv[todo] = self.inner(surrogate, x[todo], y[todo]).to(device, x.dtype)
+        if getattr(self.inner, "task", "") != "segmentation" and len(adv):
+            # whether each returned image fools the surrogate: the transfer-failure indicator (attacks/indicators.py)
+            with eval_mode(surrogate), torch.no_grad():
+                self.surrogate_fooled = torch.cat([surrogate(c).argmax(1) for c in adv.split(
+                    self.batch_size or len(adv))]).ne(y).cpu()
         return adv.to(images.device)
 
     def _same_normalization(self, model: nn.Module, surrogate: nn.Module) -> None:
