@@ -172,9 +172,11 @@ def verdicts(values: dict[str, list], where: str) -> list[CheckResult]:
     return results
 
 
-def stalled_or_robust(statuses: dict[str, str], incomplete_share: float = 0.0) -> str:
-    """One phrase for a report from an evaluation's indicator statuses (check name -> status) and the share of
-    its unbroken samples whose loss was still falling."""
+def stalled_or_robust(statuses: dict[str, str], incomplete_share: float = 0.0, unbroken: int | None = None) -> str:
+    """One phrase for a report from an evaluation's indicator statuses (check name -> status), the share of
+    its unbroken samples whose loss was still falling and their number."""
+    if unbroken == 0:
+        return "no unbroken samples: nothing to tell apart"
     if statuses.get("zero_gradients") == "fail":
         return "attack stalled (zero gradients)"
     if statuses.get("silent_success") == "fail":

@@ -40,6 +40,21 @@ def random_start(x: torch.Tensor, eps: float, norm: str, box) -> torch.Tensor:
     return box.clamp(x + delta)
 
 
+def projected_step(x: torch.Tensor, adv: torch.Tensor, grad: torch.Tensor, alpha: float, eps: float, norm: str,
+                   box) -> torch.Tensor:
+    """One PGD ascent step from ``adv`` along ``grad`` (its sign for Linf, its L2 direction for L2), projected
+    onto the eps ball around ``x`` and the threat model's box. Shared by the classification and segmentation
+    PGDs."""
+    if norm == "Linf":
+        adv = adv + alpha * grad.sign()
+        delta = torch.clamp(adv - x, -eps, eps)
+    else:
+        adv = adv + alpha * grad / _bcast(lp_norms(grad, "L2") + 1e-10, x)
+        delta = adv - x
+        delta = delta * _bcast(torch.clamp(eps / lp_norms(delta, "L2").clamp_min(1e-12), max=1.0), x)
+    return box.clamp(x + delta)
+
+
 @register_attack("pgd")
 class PGD(GradientAttack):
     norms = ("Linf", "L2")
@@ -69,15 +84,7 @@ class PGD(GradientAttack):
         return random_start(x, self.eps, self.norm, self.box) if self.random_start else x.clone()
 
     def _step(self, x: torch.Tensor, adv: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        if self.norm == "Linf":
-            adv = adv + self.alpha * grad.sign()
-            delta = torch.clamp(adv - x, -self.eps, self.eps)
-        else:
-            adv = adv + self.alpha * grad / _bcast(lp_norms(grad, "L2") + 1e-10, x)
-            delta = adv - x
-            factor = torch.clamp(self.eps / lp_norms(delta, "L2").clamp_min(1e-12), max=1.0)
-            delta = delta * _bcast(factor, x)
-        return self.box.clamp(x + delta)
+        return projected_step(x, adv, grad, self.alpha, self.eps, self.norm, self.box)
 
     def _run(self, model, x, y) -> torch.Tensor:
         adv = self._start(x)

@@ -65,7 +65,8 @@ def indicators_table(data: RunData) -> Table | None:
         details = dict(zip(group["check"], group["details"]))
         n = next((d.get("n") for d in details.values() if isinstance(d, dict) and "n" in d), None)
         incomplete = details.get("incomplete_optimization")
-        verdict = stalled_or_robust(statuses, incomplete.get("share", 0.0) if isinstance(incomplete, dict) else 0.0)
+        verdict = stalled_or_robust(statuses, incomplete.get("share", 0.0) if isinstance(incomplete, dict) else 0.0,
+                                    n)
         cells = [statuses.get(c, "").upper() or "-" for c in EVAL_CHECKS]
         rows.append([data.name(model_key), attack, "" if n is None else str(n), verdict, *cells])
         tidy.append({"model": data.name(model_key), "attack": attack, "eval_key": eval_key, "unbroken": n,

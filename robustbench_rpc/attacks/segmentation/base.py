@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import GradientAttack, ModelOutputError
-from ..budget import lp_norms
-from ..pgd import random_start
+from ..pgd import projected_step, random_start
 
 IGNORE_INDEX = 255
 
@@ -49,10 +48,6 @@ class PixelLogitsGuard(nn.Module):
 def pixel_cross_entropy(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Per-pixel cross-entropy (B, H, W) in float32, 0 on ignored pixels."""
     return F.cross_entropy(logits.float(), masks, ignore_index=ignore_index, reduction="none")
-
-
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 class SegmentationAttack(GradientAttack):
@@ -97,12 +92,7 @@ class SegmentationAttack(GradientAttack):
         return random_start(x, self.eps, self.norm, self.box) if self.random_start else x.clone()
 
     def _step(self, x: torch.Tensor, adv: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        if self.norm == "Linf":
-            delta = torch.clamp(adv + self.alpha * grad.sign() - x, -self.eps, self.eps)
-        else:
-            delta = adv + self.alpha * grad / _bcast(lp_norms(grad, "L2") + 1e-10, x) - x
-            delta = delta * _bcast(torch.clamp(self.eps / lp_norms(delta, "L2").clamp_min(1e-12), max=1.0), x)
-        return self.box.clamp(x + delta)
+        return projected_step(x, adv, grad, self.alpha, self.eps, self.norm, self.box)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         adv = self._start(x)
