@@ -308,7 +308,7 @@ def test_version_1_store_is_read_and_migrated(tmp_path):
     s = rw.samples()
     assert s["sample_id"].tolist() == [7, 7]
     assert np.array_equal(s["plain_correct5"].to_numpy(dtype=float, na_value=np.nan), [np.nan, 1.0], equal_nan=True)
-    assert rw.get_meta("schema_version") == 3  # migrated through every version to the current one
+    assert rw.get_meta("schema_version") == 4  # migrated through every version to the current one
     rw.close()
 
 

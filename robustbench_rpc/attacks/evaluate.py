@@ -116,6 +116,7 @@ class AttackOutcomes:
     linf: torch.Tensor
     l2: torch.Tensor
     l1: torch.Tensor
+    l0: torch.Tensor  # changed values, every channel value counted (foolbox's l0), as a float
 
     def __len__(self) -> int:
         return int(self.clean_pred.shape[0])
@@ -192,7 +193,8 @@ def attack_outcomes(model: nn.Module, attack, images: torch.Tensor, labels: torc
     (``check_threat_model``: ``BudgetError``, ``NonFiniteAdversarialError`` for NaN/inf images). Per-sample
     norms are in the same units. NaN/inf logits raise ``NonFiniteLogitsError`` with the
     number of samples affected. ``amp``: autocast dtype of the two classification
-    passes (the paper classifies under fp16 autocast; attacks choose their own precision).
+    passes (the paper classifies under fp16 autocast; attacks choose their own precision). ``l0`` counts the
+    changed values of the flattened perturbation, each channel value separately (foolbox's ``LpDistance(0)``).
 
     ``repeats`` (stochastic models): the clean and the adversarial images are classified ``repeats`` times and
     each sample keeps its worst case: correct (top-1 / top-5) only if correct in every draw, its prediction
@@ -228,6 +230,7 @@ def attack_outcomes(model: nn.Module, attack, images: torch.Tensor, labels: torc
         plain_correct1=plain_c1,
         plain_correct5=plain_c5,
         adv_confidence=adv.softmax(dim=1).amax(dim=1),
-        **{k.lower(): v.float() for k, v in perturbation_norms(xc, xa, ("Linf", "L2", "L1"), mean, std).items()},
+        **{k.lower(): v.float() for k, v in perturbation_norms(xc, xa, ("Linf", "L2", "L1", "L0"), mean,
+                                                               std).items()},
     )
     return AttackOutcomes(**{k: v.detach().cpu() for k, v in out.as_dict().items()})

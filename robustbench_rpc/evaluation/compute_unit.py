@@ -13,6 +13,7 @@ import torch
 
 from ..evalspec import EvalSpec, STOCHASTIC_EVAL_REPEATS, attack_params, unit_seed
 from ..store.adversarial import GALLERY_KEY, IMAGES_KEY, gallery_images
+from ..store.rows import NORM_COLUMNS
 from ..attacks.base import amp_dtype_of
 from ..attacks.evaluate import check_finite
 from ..data.folders import mask_logits
@@ -90,8 +91,7 @@ def attack_rows(model: torch.nn.Module, spec: EvalSpec, x: torch.Tensor, y: torc
         "clean_correct5": out.clean_correct5.int().tolist(),
         "plain_correct1": out.plain_correct1.int().tolist(),
         "plain_correct5": out.plain_correct5.int().tolist(),
-        "linf": _norms(out.linf, never_broken),
-        "l2": _norms(out.l2, never_broken),
+        **{k: _norms(getattr(out, k), never_broken) for k in NORM_COLUMNS},
     }
 
 

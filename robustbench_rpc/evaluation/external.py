@@ -29,6 +29,7 @@ import torch
 
 from ..evalspec import EvalSpec, STOCHASTIC_EVAL_REPEATS, SuiteError, eps_label, linf_range_problem, parse_eps
 from ..store.adversarial import AdversarialSetError, read_set
+from ..store.rows import NORM_COLUMNS
 from ..models.checkpoint import sha256_of
 from ..attacks.budget import canonical_norm, measure_budget
 from ..data.subsets import sample_ids
@@ -263,5 +264,5 @@ def given_rows(model: torch.nn.Module, e: EvalSpec, x: torch.Tensor, y: torch.Te
         "confidence": out.adv_confidence.float().tolist(),
         "clean_correct1": out.clean_correct1.int().tolist(), "clean_correct5": out.clean_correct5.int().tolist(),
         "plain_correct1": out.plain_correct1.int().tolist(), "plain_correct5": out.plain_correct5.int().tolist(),
-        "linf": out.linf.float().tolist(), "l2": out.l2.float().tolist(),
+        **{k: getattr(out, k).float().tolist() for k in NORM_COLUMNS},
     }

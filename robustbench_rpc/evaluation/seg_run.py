@@ -6,9 +6,10 @@ resized to ``short_side``, ``window x window`` crops, logits averaged and resize
 on the clean images, on each image corrupted on the fly (seeded per image), or on each attack's adversarial
 images (an attack runs through the same windows, so its gradient is that of the evaluated prediction). Per
 image it writes a ``samples`` row (``label = -1``: no single class; ``confidence`` = the mean max-softmax over
-the labelled pixels; ``linf`` / ``l2`` = the perturbation's size for attacks) and, in the same transaction, the
-image's intersect / union / pred / label areas per class. A killed run resumes unit by unit; every metric is
-recomputed from the counts by the report (``reports/seg_report.py``).
+the labelled pixels; ``linf`` / ``l2`` / ``l1`` / ``l0`` = the perturbation's size for attacks, ``l0`` counting
+changed values per channel) and, in the same transaction, the image's intersect / union / pred / label areas per
+class. A killed run resumes unit by unit; every metric is recomputed from the counts by the report
+(``reports/seg_report.py``).
 
 Every attack's output is checked against its budget on every image before anything is written.
 """
@@ -34,6 +35,7 @@ from ..attacks import get_attack
 from ..atomic import replacing
 from ..store.lock import lock_folder
 from ..store.results import ResultsStore
+from ..store.rows import NORM_COLUMNS
 from ..store.manifest import build_manifest, write_manifest
 
 #: images per (model, evaluation) kept for the report's examples (image, ground truth, prediction)
@@ -104,7 +106,7 @@ class SegRun:
     def unit_rows(self, m: SegModel, e: SegEval, net, data, unit: int, positions: list[int]):
         items = [data[p] for p in positions]
         rows: dict[str, list] = {k: [] for k in ("sample_id", "label", "pred", "correct1", "correct5",
-                                                 "confidence", "linf", "l2")}
+                                                 "confidence", *NORM_COLUMNS)}
         areas: dict[int, np.ndarray] = {}
         examples = []
         seed = unit_seed(self.seed, e.key(self.dataset_name), unit)
@@ -138,8 +140,11 @@ class SegRun:
                 rows["correct1"].append(0)
                 rows["correct5"].append(0)
                 rows["confidence"].append(float(conf[k][keep[k]].mean()) if keep[k].any() else 0.0)
-                rows["linf"].append(float(delta[k].abs().max()) if e.kind == "attack" else None)
-                rows["l2"].append(float(delta[k].norm()) if e.kind == "attack" else None)
+                attacked = e.kind == "attack"
+                rows["linf"].append(float(delta[k].abs().max()) if attacked else None)
+                rows["l2"].append(float(delta[k].norm()) if attacked else None)
+                rows["l1"].append(float(delta[k].abs().sum()) if attacked else None)
+                rows["l0"].append(float((delta[k] != 0).sum()) if attacked else None)  # changed values, per channel
             if unit == 0 and len(examples) < EXAMPLES:
                 for k in range(min(EXAMPLES - len(examples), len(ids))):
                     examples.append((ids[k], x_eval[k], y[k], logits[k].argmax(0)))

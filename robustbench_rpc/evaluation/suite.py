@@ -26,6 +26,8 @@ from ..registry import did_you_mean
 
 SUITES_DIR = Path(__file__).parent.parent / "suites"
 KINDS = ("clean", "attack", "corruption", "ood", "shift", "diagnostics", "external", "transfer", "curve")
+#: the norms a ``kind = "curve"`` evaluation may use: those the store keeps per sample (``store.rows.NORM_COLUMNS``)
+CURVE_NORMS = ("L0", "L1", "L2", "Linf")
 _DEFAULT_KEYS = {"dataset", "models", "reference_model", "batch_size", "seed", "limit", "subset", "data_roots",
                  "workers", "amp", "device"}
 _EVAL_KEYS = {
@@ -190,11 +192,12 @@ def _attack_evals(ev: dict[str, Any], dataset: str, amp: str | None, where: str)
 
 def _curve_evals(ev: dict[str, Any], dataset: str, amp: str | None, where: str) -> list[EvalSpec]:
     """A curve's attacks (``attacks = [{attack = "fmn"}, {attack = "pgd", eps = "8/255"}, ...]``), each an attack
-    evaluation in the curve's ``norm`` (Linf or L2: the norms the store keeps per sample), tagged ``curve``."""
+    evaluation in the curve's ``norm`` (one of ``CURVE_NORMS``, the per-sample norms the store keeps), tagged
+    ``curve``. An attack that does not take that norm is refused by name, before any compute."""
     norm, attacks_ = ev.get("norm"), ev.get("attacks")
-    if norm not in ("Linf", "L2"):
-        raise SuiteError(f"{where}: a curve needs norm = \"Linf\" or \"L2\" (the per-sample norms the store keeps), "
-                         f"got {norm!r}")
+    if norm not in CURVE_NORMS:
+        raise SuiteError(f"{where}: a curve's norm must be one of " + ", ".join(f'"{n}"' for n in CURVE_NORMS)
+                         + f" (the per-sample norms the store keeps), got {norm!r}")
     if not isinstance(attacks_, list) or not attacks_ or not all(isinstance(a, dict) and "attack" in a
                                                                 for a in attacks_):
         raise SuiteError(f"{where}: a curve needs attacks = [{{attack = \"fmn\"}}, ...], a list of attack tables")
@@ -205,6 +208,11 @@ def _curve_evals(ev: dict[str, Any], dataset: str, amp: str | None, where: str) 
     for a in attacks_:
         if a.get("norm", norm) != norm:
             raise SuiteError(f"{where}: attack {a['attack']} has norm {a['norm']!r} in a {norm} curve")
+        _known(attacks.ATTACKS, a["attack"], where)
+        takes = getattr(attacks.ATTACKS.get(a["attack"]), "norms", None)
+        if takes is not None and norm not in takes:
+            raise SuiteError(f"{where}: attack {a['attack']} does not take norm {norm!r} (it takes "
+                             f"{', '.join(takes)}), so it cannot be part of a {norm} curve")
         out += _attack_evals({**a, "norm": norm, "curve": name}, dataset, amp, where)
     return out
 

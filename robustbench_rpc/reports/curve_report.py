@@ -18,7 +18,7 @@ from .data import RunData, slug
 from .plots import Plot, _save, plt
 from .render import Table
 
-COLUMNS = ("sample_id", "correct1", "clean_correct1", "linf", "l2")
+COLUMNS = ("sample_id", "correct1", "clean_correct1", "linf", "l2", "l1", "l0")  # the norm columns: store.rows
 
 
 def _curve_evals(data: RunData) -> dict[str, list[dict]]:
@@ -39,6 +39,13 @@ def _label(info: dict) -> str:
     params = {k: v for k, v in info["params"].items() if k not in ("curve", "norm")}
     inner = ", ".join(f"{k}={v}" for k, v in params.items())
     return f"{info['name']}({inner})" if inner else str(info["name"])
+
+
+def _axis_label(norm: str, params: dict) -> str:
+    """L0 counts changed input values (every channel value separately), not a distance in pixel units."""
+    if norm == "L0":
+        return "eps (L0: changed input elements, each channel value counted)"
+    return f"eps ({norm}, {'normalized' if params.get('space') == 'normalized' else 'pixel'} units)"
 
 
 def curves_section(data: RunData, out: Path) -> tuple[list[Table], list[Plot]]:
@@ -94,7 +101,7 @@ def curves_section(data: RunData, out: Path) -> tuple[list[Table], list[Plot]]:
         if not rows:
             plt.close(fig)
             continue
-        ax.set_xlabel(f"eps ({norm}, pixel units)")
+        ax.set_xlabel(_axis_label(norm, infos[0]["params"]))
         ax.set_ylabel("robust accuracy (%)")
         ax.legend(fontsize=8)
         table_name = f"curve_{slug(name)}"
@@ -108,7 +115,9 @@ def curves_section(data: RunData, out: Path) -> tuple[list[Table], list[Plot]]:
                       "exceeds eps, Wilson 95 % intervals. Optimality: AttackBench's (1 = the per-sample best).",
                       "Fixed-budget rows: robust accuracy at their eps beside the curve's; 'broken beyond the curve' "
                       "counts samples they broke at eps that the minimum-norm attacks say survive beyond it (those "
-                      "attacks were not tight there)."]))
+                      "attacks were not tight there)."]
+            + (["L0: the number of changed input values of the perturbation, each channel value counted separately "
+                "(foolbox's L0 and FMN-L0's count)."] if norm == "L0" else [])))
         plots.append(_save(fig, Path(out) / "plots", table_name, f"Robust accuracy vs eps: {name}",
                            "From the per-sample minimal norms (band: Wilson 95 %); x: fixed-budget attacks."))
     return tables, plots

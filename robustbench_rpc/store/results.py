@@ -7,7 +7,7 @@ Schema (ARCHITECTURE.md), plus additions marked (+):
     evaluations(eval_key, info_json)
     units(model_key, eval_key, unit, n, finished_at)
     samples(model_key, eval_key, sample_id, unit(+), label, pred, correct1, correct5, confidence,
-            clean_correct1, linf, l2, clean_correct5(+), plain_correct1(+), plain_correct5(+))
+            clean_correct1, linf, l2, clean_correct5(+), plain_correct1(+), plain_correct5(+), l1(+), l0(+))
     checks(model_key, eval_key(+), check, status, message, details_json, updated_at(+))
 
 `samples.unit` lets a unit be verified (its row count equals `units.n`) and compared on a rewrite;
@@ -15,8 +15,9 @@ Schema (ARCHITECTURE.md), plus additions marked (+):
 For attacks, `correct1/5` hold the accuracy the evaluation reports (its ``accuracy`` parameter: robust =
 clean-correct and adversarially correct, or plain = adversarially correct); `plain_correct1/5` and
 `clean_correct1/5` keep the other definition derivable (robust = clean AND plain). Schema version 2 added
-the last three columns; a version-1 store is migrated in place when opened for writing (the new columns
-are NULL for its rows) and read as is.
+clean_correct5 and the plain columns, version 4 the L1 and L0 perturbation norms (``l0``: changed values over
+every channel, foolbox's count); an older store is migrated in place when opened for writing (the new columns
+are NULL for its rows: never measured) and read as is.
 
 Durability: WAL journal with ``synchronous=FULL``. A unit's sample rows and its ``units`` row are written
 in one transaction; once :meth:`ResultsStore.write_unit` returns, the unit survives a kill -9 of the
@@ -48,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -65,7 +67,8 @@ from .errors import (
 from .export import write_tables
 from .skips import newly_skipped, skip_conflict
 from .rows import (
-    BOOL_COLUMNS, OPTIONAL_SAMPLE_COLUMNS, REQUIRED_SAMPLE_COLUMNS, SAMPLE_COLUMNS, canonical_json, stable_key,
+    BOOL_COLUMNS, FLOAT_COLUMNS, OPTIONAL_SAMPLE_COLUMNS, REQUIRED_SAMPLE_COLUMNS, SAMPLE_COLUMNS, canonical_json,
+    stable_key,
 )
 from .schema import EVAL_KINDS, JSON_COLUMNS, MIGRATIONS, SCHEMA, SCHEMA_VERSION  # noqa: F401 (API)
 from .write_unit import (
@@ -244,17 +247,19 @@ class ResultsStore:
     def impossible_rows(self) -> list[str]:
         """Sample rows holding values no evaluation writes (an edited or damaged row that SQLite's quick_check
         passes, as it does not check CHECK constraints): a 0/1 column with another value, a confidence outside
-        [0, 1], a negative prediction or perturbation norm, top-1 correct but not top-5. One text per kind, with
-        its count and a first sample."""
+        [0, 1], a negative prediction or perturbation norm, an L0 norm that is no whole count, top-1 correct but not
+        top-5. One text per kind, with its count and a first sample."""
         missing = getattr(self, "_missing_columns", set())
         rules = [(f"{c} not 0/1", f"{c} IS NOT NULL AND {c} NOT IN (0, 1)") for c in sorted(BOOL_COLUMNS)]
         rules += [("confidence outside [0, 1]", "NOT (confidence BETWEEN 0 AND 1)"),
                   ("a negative prediction", "pred < 0"),  # labels may be -1 (OOD images have no class)
                   ("a negative perturbation norm", "linf < 0 OR l2 < 0"),
+                  ("a negative L1 norm", "l1 < 0"),  # a rule of its own: a store older than the column skips it
+                  ("an L0 norm that is no count of changed values", "l0 < 0 OR l0 <> ROUND(l0)"),
                   ("top-1 correct but not top-5", "correct1 = 1 AND correct5 = 0"),
                   ("plain top-1 correct but not top-5", "plain_correct1 = 1 AND plain_correct5 = 0"),
                   ("clean top-1 correct but not top-5", "clean_correct1 = 1 AND clean_correct5 = 0")]
-        rules = [(what, where) for what, where in rules if not any(c in where for c in missing)]
+        rules = [(what, where) for what, where in rules if not any(re.search(rf"\b{c}\b", where) for c in missing)]
         if not self._query("SELECT 1 FROM samples WHERE " + " OR ".join(f"({w})" for _, w in rules) + " LIMIT 1"):
             return []  # one pass over the samples when they are sound; the details only for a damaged store
         out = []
@@ -525,7 +530,8 @@ class ResultsStore:
 
         ``rows``: a dict of equal-length sequences (lists, numpy arrays, tensors converted by the
         caller) or a list of dicts, with sample_id, label, pred, correct1, correct5, confidence and
-        optionally clean_correct1, linf, l2 (NULL when absent). Booleans are stored as 0/1.
+        optionally clean_correct1, linf, l2, l1, l0 and the other ``OPTIONAL_SAMPLE_COLUMNS`` (NULL when absent).
+        Booleans are stored as 0/1.
 
         Writing a unit that is already committed is a no-op returning False when the rows are the same
         (ints equal, floats within 1e-9 relative) -- so a resumed or duplicated rank is harmless -- and
@@ -654,7 +660,7 @@ class ResultsStore:
                 columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Per-sample rows (optionally of one model and/or evaluation), ordered by key and sample_id.
 
-        correct1/correct5 are 0/1 ints; clean_correct1 is a nullable Int64; linf/l2 NaN when absent.
+        correct1/correct5 are 0/1 ints; clean_correct1 is a nullable Int64; linf/l2/l1/l0 NaN when absent.
         """
         cols = ["model_key", "eval_key", "unit", *SAMPLE_COLUMNS] if columns is None else list(columns)
         allowed = {"model_key", "eval_key", "unit", *SAMPLE_COLUMNS}
@@ -674,13 +680,13 @@ class ResultsStore:
         sql += " ORDER BY model_key, eval_key, sample_id"
         df = self._frame(sql, params)
         if df.empty:
-            df = pd.DataFrame({c: pd.Series(dtype="float64" if c in ("confidence", "linf", "l2") else
+            df = pd.DataFrame({c: pd.Series(dtype="float64" if c in FLOAT_COLUMNS else
                                             "object" if c in ("model_key", "eval_key") else "int64")
                                for c in cols})
         for c in OPTIONAL_SAMPLE_COLUMNS:
             if c in df and c in BOOL_COLUMNS:
                 df[c] = pd.array(df[c].tolist(), dtype="Int64")
-        for c in ("linf", "l2", "confidence"):
+        for c in FLOAT_COLUMNS:
             if c in df:
                 df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
         return df

@@ -11,9 +11,13 @@ import pandas as pd
 from ..keys import canonical_json, stable_key  # noqa: F401  (the store's encoding, re-exported)
 
 SAMPLE_COLUMNS = ("sample_id", "label", "pred", "correct1", "correct5", "confidence",
-                  "clean_correct1", "linf", "l2", "clean_correct5", "plain_correct1", "plain_correct5")
+                  "clean_correct1", "linf", "l2", "clean_correct5", "plain_correct1", "plain_correct5", "l1", "l0")
 REQUIRED_SAMPLE_COLUMNS = ("sample_id", "label", "pred", "correct1", "correct5", "confidence")
-OPTIONAL_SAMPLE_COLUMNS = ("clean_correct1", "linf", "l2", "clean_correct5", "plain_correct1", "plain_correct5")
+OPTIONAL_SAMPLE_COLUMNS = ("clean_correct1", "linf", "l2", "clean_correct5", "plain_correct1", "plain_correct5", "l1",
+                           "l0")
+#: per-sample perturbation norms (``schema``: l0 counts changed values over every channel); NULL when not measured
+NORM_COLUMNS = ("linf", "l2", "l1", "l0")
+FLOAT_COLUMNS = ("confidence", *NORM_COLUMNS)
 BOOL_COLUMNS = {"correct1", "correct5", "clean_correct1", "clean_correct5", "plain_correct1", "plain_correct5"}
 _INT_COLUMNS = {"sample_id", "label", "pred"} | BOOL_COLUMNS
 

@@ -12,7 +12,7 @@ Two parts, each printed as it is found:
    run only are differences too, counted, with the first few named (model and evaluation names, not only
    keys). Each difference prints one ``DIFF:`` line.
 
-Float fields (confidence, linf, l2 and the numbers inside checks and diagnostics) compare exactly by
+Float fields (confidence, the norms linf, l2, l1, l0 and the numbers inside checks and diagnostics) compare exactly by
 default: the same code on the same machine is deterministic (every unit is seeded from the run seed, the
 evaluation and the unit). ``tolerance`` (``--tolerance``) accepts an absolute difference up to that value, for
 reruns on other hardware (another BLAS, GPU kernels); integers (labels, predictions, correctness) and check
@@ -35,14 +35,14 @@ import numpy as np
 import pandas as pd
 
 from .manifest import ManifestError, compare_manifests, read_manifest
-from .rows import SAMPLE_COLUMNS
+from .rows import FLOAT_COLUMNS, SAMPLE_COLUMNS
 from .results import ResultsStore
 
 STORE_NAME = "results.sqlite"
 SHOW = 5  # differences named per kind; the rest are counted
 MACHINE_FIELDS = {"checkpoint", "spec"}  # model info that names a path on this machine, not a result
 SAMPLE_FIELDS = ("unit",) + tuple(c for c in SAMPLE_COLUMNS if c != "sample_id")
-FLOAT_FIELDS = {"confidence", "linf", "l2"}  # the only per-sample fields --tolerance applies to
+FLOAT_FIELDS = set(FLOAT_COLUMNS)  # the only per-sample fields --tolerance applies to
 TIMING = re.compile(r"(^|_)(seconds|secs|elapsed|duration|wall_time|time_s)$")  # measure the machine, not a result
 
 
@@ -201,7 +201,13 @@ class StoreComparison:
                 self.diff(f"{len(ids)} sample row(s) of {where} only in run {side}: sample ids " + _first(ids))
         both = joined[joined["_merge"] == "both"]
         self.rows[0] += len(both)
+        older = {c for s in (self.a, self.b) for c in getattr(s, "_missing_columns", ())}
         for c in SAMPLE_FIELDS:
+            if c in older:  # a store of an older schema never measured it: nothing to compare, not a difference
+                if c not in self.__dict__.setdefault("told_older", set()):
+                    self.told_older.add(c)
+                    self.out(f"INFO: sample field {c} is not in both stores (an older store schema); not compared")
+                continue
             x, y = both[f"{c}_a"], both[f"{c}_b"]
             bad = _differs(x, y, self.tol if c in FLOAT_FIELDS else 0.0)
             if bad.any():
@@ -243,6 +249,10 @@ class StoreComparison:
                 self.diff(f"meta record {key!r} only in run {'a' if key in a else 'b'}")
                 continue
             va, vb = a[key], b[key]
+            if key == "schema_version":  # how the store is laid out (an older one is read as is), not a result
+                if va != vb:
+                    self.out(f"INFO: store schema version differs: {va} vs {vb}")
+                continue
             if key == "suite" and isinstance(va, dict) and isinstance(vb, dict):  # the suite file's path is local
                 if va.get("path") != vb.get("path"):
                     self.out(f"INFO: suite file path differs: {va.get('path')} vs {vb.get('path')}")
