@@ -68,9 +68,10 @@ def parse_eps(value: Any, where: str) -> float:
         raise SuiteError(f"{where}: eps {value!r} is not a number or fraction like '4/255'") from None
 
 
-def eps_label(eps: Any) -> str:
+def eps_label(eps: Any, norm: str | None = None) -> str:
     """The one way a budget is written: 8/255 for multiples of 1/255 (to a relative 1e-6), else a short
-    decimal; '0' for zero, '?' when unknown."""
+    decimal; '0' for zero, '?' when unknown. With ``norm`` L2, L1 or L0 always the decimal: such a budget is no
+    number of pixel levels (L1 2.0 is '2', not '510/255')."""
     if eps is None or isinstance(eps, bool) or (isinstance(eps, float) and math.isnan(eps)):
         return "?"
     try:
@@ -79,6 +80,8 @@ def eps_label(eps: Any) -> str:
         return str(eps)
     if eps == 0:
         return "0"
+    if norm in ("L2", "L1", "L0"):  # any other (None, '?', Linf): the Linf default
+        return f"{eps:.4g}"
     k = eps * 255
     if round(k) >= 1 and abs(k - round(k)) < 1e-6 * max(1.0, abs(k)):
         return f"{int(round(k))}/255"
@@ -86,12 +89,14 @@ def eps_label(eps: Any) -> str:
 
 
 def attack_label(name: str, params: dict[str, Any], skip: tuple[str, ...] = ("seed",)) -> str:
-    """'pgd eps=4/255 steps=10': an attack and its parameters (Linf, the default norm, left out)."""
+    """'pgd eps=4/255 steps=10': an attack and its parameters (Linf, the default norm, left out; the budget
+    written as ``eps_label`` writes it in the attack's norm)."""
     parts = [name]
     for k, v in params.items():
         if k in skip or (k == "norm" and v == "Linf"):
             continue
-        parts.append(f"{k}={eps_label(v) if k == 'eps' and isinstance(v, (int, float)) else v}")
+        budget = k == "eps" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        parts.append(f"{k}={eps_label(v, str(params.get('norm', 'Linf'))) if budget else v}")
     return " ".join(str(p) for p in parts)
 
 

@@ -243,3 +243,15 @@ def test_verify_compares_l1_and_l0_and_leaves_them_out_against_an_older_store(tm
     assert main(["verify", str(old), str(tmp_path / "a")]) == 0
     printed = capsys.readouterr().out
     assert "INFO: sample field l1 is not in both stores" in printed and "differ in" not in printed
+
+
+def test_an_l1_or_l0_budget_is_written_as_a_number_not_in_pixel_levels():
+    """1/255 steps are Linf pixel levels; an L1 budget of 2.0 is '2' (not '510/255') in every label."""
+    from robustbench_rpc.evalspec import attack_label, eps_label
+    from robustbench_rpc.reports.protocol import eval_label
+
+    assert eps_label(2.0, "L1") == "2" and eps_label(12, "L0") == "12" and eps_label(1.0, "L2") == "1"
+    assert eps_label(8 / 255) == eps_label(8 / 255, "Linf") == eps_label(8 / 255, "?") == "8/255"
+    assert attack_label("apgd", {"norm": "L1", "eps": 2.0, "n_iter": 10}) == "apgd norm=L1 eps=2 n_iter=10"
+    assert attack_label("pgd", {"eps": 4 / 255, "steps": 10}) == "pgd eps=4/255 steps=10"
+    assert eval_label({"kind": "attack", "name": "apgd", "params": {"norm": "L1", "eps": 2.0}}) == "apgd L1 eps=2"

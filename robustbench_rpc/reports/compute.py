@@ -32,7 +32,7 @@ class WorstGroup:
     @property
     def label(self) -> str:
         space = " (normalized eps)" if self.threat[0] == "normalized" else ""
-        return f"worst case over {len(self.eval_keys)} attacks {self.norm} eps={format_eps(self.eps)}{space}"
+        return f"worst case over {len(self.eval_keys)} attacks {self.norm} eps={format_eps(self.eps, self.norm)}{space}"
 
 
 def worst_groups(data: RunData) -> list[WorstGroup]:

@@ -132,7 +132,7 @@ def attack_columns(data: RunData) -> tuple[list[Column], list[str]]:
 
     def where(dataset, norm, eps, p):
         return ((f"{dataset} " if a_multi_ds else "") + (f"{norm} " if len(norms) > 1 else "")
-                + format_eps(eps) + threat_suffix(p))
+                + format_eps(eps, norm) + threat_suffix(p))
 
     for key in sorted(budgets):
         dataset, norm, _, eps = key

@@ -25,7 +25,7 @@ def eval_label(info: dict) -> str:
     p = info.get("params") or {}
     kind = info.get("kind")
     if kind == "attack":
-        label = f"{attack_name(info)} {p.get('norm', '?')} eps={format_eps(p.get('eps'))}"
+        label = f"{attack_name(info)} {p.get('norm', '?')} eps={format_eps(p.get('eps'), p.get('norm'))}"
         steps = p.get("steps")
         return label + (f" ({steps} step{'' if steps == 1 else 's'})" if steps is not None else "")
     if kind == "corruption":

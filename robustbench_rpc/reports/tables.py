@@ -84,7 +84,7 @@ def _eps_cell(params: dict) -> str:
     eps = params.get("eps")
     if eps is None:
         return NA
-    return format_eps(eps) + (" (norm.)" if params.get("space") == "normalized" else "")
+    return format_eps(eps, params.get("norm")) + (" (norm.)" if params.get("space") == "normalized" else "")
 
 
 def _attack_row_cells(data: RunData, e: str, norm: str, tidy: list[dict]) -> tuple[list, list]:
