@@ -34,7 +34,7 @@ def adaptive_pairs(store: ResultsStore, model_key: str) -> tuple[dict, dict]:
             continue
         ids = sorted(set.intersection(*(set(f.index) for f in frames)))
         cols = [f.loc[ids].to_numpy() for f in frames]
-        label = (f"{dataset} " if several else "") + f"{norm} {eps_label(eps)}"
+        label = (f"{dataset} " if several else "") + f"{norm} {eps_label(eps, norm)}"
         standard[label] = np.logical_and.reduce(cols[:len(roles["standard"])])
         adaptive[label] = np.logical_and.reduce(cols)
     return standard, adaptive

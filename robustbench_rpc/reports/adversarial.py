@@ -39,7 +39,7 @@ def external_table(data: RunData) -> Table | None:
             clean = s["clean_correct1"].astype(float).to_numpy()
             c, clo, chi = metrics.accuracy_ci(clean.astype(bool))
             rows.append([data.name(mk), f"{p.get('adversarial_format')} sha256 {str(p.get('adversarial_sha256'))[:12]}",
-                         f"{p.get('norm')} {eps_label(p.get('eps'))}", fmt_ci(c, clo, chi), fmt_ci(acc, lo, hi),
+                         f"{p.get('norm')} {eps_label(p.get('eps'), p.get('norm'))}", fmt_ci(c, clo, chi), fmt_ci(acc, lo, hi),
                          str(len(s)), "yes" if complete else "no"])
             tidy.append({"model": data.name(mk), "eval_key": ek, "external": True,
                          "adversarial_sha256": p.get("adversarial_sha256"), "format": p.get("adversarial_format"),
@@ -84,7 +84,7 @@ def transfer_tables(df: pd.DataFrame) -> list[Table]:
                 text = fmt_ci(r.accuracy, r.lo, r.hi) if r is not None else None
                 row.append(f"{text} (white-box)" if text and s == t else text)
             rows.append(row)
-        what = f"{first['attack']} {first['norm']} eps={eps_label(first['eps'])}"
+        what = f"{first['attack']} {first['norm']} eps={eps_label(first['eps'], first['norm'])}"
         out.append(Table(f"transfer_{slug(what)}{'_8bit' if quantized else ''}",
                          f"Transfer matrix: {what}{', rounded to 8 bits' if quantized else ''}",
                          ["Source \\ target"] + targets, rows, part.reset_index(drop=True),
@@ -121,7 +121,7 @@ def transfer_plots(df: pd.DataFrame, folder: Path) -> list[Plot]:
         ax.set_xlabel("target model")
         ax.set_ylabel("source model")
         fig.colorbar(im, ax=ax, label="robust accuracy (%)")
-        what = f"{first['attack']} {first['norm']} eps={eps_label(first['eps'])}"
+        what = f"{first['attack']} {first['norm']} eps={eps_label(first['eps'], first['norm'])}"
         fig.tight_layout()
         plots.append(_save(fig, folder, f"transfer_{slug(what)}{'_8bit' if quantized else ''}_heatmap",
                            f"Transfer heat map: {what}{', 8-bit' if quantized else ''}",
