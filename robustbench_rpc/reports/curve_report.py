@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..evalspec import eps_label
 from .curves import curve, median_norm, minimal_norms_from_rows, not_tight, optimality, per_sample_best
 from .data import RunData, slug
 from .plots import Plot, _save, plt
@@ -37,7 +38,7 @@ def _rows(data: RunData, model_key: str, eval_key: str) -> pd.DataFrame:
 
 def _label(info: dict) -> str:
     params = {k: v for k, v in info["params"].items() if k not in ("curve", "norm")}
-    inner = ", ".join(f"{k}={v}" for k, v in params.items())
+    inner = ", ".join(f"{k}={eps_label(v, info['params'].get('norm')) if k == 'eps' else v}" for k, v in params.items())
     return f"{info['name']}({inner})" if inner else str(info["name"])
 
 
