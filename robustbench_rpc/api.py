@@ -222,6 +222,7 @@ def benchmark(model: nn.Module | str, *, suite: str = "quick", data_config: Mapp
     from .evaluation.plan import RunConfig
     from .reports import build_report
     from .reports.data import RunData
+    from .reports.curve_report import curves_section
     from .reports.tables import all_tables
     from .store.results import ResultsStore
 
@@ -245,7 +246,7 @@ def benchmark(model: nn.Module | str, *, suite: str = "quick", data_config: Mapp
         build_report(out)
     data = RunData.load(out)
     try:
-        built = all_tables(data)
+        built = all_tables(data) + curves_section(data, None)[0]  # kind = "curve": robust accuracy vs eps
     finally:
         data.close()
     with ResultsStore(out / STORE_NAME, readonly=True) as store:

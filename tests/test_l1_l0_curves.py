@@ -90,8 +90,11 @@ def test_l0_curve_through_benchmark_stores_the_count_of_changed_values(tmp_path)
     out = tmp_path / "out"
     with warnings.catch_warnings():  # 20 FMN steps: the attack-failure indicators may say so; not this test's topic
         warnings.simplefilter("ignore", TrustCheckWarning)
-        robustbench_rpc.benchmark("symvit_micro_patch4_32:packaged", suite=str(suite), out=out, device="cpu")
+        result = robustbench_rpc.benchmark("symvit_micro_patch4_32:packaged", suite=str(suite), out=out,
+                                           device="cpu")
     table = pd.read_csv(out / "tables" / "curve_l0_micro.csv")
+    assert np.allclose(result.tables["curve_l0_micro"]["median_norm"].astype(float), table["median_norm"],
+                       equal_nan=True)  # benchmark() returns the curve's table as the report writes it
     minimal = table[table["kind"] == "minimum-norm"].iloc[0]
     assert math.isfinite(minimal["median_norm"]) and float(minimal["median_norm"]).is_integer()
     assert (table["kind"] == "fixed-budget").sum() == 1

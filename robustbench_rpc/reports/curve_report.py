@@ -49,8 +49,9 @@ def _axis_label(norm: str, params: dict) -> str:
     return f"eps ({norm}, {'normalized' if params.get('space') == 'normalized' else 'pixel'} units)"
 
 
-def curves_section(data: RunData, out: Path) -> tuple[list[Table], list[Plot]]:
-    """Tables and plots of every curve of the run; ([], []) when it has none."""
+def curves_section(data: RunData, out: Path | None) -> tuple[list[Table], list[Plot]]:
+    """Tables and plots (under ``out/plots``; none when ``out`` is None: ``benchmark()`` wants the numbers only)
+    of every curve of the run; ([], []) when it has none."""
     tables: list[Table] = []
     plots: list[Plot] = []
     for name, infos in _curve_evals(data).items():
@@ -119,6 +120,9 @@ def curves_section(data: RunData, out: Path) -> tuple[list[Table], list[Plot]]:
                       "attacks were not tight there)."]
             + (["L0: the number of changed input values of the perturbation, each channel value counted separately "
                 "(foolbox's L0 and FMN-L0's count)."] if norm == "L0" else [])))
+        if out is None:
+            plt.close(fig)
+            continue
         plots.append(_save(fig, Path(out) / "plots", table_name, f"Robust accuracy vs eps: {name}",
                            "From the per-sample minimal norms (band: Wilson 95 %); x: fixed-budget attacks."))
     return tables, plots
