@@ -36,8 +36,9 @@ _CONTRACT_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "num
 @dataclass
 class BenchmarkResult:
     """What ``benchmark`` measured, read back from the run's store: ``headline`` (the report's headline table as
-    it shows it: one row per model, cells with their 95% intervals), ``tables`` (every report table by name as
-    tidy numbers: fractions, interval bounds, n), ``out`` (the run folder) and ``checks`` (every trust check:
+    it shows it: one row per model, cells with their 95% intervals), ``tables`` (the report's tables by name as
+    tidy numbers: fractions, interval bounds, n; the diagnostics and adversarial-set tables, which come with
+    their plots, are in the run folder's ``tables/``), ``out`` (the run folder) and ``checks`` (every trust check:
     check, status, message); ``failed_checks`` names the checks that FAILed: the numbers they concern are not
     to be trusted as they stand (``benchmark`` also warns)."""
 
@@ -223,6 +224,7 @@ def benchmark(model: nn.Module | str, *, suite: str = "quick", data_config: Mapp
     from .reports import build_report
     from .reports.data import RunData
     from .reports.curve_report import curves_section
+    from .reports.queries_report import indicators_table, queries_table
     from .reports.tables import all_tables
     from .store.results import ResultsStore
 
@@ -247,6 +249,7 @@ def benchmark(model: nn.Module | str, *, suite: str = "quick", data_config: Mapp
     data = RunData.load(out)
     try:
         built = all_tables(data) + curves_section(data, None)[0]  # kind = "curve": robust accuracy vs eps
+        built += [t for t in (queries_table(data), indicators_table(data)) if t is not None]  # attack costs
     finally:
         data.close()
     with ResultsStore(out / STORE_NAME, readonly=True) as store:

@@ -124,11 +124,12 @@ eps = "8/255"
 steps = 5
 random_start = false
 """)
-    robustbench_rpc.benchmark(Saturated(model).eval(), suite=str(suite), out=tmp_path / "out",
+    result = robustbench_rpc.benchmark(Saturated(model).eval(), suite=str(suite), out=tmp_path / "out",
                               data_config={"input_size": (3, 32, 32), "num_classes": 10, "interpolation": "bilinear",
                                            "crop_pct": 1.0})
     table = pd.read_csv(tmp_path / "out" / "tables" / "indicators.csv")
     row = table.iloc[0]
+    assert result.tables["indicators"]["verdict"].tolist() == [row["verdict"]]  # benchmark() returns it too
     assert row["zero_gradients"] == "fail" and row["verdict"] == "attack stalled (zero gradients)"
     checks = pd.read_csv(tmp_path / "out" / "tables" / "checks.csv")
     zero = checks[checks["check"] == "zero_gradients"].iloc[0]
@@ -196,3 +197,25 @@ alpha_rel = 0.1
     checks = pd.read_csv(out / "tables" / "checks.csv")
     unstable = checks[checks["check"] == "unstable_predictions"]
     assert len(unstable) == 2 and set(unstable["status"]) == {"pass"}
+
+
+def test_a_minimum_norm_attack_given_an_eps_is_no_silent_success_beyond_it(micro):
+    """FMN given an eps walks past it to the boundary and back: adversarial points beyond the budget are not
+    examples it could have returned, so they are not silent successes; the same path read without the budget
+    would have been."""
+    from robustbench_rpc.attacks.indicators import PathRecorder, Threat, indicator_values
+
+    model, x, y = micro
+    attack = get_attack("fmn", norm="L2", eps=0.3, steps=30)
+    recorder = PathRecorder(model, x, y, threat=Threat.of(attack, model))
+    adv = attack(recorder, x, y)
+    with torch.no_grad():
+        clean_ok, still = model(x).argmax(1) == y, model(adv).argmax(1) == y
+    unbroken = [i for i in range(len(x)) if clean_ok[i] and still[i]]
+    beyond = [i for i in unbroken if any(m < 0 for m in recorder.margins[i])]
+    assert beyond, "the test needs an unbroken sample whose path crossed the boundary beyond eps"
+    assert all(not ok for i in beyond for m, ok in zip(recorder.margins[i], recorder.inside[i]) if m < 0)
+    values = indicator_values(recorder, clean_ok, still)
+    assert not any(values["silent_success"][i] for i in beyond)
+    recorder.inside = [[True] * len(m) for m in recorder.margins]  # the budget ignored: a false silent success
+    assert any(indicator_values(recorder, clean_ok, still)["silent_success"][i] for i in beyond)

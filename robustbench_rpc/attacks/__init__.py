@@ -7,7 +7,8 @@ them. See ``evaluate`` (recomputed per-sample outcomes), ``presets`` (named atta
 (trust checks: monotonicity, large eps, gradient masking, differentiability, stochasticity) and
 ``adaptive`` (bpda, transfer, model_dynamics and the adaptive-evaluation checks).
 """
-from . import apgd, autoattack, cw, cw_cleverhans, fgsm, noise, pgd, sld, spsa, square  # noqa: F401  (registers the attacks)
+# registers the attacks
+from . import apgd, autoattack, cw, cw_cleverhans, fgsm, noise, pgd, sld, spsa, square  # noqa: F401
 from .autoattack import AutoAttack, FewClassesWarning
 from .base import (
     ATTACKS, Attack, GradientAttack, ModelOutputError, attack_class, get_attack, is_gradient_based, list_attacks,

@@ -90,7 +90,7 @@ class QueryCounter(nn.Module):
             if inner is not None:
                 out = out.index_copy(0, keep, inner.to(out.dtype))
         self._count(self.forwards, owners[allowed])
-        seen = self._observe(out, owners, allowed)
+        seen = self._observe(x, out, owners, allowed)
         if x.requires_grad and torch.is_grad_enabled():
             counted = owners[allowed]
 
@@ -101,9 +101,9 @@ class QueryCounter(nn.Module):
             x.register_hook(on_backward)
         return out
 
-    def _observe(self, out: torch.Tensor, owners: torch.Tensor, allowed: torch.Tensor):
-        """A subclass's look at a call's logits (``PathRecorder``: the margins); what it returns reaches
-        ``_observe_grad`` with the gradient of the same call's input."""
+    def _observe(self, x: torch.Tensor, out: torch.Tensor, owners: torch.Tensor, allowed: torch.Tensor):
+        """A subclass's look at a call's inputs and logits (``PathRecorder``: the margins); what it returns
+        reaches ``_observe_grad`` with the gradient of the same call's input."""
         return None
 
     def _observe_grad(self, grad: torch.Tensor, seen) -> None:

@@ -5,7 +5,7 @@ sample's path), so the run stores forwards and backwards per sample and the indi
 from __future__ import annotations
 
 from .accounting import QueryCounts
-from .indicators import PathRecorder, indicator_values
+from .indicators import PathRecorder, Threat, indicator_values
 
 
 #: the key under which an attack unit's per-sample counts travel with its rows to the harness (never stored as
@@ -28,7 +28,7 @@ class CountQueries:
         return getattr(self.__dict__["_attack"], name)
 
     def __call__(self, model, x, y):
-        self.recorder = PathRecorder(model, x, y, self.query_budget)
+        self.recorder = PathRecorder(model, x, y, self.query_budget, Threat.of(self._attack, model))
         out = self._attack(self.recorder, x, y)
         self.counts = self.recorder.counts()
         return out

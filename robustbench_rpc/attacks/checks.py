@@ -34,7 +34,8 @@ STATUSES = ("pass", "warn", "fail")
 ADAPTIVE_HINT = ("evaluate it with the adaptive attacks: 'bpda' (declare a differentiable backward for that layer, "
                  "robustbench_rpc.adaptive_protocol) or 'transfer' (surrogate=MODEL[:CHECKPOINT] or self:no-pap), "
                  "e.g. the 'adaptive' preset")
-__all__ = ["CheckResult", "EOTModel", "check_chance_level", "check_differentiability", "check_gradient_masking", "check_large_eps",
+__all__ = ["CheckResult", "EOTModel", "check_chance_level", "check_differentiability", "check_gradient_masking",
+           "check_large_eps",
            "check_monotone_in_eps", "detect_stochastic"]
 
 

@@ -28,7 +28,8 @@ class CW(GradientAttack):
     eps_required = False
 
     def __init__(self, eps: float | None = None, norm: str = "L2", c: float = 1.0, kappa: float = 0.0,
-                 steps: int = 50, lr: float = 0.01, binary_search_steps: int = 1, space: str = "pixel", clip: bool = True,
+                 steps: int = 50, lr: float = 0.01, binary_search_steps: int = 1, space: str = "pixel",
+                 clip: bool = True,
                  labels: str = "true", seed: int | None = None,
                  batch_size: int | None = None, progress: bool | None = None):
         super().__init__(eps=eps, norm=norm, space=space, clip=clip, labels=labels, seed=seed,

@@ -19,7 +19,8 @@ class FGSM(GradientAttack):
 
     def __init__(self, eps: float | None = None, norm: str = "Linf", loss: str = "ce", amp_dtype=None,
                  space: str = "pixel", clip: bool = True,
-                 labels: str = "true", seed: int | None = None, batch_size: int | None = None, progress: bool | None = None):
+                 labels: str = "true", seed: int | None = None, batch_size: int | None = None,
+                 progress: bool | None = None):
         super().__init__(eps=eps, norm=norm, space=space, clip=clip, labels=labels, seed=seed,
                          batch_size=batch_size, progress=progress)
         if loss not in ("ce", "margin"):

@@ -13,7 +13,9 @@ The paper's six indicators and the trust check that decides each here (never two
 
 ==============================  ================================================================================
 silent success                  ``silent_success`` per attack evaluation: an unbroken sample's path held an
-                                adversarial point the attack did not return (FAIL if any)
+                                adversarial point within the attack's budget that the attack did not return
+                                (FAIL if any; a minimum-norm attack given an eps walks beyond it, and those
+                                points do not count)
 incomplete optimization         ``incomplete_optimization`` per attack evaluation: the reference's test on the
                                 min-max rescaled margin path made non-increasing (its running minimum): still
                                 falling by more than 0.05 over the last 10 calls; WARN above 10 % of the unbroken
@@ -36,12 +38,15 @@ them apart (``stalled_or_robust``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .accounting import QueryCounter
-from .base import eval_mode, model_device
+from .base import eval_mode, model_device, normalization_of
+from .budget import measure_budget
 from .checks import CheckResult
 
 ZERO_GRADIENTS_FAIL = 0.5
@@ -52,26 +57,65 @@ UNSTABLE_WARN = 0.1
 EVAL_CHECKS = ("silent_success", "zero_gradients", "incomplete_optimization", "transfer_failure")
 
 
-class PathRecorder(QueryCounter):
-    """The accounting wrapper, also keeping each sample's margins and input-gradient norms in call order (a row
-    refused by the query budget is not part of the path)."""
+@dataclass(frozen=True)
+class Threat:
+    """The budget a path point must keep to count as an adversarial example the attack could have returned
+    (``budget.measure_budget``'s test, the one that scores the returned images): a minimum-norm attack given
+    an eps walks beyond it on its way to the boundary, and those points are not silent successes."""
 
-    def __init__(self, model, clean: torch.Tensor, labels: torch.Tensor, query_budget: int | None = None):
+    eps: float
+    norm: str
+    clip: bool = True
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, attack, model) -> "Threat | None":
+        """The attack's threat model (None without an eps: every point of the path is within it)."""
+        eps, norm = getattr(attack, "eps", None), getattr(attack, "norm", None)
+        if eps is None or norm is None:
+            return None
+        mean = std = None
+        if getattr(attack, "space", "pixel") == "normalized":
+            mean, std = normalization_of(model)
+        return cls(float(eps), str(norm), bool(getattr(attack, "clip", True)), mean, std)
+
+    def within(self, clean: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        report = measure_budget(clean.to(x.device, x.dtype), x, self.eps, self.norm, clip=self.clip,
+                                mean=self.mean, std=self.std)
+        return ~(report.nonfinite_mask | report.outside_mask | report.over.to(report.outside_mask.device)).cpu()
+
+
+class PathRecorder(QueryCounter):
+    """The accounting wrapper, also keeping each sample's margins, input-gradient norms and whether each point
+    kept the attack's budget (``threat``; None: every point does), in call order (a row refused by the query
+    budget is not part of the path)."""
+
+    def __init__(self, model, clean: torch.Tensor, labels: torch.Tensor, query_budget: int | None = None,
+                 threat: Threat | None = None):
         super().__init__(model, clean, query_budget)
         self.labels = labels.detach().cpu().long()
+        self.threat = threat
+        self.clean_images = clean.detach()
         self.margins: list[list[float]] = [[] for _ in range(clean.shape[0])]
         self.grads: list[list[float | None]] = [[] for _ in range(clean.shape[0])]
+        self.inside: list[list[bool]] = [[] for _ in range(clean.shape[0])]
 
-    def _observe(self, out: torch.Tensor, owners: torch.Tensor, allowed: torch.Tensor):
+    def _observe(self, x: torch.Tensor, out: torch.Tensor, owners: torch.Tensor, allowed: torch.Tensor):
         logits = out.detach().float().cpu()
         y = self.labels[owners.clamp_min(0)]
         true = logits.gather(1, y[:, None]).squeeze(1)
         other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
+        inside = [True] * len(owners)
+        if self.threat is not None and len(owners):
+            clean = self.clean_images.to(x.device)[owners.clamp_min(0).to(x.device)]
+            inside = self.threat.within(clean, x.detach()).tolist()
         slots = []
         for row, (owner, ok, margin) in enumerate(zip(owners.tolist(), allowed.tolist(), (true - other).tolist())):
             if owner >= 0 and ok:
                 self.margins[owner].append(margin)
                 self.grads[owner].append(None)
+                self.inside[owner].append(bool(inside[row]))
                 slots.append((row, owner, len(self.grads[owner]) - 1))
         return slots
 
@@ -114,7 +158,7 @@ def indicator_values(recorder: PathRecorder, clean_ok, still, surrogate_fooled=N
                 out[name].append(None)
             continue
         adversarial = margins < 0
-        out["silent_success"].append(bool(adversarial.any()))
+        out["silent_success"].append(bool((adversarial & np.array(recorder.inside[i], dtype=bool)).any()))
         first = int(np.argmax(adversarial)) if adversarial.any() else margins.size
         grads = [g for g in recorder.grads[i][:first] if g is not None]
         out["zero_gradients"].append(float(np.mean(np.array(grads) <= 0)) if grads else None)
@@ -227,7 +271,7 @@ def unstable_predictions(model, images: torch.Tensor, labels: torch.Tensor, *, g
 def attack_indicators(model, attack, x: torch.Tensor, y: torch.Tensor, model_name: str = "the model"
                       ) -> tuple[torch.Tensor, list[CheckResult]]:
     """Run ``attack(model, x, y)`` through a ``PathRecorder``; (adversarial images, the indicators)."""
-    recorder = PathRecorder(model, x, y)
+    recorder = PathRecorder(model, x, y, threat=Threat.of(attack, model))
     x_adv = attack(recorder, x, y)
     with torch.no_grad():
         clean_ok = model(x).argmax(1).cpu() == y.cpu()

@@ -385,7 +385,8 @@ class Runner:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(p.seed)
             self._guarded(model_key, "large_eps", lambda: attack_checks.check_large_eps(model, x, y))
-            self._guarded(model_key, "differentiability", lambda: attack_checks.check_differentiability(model, x[:8], y[:8]))
+            self._guarded(model_key, "differentiability",
+                          lambda: attack_checks.check_differentiability(model, x[:8], y[:8]))
             self._guarded(model_key, "softmax_output", lambda: adaptive_checks.check_softmax_output(model, x[:8]))
             families = [{"name": e.name, **(e.resolved or {})} for e in p.evals if e.kind == "attack"]
             self._guarded(model_key, "eps_zero_identity",

@@ -83,7 +83,8 @@ def _fmt(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _markdown(df: pd.DataFrame) -> str:
-    cells = [[str(c) for c in df.columns]] + [["" if pd.isna(v) else str(v) for v in row] for row in df.itertuples(index=False)]
+    cells = [[str(c) for c in df.columns]] + [["" if pd.isna(v) else str(v) for v in row]
+                                              for row in df.itertuples(index=False)]
     lines = ["| " + " | ".join(r) + " |" for r in cells]
     lines.insert(1, "|" + "|".join("---" for _ in df.columns) + "|")
     return "\n".join(lines)

@@ -185,7 +185,8 @@ def read_checkpoint_file(path: str | Path, *, mmap: bool = False, trusted_global
                               "expected a file written by torch.save or a .safetensors file") from None
 
 
-def extract_state_dict(obj: Any, path: str | Path = "<checkpoint>", prefer_ema: bool = False) -> dict[str, torch.Tensor]:
+def extract_state_dict(obj: Any, path: str | Path = "<checkpoint>",
+                       prefer_ema: bool = False) -> dict[str, torch.Tensor]:
     """Find the model weights inside any of the supported layouts and strip wrapper prefixes."""
     sd = obj
     if isinstance(obj, Mapping):

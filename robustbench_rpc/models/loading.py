@@ -106,7 +106,8 @@ def data_config_of(model: nn.Module, data_config: Mapping[str, Any] | None = Non
         out["contract_source"] = "model" + (" (given: " + ", ".join(k for k in CONTRACT_KEYS if k in given) + ")"
                                             if given else "")
     classes = getattr(model, "num_classes", None)
-    out["num_classes"] = given.get("num_classes", classes if classes is not None else (declared or {}).get("num_classes"))
+    fallback = classes if classes is not None else (declared or {}).get("num_classes")
+    out["num_classes"] = given.get("num_classes", fallback)
     if out["num_classes"] is None:
         raise ModelContractError(f"{label} has no num_classes attribute and none was given: {HOW_TO_DECLARE}")
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)

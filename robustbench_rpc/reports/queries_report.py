@@ -81,6 +81,6 @@ def indicators_table(data: RunData) -> Table | None:
                            "attack's loss had a zero input gradient (FAIL above half the steps: the attack "
                            "stalled). incomplete_optimization: the best margin so far still fell by more than "
                            "0.05 (rescaled) over the last 10 calls (WARN above 10 % of the samples: the accuracy "
-                           "is an upper bound more steps may lower). transfer_failure (transfer attacks): fooled the surrogate, not the model. "
-                           "The model-wide indicators are the checks table's differentiability, "
-                           "unstable_predictions, stochastic_model and large_eps."])
+                           "is an upper bound more steps may lower). transfer_failure (transfer attacks): fooled "
+                           "the surrogate, not the model. The model-wide indicators are the checks table's "
+                           "differentiability, unstable_predictions, stochastic_model and large_eps."])
