@@ -219,3 +219,42 @@ def test_a_minimum_norm_attack_given_an_eps_is_no_silent_success_beyond_it(micro
     assert not any(values["silent_success"][i] for i in beyond)
     recorder.inside = [[True] * len(m) for m in recorder.margins]  # the budget ignored: a false silent success
     assert any(indicator_values(recorder, clean_ok, still)["silent_success"][i] for i in beyond)
+
+
+def test_a_run_stores_compact_paths_and_the_report_draws_them_under_the_indicators(micro, tmp_path):
+    """Each unit keeps the unbroken samples' margin paths (at most 32 points, 4 digits); the report draws their
+    median per model under the indicators table. A stalled attack's path is flat."""
+    from robustbench_rpc.reports.data import RunData
+    from robustbench_rpc.attacks.indicators import TRACE_POINTS
+
+    model, _, _ = micro
+    suite = tmp_path / "s.toml"
+    suite.write_text("""name = "s"
+version = 1
+description = "paths"
+[defaults]
+dataset = "digits32"
+batch_size = 8
+seed = 0
+limit = 8
+[[evaluation]]
+kind = "attack"
+attack = "pgd"
+eps = "8/255"
+steps = 40
+random_start = false
+""")
+    robustbench_rpc.benchmark(Saturated(model).eval(), suite=str(suite), out=tmp_path / "out",
+                              data_config={"input_size": (3, 32, 32), "num_classes": 10, "interpolation": "bilinear",
+                                           "crop_pct": 1.0})
+    data = RunData.load(tmp_path / "out")
+    try:
+        traces = [v["traces"] for k, v in data.meta.items() if k.startswith("queries/")]
+    finally:
+        data.close()
+    paths = [p for unit in traces for p in unit if p]
+    assert paths and all(len(p) == TRACE_POINTS for p in paths)  # 40 calls kept as 32 points
+    assert all(max(p) == min(p) for p in paths)  # zero gradients: the attack never moved
+    assert list((tmp_path / "out" / "plots").glob("attack_paths_*.png"))
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert html.index("Attack paths:") > html.index("Indicators of attack failure")

@@ -5,7 +5,7 @@ sample's path), so the run stores forwards and backwards per sample and the indi
 from __future__ import annotations
 
 from .accounting import QueryCounts
-from .indicators import PathRecorder, Threat, indicator_values
+from .indicators import PathRecorder, Threat, compact_traces, indicator_values
 
 
 #: the key under which an attack unit's per-sample counts travel with its rows to the harness (never stored as
@@ -35,7 +35,8 @@ class CountQueries:
 
     def stored(self, clean_correct=None, adv_correct=None) -> dict:
         """The counts as the run stores them (lists, in the order of the unit's samples), and, given the scored
-        outcomes, each sample's failure-indicator values (``indicators.indicator_values``)."""
+        outcomes, each sample's failure-indicator values (``indicators.indicator_values``) and the margin path
+        of each unbroken sample (``indicators.compact_traces``)."""
         c = self.counts
         if c is None:
             return {}
@@ -44,4 +45,5 @@ class CountQueries:
             fooled = getattr(self._attack, "surrogate_fooled", None)  # a transfer attack's surrogate verdicts
             out["indicators"] = indicator_values(self.recorder, clean_correct.tolist(), adv_correct.tolist(),
                                                  None if fooled is None else fooled.tolist())
+            out["traces"] = compact_traces(self.recorder, (clean_correct & adv_correct).tolist())
         return out

@@ -166,6 +166,23 @@ def indicator_values(recorder: PathRecorder, clean_ok, still, surrogate_fooled=N
     return out
 
 
+TRACE_POINTS = 32
+
+
+def compact_traces(recorder: PathRecorder, keep, points: int = TRACE_POINTS) -> list:
+    """Each kept sample's margin path, as a run stores it per unit: at most ``points`` values (the first, the
+    last and evenly spaced calls between; a path's shape, not every call) with 4 significant digits; None for
+    a sample not kept (``keep``: the unbroken clean-correct samples the indicators look at)."""
+    out = []
+    for i, path in enumerate(recorder.margins):
+        if not bool(keep[i]) or len(path) < 2:
+            out.append(None)
+            continue
+        at = np.unique(np.linspace(0, len(path) - 1, min(points, len(path))).round().astype(int))
+        out.append([float(f"{path[k]:.4g}") for k in at])
+    return out
+
+
 def _known(values: dict[str, list], name: str) -> list:
     return [v for v in values.get(name) or [] if v is not None]
 

@@ -14,7 +14,7 @@ from .data import STORE_FILENAME, RunData
 from .diagnostics import diagnostics_section
 from .html import page_plan, write_index, write_markdown
 from .plots import all_plots
-from .queries_report import indicators_table, queries_table
+from .queries_report import indicators_table, queries_table, trace_plots
 from .tables import all_tables, checks_summary
 
 _OWNED = "report_files.json"  # files written by the previous build, removed before a rebuild
@@ -73,6 +73,7 @@ def _write_report(data: RunData, run_dir: Path, out: Path) -> dict:
     c_tables, c_plots = curves_section(data, out)  # kind = "curve": robust accuracy vs eps from minimal norms
     tables, plots = tables + c_tables, plots + c_plots
     tables += [t for t in (queries_table(data), indicators_table(data)) if t is not None]  # each attack's cost
+    plots += trace_plots(data, out / "plots")  # each attack's path: stalled, stopped early or resisted
     for t in tables:
         paths.update(t.write(out / "tables"))
     for p in plots:

@@ -32,6 +32,8 @@ def _plot_anchor(name: str) -> str | None:
             return "corruptions_" + name[len(prefix):]
     if name == "deltas_vs_reference":
         return "comparison"
+    if name.startswith("attack_paths_"):
+        return "indicators"
     return None
 
 

@@ -3,11 +3,15 @@ them (``queries/<model_key>/<eval_key>/<unit>`` in the run's meta, counted by ``
 model wrapper, the attacks unchanged): mean per sample and total, per model and attack."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 
 from ..attacks.indicators import EVAL_CHECKS, stalled_or_robust
 from ..evalspec import attack_label
-from .data import RunData
+from .data import RunData, slug
+from .plots import Plot, _save, plt
 from .render import Table
 
 PREFIX = "queries/"
@@ -84,3 +88,43 @@ def indicators_table(data: RunData) -> Table | None:
                            "is an upper bound more steps may lower). transfer_failure (transfer attacks): fooled "
                            "the surrogate, not the model. The model-wide indicators are the checks table's "
                            "differentiability, unstable_predictions, stochastic_model and large_eps."])
+
+
+def _median_path(paths: list[list[float]], grid: np.ndarray) -> np.ndarray:
+    """The per-position median of paths of any length, each read at the same fractions of its calls."""
+    return np.median(np.stack([np.interp(grid, np.linspace(0, 1, len(p)), p) for p in paths]), axis=0)
+
+
+def trace_plots(data: RunData, folder: Path) -> list[Plot]:
+    """Per model, the median margin (true - best other logit) of the samples each attack did not break, along
+    the attack's calls (the paths each unit stored, ``attacks.indicators.compact_traces``): a line that never
+    moves is an attack that stalled, one still falling at the end an attack stopped early, one that levels off
+    above 0 a model that resisted. [] when the run stored no paths."""
+    per: dict[str, dict[str, list]] = {}
+    for key, value in data.meta.items():
+        if not key.startswith(PREFIX) or not isinstance(value, dict) or not isinstance(value.get("traces"), list):
+            continue
+        _, model_key, eval_key, _unit = key.split("/", 3)
+        per.setdefault(model_key, {}).setdefault(eval_key, []).extend(p for p in value["traces"] if p)
+    plots = []
+    grid = np.linspace(0, 1, 41)
+    for model_key, evals in sorted(per.items(), key=lambda kv: data.name(kv[0])):
+        evals = {e: paths for e, paths in evals.items() if paths}
+        if not evals:
+            continue
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for eval_key, paths in sorted(evals.items(), key=lambda kv: str(data.info(kv[0]).get("name"))):
+            info = data.info(eval_key)
+            ax.plot(grid, _median_path(paths, grid), label=f"{attack_label(str(info.get('name')), info['params'])} "
+                    f"(n={len(paths)})")
+        ax.axhline(0, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_xlabel("fraction of the attack's calls")
+        ax.set_ylabel("median margin of the unbroken samples")
+        ax.legend(fontsize=7)
+        name = data.name(model_key)
+        plots.append(_save(fig, Path(folder), f"attack_paths_{slug(name)}", f"Attack paths: {name}",
+                           "Median margin (true logit - best other; below 0 is adversarial) of the samples each "
+                           "attack did not break, at the same fractions of each sample's calls. Flat from the "
+                           "start: the attack stalled; still falling at the end: it stopped early; levelled off "
+                           "above 0: the model resisted it (see the indicators table)."))
+    return plots
