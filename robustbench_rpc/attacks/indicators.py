@@ -190,7 +190,11 @@ def _known(values: dict[str, list], name: str) -> list:
 def verdicts(values: dict[str, list], where: str) -> list[CheckResult]:
     """The indicators' verdicts over the samples ``values`` covers (``indicator_values``, possibly the
     concatenation of many units); ``where`` names the attack and the model. An indicator the values do not hold
-    (a store written before it was recorded, a non-transfer attack's transfer failure) gets no verdict."""
+    (a store written before it was recorded, a non-transfer attack's transfer failure) gets no verdict, and an
+    evaluation none of whose samples could be judged (every sample broken, or one model call per sample, as
+    FGSM makes) gets none at all: there is nothing to tell apart."""
+    if not any(_known(values, name) for name in EVAL_CHECKS):
+        return []
     results = []
     if "silent_success" in values:
         silent = _known(values, "silent_success")
@@ -233,11 +237,9 @@ def verdicts(values: dict[str, list], where: str) -> list[CheckResult]:
     return results
 
 
-def stalled_or_robust(statuses: dict[str, str], incomplete_share: float = 0.0, unbroken: int | None = None) -> str:
-    """One phrase for a report from an evaluation's indicator statuses (check name -> status), the share of
-    its unbroken samples whose loss was still falling and their number."""
-    if unbroken == 0:
-        return "no unbroken samples: nothing to tell apart"
+def stalled_or_robust(statuses: dict[str, str], incomplete_share: float = 0.0) -> str:
+    """One phrase for a report from an evaluation's indicator statuses (check name -> status) and the share of
+    its unbroken samples whose loss was still falling."""
     if statuses.get("zero_gradients") == "fail":
         return "attack stalled (zero gradients)"
     if statuses.get("silent_success") == "fail":

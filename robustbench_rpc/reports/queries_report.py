@@ -60,6 +60,14 @@ def indicators_table(data: RunData) -> Table | None:
     ck = ck[ck["check"].isin(EVAL_CHECKS) & ck["eval_key"].map(lambda e: isinstance(e, str) and bool(e))]
     if ck.empty:
         return None
+    judged_n = ck["details"].map(lambda d: d.get("n", 0) if isinstance(d, dict) else 0)
+    ck = ck[judged_n.groupby([ck["model_key"], ck["eval_key"]]).transform("max") > 0]  # an older store's empty rows
+    if ck.empty:
+        return None
+    judged = set(zip(ck["model_key"], ck["eval_key"]))
+    stored = {tuple(k.split("/", 3)[1:3]) for k, v in data.meta.items()
+              if k.startswith(PREFIX) and isinstance(v, dict) and isinstance(v.get("indicators"), dict)}
+    unjudged = len(stored - judged)
     rows, tidy = [], []
     for (model_key, eval_key), group in sorted(ck.groupby(["model_key", "eval_key"]),
                                                key=lambda kv: (data.name(kv[0][0]), kv[0][1])):
@@ -69,8 +77,7 @@ def indicators_table(data: RunData) -> Table | None:
         details = dict(zip(group["check"], group["details"]))
         n = next((d.get("n") for d in details.values() if isinstance(d, dict) and "n" in d), None)
         incomplete = details.get("incomplete_optimization")
-        verdict = stalled_or_robust(statuses, incomplete.get("share", 0.0) if isinstance(incomplete, dict) else 0.0,
-                                    n)
+        verdict = stalled_or_robust(statuses, incomplete.get("share", 0.0) if isinstance(incomplete, dict) else 0.0)
         cells = [statuses.get(c, "").upper() or "-" for c in EVAL_CHECKS]
         rows.append([data.name(model_key), attack, "" if n is None else str(n), verdict, *cells])
         tidy.append({"model": data.name(model_key), "attack": attack, "eval_key": eval_key, "unbroken": n,
@@ -87,7 +94,9 @@ def indicators_table(data: RunData) -> Table | None:
                            "0.05 (rescaled) over the last 10 calls (WARN above 10 % of the samples: the accuracy "
                            "is an upper bound more steps may lower). transfer_failure (transfer attacks): fooled "
                            "the surrogate, not the model. The model-wide indicators are the checks table's "
-                           "differentiability, unstable_predictions, stochastic_model and large_eps."])
+                           "differentiability, unstable_predictions, stochastic_model and large_eps."],
+                 notes=[f"Not listed: {unjudged} model and attack pairs with nothing to judge (every sample broken, "
+                        "or one model call per sample, as FGSM makes)."] if unjudged else [])
 
 
 def _median_path(paths: list[list[float]], grid: np.ndarray) -> np.ndarray:
@@ -112,7 +121,7 @@ def trace_plots(data: RunData, folder: Path) -> list[Plot]:
         evals = {e: paths for e, paths in evals.items() if paths}
         if not evals:
             continue
-        fig, ax = plt.subplots(figsize=(6.5, 4))
+        fig, ax = plt.subplots(figsize=(6.5, 3.6 + 0.17 * len(evals)))
         for eval_key, paths in sorted(evals.items(), key=lambda kv: str(data.info(kv[0]).get("name"))):
             info = data.info(eval_key)
             ax.plot(grid, _median_path(paths, grid), label=f"{attack_label(str(info.get('name')), info['params'])} "
@@ -120,7 +129,7 @@ def trace_plots(data: RunData, folder: Path) -> list[Plot]:
         ax.axhline(0, color="grey", linewidth=0.8, linestyle=":")
         ax.set_xlabel("fraction of the attack's calls")
         ax.set_ylabel("median margin of the unbroken samples")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.16), frameon=False)  # below: paths stay seen
         name = data.name(model_key)
         plots.append(_save(fig, Path(folder), f"attack_paths_{slug(name)}", f"Attack paths: {name}",
                            "Median margin (true logit - best other; below 0 is adversarial) of the samples each "
