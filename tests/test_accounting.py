@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from robustbench_rpc.attacks import get_attack
 from robustbench_rpc.attacks.accounting import QueryCounter, count_queries
+from tiny_runs import run, write_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LEVELS = torch.tensor([0.1, 0.25, 0.4, 0.55, 0.7, 0.85])
@@ -83,28 +84,12 @@ def test_query_budget_caps_each_sample():
 def test_a_run_stores_the_counts_and_the_report_shows_them_per_attack(tmp_path):
     import pandas as pd
 
-    from robustbench_rpc.cli import main
     from robustbench_rpc.store.results import ResultsStore
 
-    suite = tmp_path / "q.toml"
-    suite.write_text("""name = "q"
-version = 1
-description = "query counts"
-[defaults]
-dataset = "digits32"
-models = ["symvit_micro_patch4_32:packaged"]
-batch_size = 8
-seed = 0
-limit = 8
-[[evaluation]]
-kind = "attack"
-attack = "pgd"
-eps = "8/255"
-steps = 4
-early_stop = false
-""")
+    suite = write_suite(tmp_path / "q.toml", dict(kind="attack", attack="pgd", eps="8/255", steps=4, early_stop=False),
+                        name="q", description="query counts", batch_size=8, seed=0, limit=8)
     out = tmp_path / "out"
-    assert main(["run", "--suite", str(suite), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert run(suite, out) == 0
     with ResultsStore(out / "results.sqlite", readonly=True) as store:
         stored = [v for k, v in store.meta().items() if k.startswith("queries/")]
     assert len(stored) == 1 and stored[0]["forwards"] == [4] * 8 and stored[0]["backwards"] == [4] * 8
@@ -117,31 +102,17 @@ def test_suite_query_budget_caps_every_sample_of_a_run(tmp_path, capsys):
     from robustbench_rpc.cli import main
     from robustbench_rpc.store.results import ResultsStore
 
-    suite = tmp_path / "b.toml"
-    text = """name = "b"
-version = 1
-description = "a query budget"
-[defaults]
-dataset = "digits32"
-models = ["symvit_micro_patch4_32:packaged"]
-batch_size = 8
-seed = 0
-limit = 8
-[[evaluation]]
-kind = "attack"
-attack = "pgd"
-eps = "8/255"
-steps = 10
-early_stop = false
-query_budget = BUDGET
-"""
-    suite.write_text(text.replace("BUDGET", "0"))
+    def budget_suite(budget: int):
+        return write_suite(tmp_path / "b.toml", dict(kind="attack", attack="pgd", eps="8/255", steps=10,
+                                                     early_stop=False, query_budget=budget),
+                           name="b", description="a query budget", batch_size=8, seed=0, limit=8)
+
+    suite = budget_suite(0)
     assert main(["run", "--suite", str(suite), "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
     assert "query_budget must be an integer >= 1" in capsys.readouterr().err
-    suite.write_text(text.replace("BUDGET", "6"))
+    budget_suite(6)
     out = tmp_path / "out"
-    assert main(["run", "--suite", str(suite), "--out", str(out), "--no-progress", "--device", "cpu",
-                 "--no-report"]) == 0
+    assert run(suite, out, "--no-report") == 0
     with ResultsStore(out / "results.sqlite", readonly=True) as store:
         (stored,) = [v for k, v in store.meta().items() if k.startswith("queries/")]
     queries = [f + b for f, b in zip(stored["forwards"], stored["backwards"])]

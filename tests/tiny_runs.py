@@ -1,13 +1,18 @@
 """Tiny runs through the real CLI for the store and verify tests: one shipped micro model, 16 digits32
 images in units of 4. ``SUITE`` (clean + OOD) runs in about a second on CPU; ``ATTACK_SUITE`` (clean +
-FGSM) also stores the attack fields (norms, clean/plain correctness) and runs the attack trust checks."""
+FGSM) also stores the attack fields (norms, clean/plain correctness) and runs the attack trust checks.
+``write_suite`` renders any other test's suite from Python values; ``run`` is the CLI call a user makes."""
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
 
 from robustbench_rpc.cli.commands import main
+
+MICRO = "symvit_micro_patch4_32:packaged"
+RPC_MICRO = "rpc_symvit_micro_patch4_32:packaged"
 
 _HEAD = """name = "tiny-store"
 version = 1
@@ -35,6 +40,41 @@ attack = "noise"
 eps = ["8/255"]
 """  # on a dataset the run already reads: the manifests' sample ids cannot tell the runs apart
 UNITS = 8  # either suite: 2 evaluations x 16 images / 4 per unit
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    return "[" + ", ".join(_toml(v) for v in value) + "]"
+
+
+def _table(keys: dict) -> str:
+    return "".join(f"{k} = {_toml(v)}\n" for k, v in keys.items() if v is not None)
+
+
+def suite_text(*evaluations: dict, name: str = "tiny", version: int | None = 1, description: str | None = None,
+               top: dict | None = None, dataset: str | None = "digits32", models: list | None = (MICRO,),
+               **defaults) -> str:
+    """A suite file's TOML: the top keys, ``[defaults]`` (dataset, models, then ``defaults`` in order) and one
+    ``[[evaluation]]`` table per dict. A key given as None is left out of the file, so the suite's own default
+    applies."""
+    head = _table({"name": name, "version": version, "description": description, **(top or {})})
+    models = list(models) if models is not None else None
+    text = head + "[defaults]\n" + _table({"dataset": dataset, "models": models, **defaults})
+    return text + "".join("[[evaluation]]\n" + _table(e) for e in evaluations)
+
+
+def write_suite(path: Path, *evaluations: dict, **keys) -> Path:
+    """Write ``suite_text(*evaluations, **keys)`` to ``path`` (its folder made) and return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(suite_text(*evaluations, **keys))
+    return path
 
 
 def suite(folder: Path, text: str = SUITE) -> Path:
