@@ -12,6 +12,7 @@ import robustbench_rpc
 from robustbench_rpc.attacks import get_attack
 from robustbench_rpc.attacks.indicators import attack_indicators, still_falling, unstable_predictions
 from robustbench_rpc.data.embedded import digits32
+from tiny_runs import run, write_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,6 +27,16 @@ class Saturated(nn.Module):
 
     def forward(self, x):
         return self.model(x) * 1e4
+
+
+def _stall(model, tmp_path, steps: int, description: str):
+    """benchmark() on the saturated model: PGD at 8/255 from the clean image, 8 digits32 images."""
+    suite = write_suite(tmp_path / "s.toml", dict(kind="attack", attack="pgd", eps="8/255", steps=steps,
+                                                  random_start=False),
+                        name="s", description=description, models=None, batch_size=8, seed=0, limit=8)
+    return robustbench_rpc.benchmark(Saturated(model).eval(), suite=str(suite), out=tmp_path / "out",
+                                     data_config={"input_size": (3, 32, 32), "num_classes": 10,
+                                                  "interpolation": "bilinear", "crop_pct": 1.0})
 
 
 @pytest.fixture(scope="module")
@@ -114,25 +125,7 @@ def test_a_run_reports_the_stalled_attack_naming_the_model(micro, tmp_path):
     import pandas as pd
 
     model, _, _ = micro
-    suite = tmp_path / "s.toml"
-    suite.write_text("""name = "s"
-version = 1
-description = "a stalled attack"
-[defaults]
-dataset = "digits32"
-batch_size = 8
-seed = 0
-limit = 8
-[[evaluation]]
-kind = "attack"
-attack = "pgd"
-eps = "8/255"
-steps = 5
-random_start = false
-""")
-    result = robustbench_rpc.benchmark(Saturated(model).eval(), suite=str(suite), out=tmp_path / "out",
-                              data_config={"input_size": (3, 32, 32), "num_classes": 10, "interpolation": "bilinear",
-                                           "crop_pct": 1.0})
+    result = _stall(model, tmp_path, steps=5, description="a stalled attack")
     table = pd.read_csv(tmp_path / "out" / "tables" / "indicators.csv")
     row = table.iloc[0]
     assert result.tables["indicators"]["verdict"].tolist() == [row["verdict"]]  # benchmark() returns it too
@@ -164,33 +157,13 @@ def test_shipped_models_verdicts_through_the_cli(tmp_path):
     steps the same attack levels off, and the unbroken samples are the model's robustness."""
     import pandas as pd
 
-    from robustbench_rpc.cli import main
-
-    suite = tmp_path / "v.toml"
-    suite.write_text("""name = "v"
-version = 1
-description = "indicator verdicts on the shipped models"
-[defaults]
-dataset = "digits32"
-models = ["rpc_symvit_micro_patch4_32_pgdat:packaged", "symvit_micro_patch4_32_pgdat:packaged"]
-batch_size = 32
-seed = 0
-limit = 32
-[[evaluation]]
-kind = "attack"
-attack = "pgd"
-eps = "8/255"
-steps = 10
-alpha_rel = 0.25
-[[evaluation]]
-kind = "attack"
-attack = "pgd"
-eps = "8/255"
-steps = 50
-alpha_rel = 0.1
-""")
+    pgd = dict(kind="attack", attack="pgd", eps="8/255")
+    suite = write_suite(tmp_path / "v.toml", dict(pgd, steps=10, alpha_rel=0.25), dict(pgd, steps=50, alpha_rel=0.1),
+                        name="v", description="indicator verdicts on the shipped models",
+                        models=["rpc_symvit_micro_patch4_32_pgdat:packaged", "symvit_micro_patch4_32_pgdat:packaged"],
+                        batch_size=32, seed=0, limit=32)
     out = tmp_path / "out"
-    assert main(["run", "--suite", str(suite), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert run(suite, out) == 0
     table = pd.read_csv(out / "tables" / "indicators.csv")
     assert len(table) == 4
     for _, row in table.iterrows():
@@ -234,25 +207,7 @@ def test_a_run_stores_compact_paths_and_the_report_draws_them_under_the_indicato
     from robustbench_rpc.attacks.indicators import TRACE_POINTS
 
     model, _, _ = micro
-    suite = tmp_path / "s.toml"
-    suite.write_text("""name = "s"
-version = 1
-description = "paths"
-[defaults]
-dataset = "digits32"
-batch_size = 8
-seed = 0
-limit = 8
-[[evaluation]]
-kind = "attack"
-attack = "pgd"
-eps = "8/255"
-steps = 40
-random_start = false
-""")
-    robustbench_rpc.benchmark(Saturated(model).eval(), suite=str(suite), out=tmp_path / "out",
-                              data_config={"input_size": (3, 32, 32), "num_classes": 10, "interpolation": "bilinear",
-                                           "crop_pct": 1.0})
+    _stall(model, tmp_path, steps=40, description="paths")
     data = RunData.load(tmp_path / "out")
     try:
         traces = [v["traces"] for k, v in data.meta.items() if k.startswith("queries/")]
