@@ -9,8 +9,8 @@ from conftest import Normalize
 
 from robustbench_rpc.attacks import attack_outcomes, get_attack, lp_norms
 from robustbench_rpc.attacks.budget import canonical_norm, project_delta
-from robustbench_rpc.cli import main
 from robustbench_rpc.store.results import ResultsStore
+from tiny_runs import run, write_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 HW = 8
@@ -122,30 +122,11 @@ def test_bad_options_name_the_option(name, params, option):
 
 
 def test_suite_runs_minimum_norm_attacks_through_the_cli(tmp_path, capsys):
-    suite = tmp_path / "mn.toml"
-    suite.write_text("""name = "mn"
-version = 1
-description = "minimum-norm attacks"
-[defaults]
-dataset = "digits32"
-models = ["symvit_micro_patch4_32:packaged"]
-batch_size = 8
-seed = 0
-limit = 8
-[[evaluation]]
-kind = "attack"
-attack = "fmn"
-norm = "L2"
-steps = 10
-[[evaluation]]
-kind = "attack"
-attack = "fmn"
-norm = "L2"
-steps = 1
-""")
+    fmn = dict(kind="attack", attack="fmn", norm="L2")
+    suite = write_suite(tmp_path / "mn.toml", dict(fmn, steps=10), dict(fmn, steps=1), name="mn",
+                        description="minimum-norm attacks", batch_size=8, seed=0, limit=8)
     out = tmp_path / "out"
-    assert main(["run", "--suite", str(suite), "--out", str(out), "--no-progress", "--device", "cpu",
-                 "--no-report"]) == 0
+    assert run(suite, out, "--no-report") == 0
     printed = capsys.readouterr().out
     assert "attack fmn norm=L2 steps=10" in printed
     with ResultsStore(out / "results.sqlite", readonly=True) as store:

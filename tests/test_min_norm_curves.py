@@ -10,6 +10,7 @@ import torch
 import robustbench_rpc
 from robustbench_rpc.attacks import attack_outcomes, get_attack
 from robustbench_rpc.data.embedded import digits32
+from tiny_runs import run, write_suite
 from robustbench_rpc.reports.curves import (
     curve, median_norm, minimal_norms_from_rows, not_tight, optimality, per_sample_best,
 )
@@ -88,29 +89,17 @@ def test_curve_suite_through_the_cli_stores_attacks_and_reports_the_curve(tmp_pa
 
     from robustbench_rpc.cli import main
 
-    suite = tmp_path / "c.toml"
-    suite.write_text("""name = "c"
-version = 1
-description = "a curve"
-[defaults]
-dataset = "digits32"
-models = ["symvit_micro_patch4_32:packaged"]
-batch_size = 16
-seed = 0
-limit = 16
-[[evaluation]]
-kind = "curve"
-name = "Linf micro"
-norm = "Linf"
-attacks = [{attack = "fmn", steps = 40}, {attack = "ddn", norm = "L2"}]
-""")
+    def curve_suite(*attacks: dict):
+        return write_suite(tmp_path / "c.toml", dict(kind="curve", name="Linf micro", norm="Linf",
+                                                     attacks=[dict(attack="fmn", steps=40), *attacks]),
+                           name="c", description="a curve", batch_size=16, seed=0, limit=16)
+
+    suite = curve_suite(dict(attack="ddn", norm="L2"))
     code = main(["run", "--suite", str(suite), "--out", str(tmp_path / "bad"), "--no-progress"])
     assert code == 2 and "ddn has norm 'L2' in a Linf curve" in capsys.readouterr().err
-    suite.write_text(suite.read_text().replace(', {attack = "ddn", norm = "L2"}',
-                                               ', {attack = "fab", n_iter = 20}, {attack = "pgd", eps = "8/255", '
-                                               'steps = 20}'))
+    curve_suite(dict(attack="fab", n_iter=20), dict(attack="pgd", eps="8/255", steps=20))
     out = tmp_path / "out"
-    assert main(["run", "--suite", str(suite), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert run(suite, out) == 0
     table = pd.read_csv(out / "tables" / "curve_linf_micro.csv")
     assert set(table["kind"]) == {"minimum-norm", "fixed-budget"}
     assert (out / "plots" / "curve_linf_micro.png").is_file()

@@ -12,10 +12,10 @@ from robustbench_rpc.attacks import BudgetError, attack_outcomes, get_attack
 from robustbench_rpc.attacks.adversarial_patch import AdversarialPatch
 from robustbench_rpc.attacks.patch_fool import PatchFool, pcgrad
 from robustbench_rpc.attacks.patches import AttentionProbe, changed_cells, vit_geometry
-from robustbench_rpc.cli import main
 from robustbench_rpc.corruptions import corrupt
 from robustbench_rpc.data.embedded import digits32
 from robustbench_rpc.store.results import ResultsStore
+from tiny_runs import run, write_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -156,30 +156,12 @@ def test_random_patch_contamination_replaces_exactly_k_patches(name):
 
 
 def test_patch_suite_runs_through_the_cli(tmp_path, capsys):
-    suite = tmp_path / "p.toml"
-    suite.write_text("""name = "p"
-version = 1
-description = "patches, tiny"
-[defaults]
-dataset = "digits32"
-models = ["symvit_micro_patch4_32:packaged"]
-batch_size = 8
-seed = 0
-limit = 8
-[[evaluation]]
-kind = "corruption"
-source = "on-the-fly"
-corruptions = ["patch_noise"]
-severities = [1, 5]
-[[evaluation]]
-kind = "attack"
-attack = "patch_fool"
-n_patches = 2
-steps = 3
-""")
+    suite = write_suite(tmp_path / "p.toml",
+                        dict(kind="corruption", source="on-the-fly", corruptions=["patch_noise"], severities=[1, 5]),
+                        dict(kind="attack", attack="patch_fool", n_patches=2, steps=3),
+                        name="p", description="patches, tiny", batch_size=8, seed=0, limit=8)
     out = tmp_path / "out"
-    assert main(["run", "--suite", str(suite), "--out", str(out), "--no-progress", "--device", "cpu",
-                 "--no-report"]) == 0
+    assert run(suite, out, "--no-report") == 0
     assert "patch_fool" in capsys.readouterr().out
     with ResultsStore(out / "results.sqlite", readonly=True) as store:
         evals = store.evaluations()
