@@ -20,29 +20,19 @@ from safetensors import safe_open
 from robustbench_rpc.cli.commands import main
 from robustbench_rpc.store.adversarial import read_set, sample_digest, unit_files
 from robustbench_rpc.store.results import ResultsStore
-from tiny_runs import copy_run, sql
+from tiny_runs import copy_run, run, sql, suite_text
 
-SUITE = """name = "tiny-adv"
-version = 1
-[defaults]
-dataset = "digits32"
-models = ["symvit_micro_patch4_32:packaged"]
-batch_size = 4
-seed = 3
-limit = 16
-[[evaluation]]
-kind = "clean"
-[[evaluation]]
-kind = "attack"
-attack = "fgsm"
-eps = ["8/255"]
-[[evaluation]]
-kind = "attack"
-attack = "pgd"
-eps = ["8/255"]
-steps = 2
-"""
+CLEAN = dict(kind="clean")
+FGSM = dict(kind="attack", attack="fgsm", eps=["8/255"])
+PGD = dict(kind="attack", attack="pgd", eps=["8/255"], steps=2)
 UNITS = 4  # 16 images / 4 per unit
+
+
+def _text(*evaluations: dict, limit: int = 16) -> str:
+    return suite_text(*evaluations, name="tiny-adv", batch_size=4, seed=3, limit=limit)
+
+
+SUITE = _text(CLEAN, FGSM, PGD)
 
 
 def _suite(folder: Path, text: str = SUITE) -> Path:
@@ -53,8 +43,14 @@ def _suite(folder: Path, text: str = SUITE) -> Path:
 
 
 def _run(suite: Path, out: Path, *extra: str) -> int:
-    return main(["run", "--suite", str(suite), "--out", str(out), "--no-progress", "--device", "cpu", "--no-report",
-                 *extra])
+    return run(suite, out, "--no-report", *extra)
+
+
+def saved_run(root: Path) -> Path:
+    """A run of ``SUITE`` under ``root`` that kept its adversarial images."""
+    out = root / "run"
+    assert _run(_suite(root), out, "--save-adversarial") == 0
+    return out
 
 
 def _attack_keys(out: Path) -> dict[str, str]:
@@ -71,10 +67,7 @@ def _model_key(out: Path) -> str:
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, one_thread):
-    root = tmp_path_factory.mktemp("adv")
-    out = root / "run"
-    assert _run(_suite(root), out, "--save-adversarial") == 0
-    return out
+    return saved_run(tmp_path_factory.mktemp("adv"))
 
 
 def test_every_attack_unit_is_saved_losslessly_with_its_ids(saved):
@@ -115,13 +108,13 @@ def test_the_manifest_lists_each_unit_file_with_its_sha256(saved):
 
 
 def test_a_suite_key_saves_one_evaluation_and_a_bad_value_is_one_line(tmp_path, capsys, one_thread):
-    text = SUITE.replace('steps = 2\n', 'steps = 2\nsave_adversarial = true\n')
+    text = _text(CLEAN, FGSM, dict(PGD, save_adversarial=True))
     out = tmp_path / "one"
     assert _run(_suite(tmp_path, text), out) == 0
     mk, keys = _model_key(out), _attack_keys(out)
     assert unit_files(out, mk, keys["pgd"]) and not unit_files(out, mk, keys["fgsm"])
     capsys.readouterr()
-    bad = SUITE.replace('steps = 2\n', 'steps = 2\nsave_adversarial = "yes"\n')
+    bad = _text(CLEAN, FGSM, dict(PGD, save_adversarial="yes"))
     assert _run(_suite(tmp_path / "bad", bad), tmp_path / "bad_out") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "save_adversarial must be true or false" in err
@@ -218,7 +211,7 @@ def slow_adv_model(**kw):
 def test_kill_9_then_resume_neither_loses_nor_duplicates_a_saved_image(tmp_path, capsys, monkeypatch, one_thread):
     plugin = tmp_path / "slow_adv_plugin.py"
     plugin.write_text(textwrap.dedent(_SLOW_PLUGIN))
-    suite = _suite(tmp_path, SUITE.replace("limit = 16", "limit = 40").replace('steps = 2', 'steps = 1'))
+    suite = _suite(tmp_path, _text(CLEAN, FGSM, dict(PGD, steps=1), limit=40))
     args = ["--plugin", str(plugin), "run", "--suite", str(suite), "--model", "slow_adv_model", "--no-report",
             "--no-progress", "--device", "cpu", "--save-adversarial"]
     killed = tmp_path / "killed"

@@ -12,17 +12,15 @@ import torch
 from robustbench_rpc.cli.commands import main
 from robustbench_rpc.store.adversarial import encode
 from robustbench_rpc.store.results import ResultsStore
-from test_adversarial_save import SUITE, _run, _suite
+from test_adversarial_save import CLEAN, _suite, _text, saved_run
+from tiny_runs import run
 
 MODEL = "symvit_micro_patch4_32:packaged"
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, one_thread):
-    root = tmp_path_factory.mktemp("ext")
-    out = root / "run"
-    assert _run(_suite(root), out, "--save-adversarial") == 0
-    return out
+    return saved_run(tmp_path_factory.mktemp("ext"))
 
 
 def _export(run: Path, dest: Path, *what: str) -> Path:
@@ -125,11 +123,9 @@ def test_faults_are_refused_in_one_line_before_compute(saved, tmp_path, capsys):
 
 def test_external_is_a_suite_kind_and_the_report_shows_it(saved, tmp_path):
     adv = _export(saved, tmp_path / "pgd.pt", "--evaluation", "attack pgd eps=8/255 steps=2")
-    text = SUITE.split("[[evaluation]]\nkind = \"attack\"")[0] + (
-        f'[[evaluation]]\nkind = "external"\nadversarial = "{adv}"\nnorm = "Linf"\neps = "8/255"\n')
+    text = _text(CLEAN, dict(kind="external", adversarial=str(adv), norm="Linf", eps="8/255"))
     out = tmp_path / "suite_run"
-    assert main(["run", "--suite", str(_suite(tmp_path, text)), "--out", str(out), "--no-progress",
-                 "--device", "cpu"]) == 0
+    assert run(_suite(tmp_path, text), out) == 0
     ext, _ = _rows(out, "external")
     stored, _ = _rows(saved, "attack", "pgd")
     assert ext["correct1"].tolist() == stored["correct1"].tolist()
