@@ -8,48 +8,29 @@ import shutil
 import pytest
 import torch
 
-from robustbench_rpc.cli.commands import main
 from robustbench_rpc.reports.data import RunData
 from robustbench_rpc.reports.gallery import headline_budget, model_gallery
+import tiny_runs
+from tiny_runs import suite_text
 
-SUITE = """name = "tiny-gallery"
-version = 1
-[defaults]
-dataset = "digits32"
-models = ["symvit_micro_patch4_32:packaged"]
-batch_size = 4
-seed = 3
-limit = 16
-[[evaluation]]
-kind = "clean"
-[[evaluation]]
-kind = "attack"
-attack = "fgsm"
-eps = ["4/255"]
-[[evaluation]]
-kind = "attack"
-attack = "pgd"
-eps = ["8/255"]
-steps = 2
-random_start = true
-[[evaluation]]
-kind = "attack"
-attack = "fgsm"
-eps = ["8/255"]
-[[evaluation]]
-kind = "corruption"
-corruptions = ["gaussian_noise", "fog"]
-severities = [1, 3]
-"""
+SUITE = suite_text(dict(kind="clean"), dict(kind="attack", attack="fgsm", eps=["4/255"]),
+                   dict(kind="attack", attack="pgd", eps=["8/255"], steps=2, random_start=True),
+                   dict(kind="attack", attack="fgsm", eps=["8/255"]),
+                   dict(kind="corruption", corruptions=["gaussian_noise", "fog"], severities=[1, 3]),
+                   name="tiny-gallery", batch_size=4, seed=3, limit=16)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("gallery")
-    (root / "g.toml").write_text(SUITE)
     out = root / "run"
-    assert main(["run", "--suite", str(root / "g.toml"), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert tiny_runs.run(_write(root), out) == 0
     return out
+
+
+def _write(folder):
+    (folder / "g.toml").write_text(SUITE)
+    return folder / "g.toml"
 
 
 def _gallery(out):
@@ -94,10 +75,8 @@ def test_a_gallery_recomputed_with_the_stored_seeds_is_the_runs_own(run, tmp_pat
 
 
 def test_a_saved_set_stands_in_for_missing_gallery_files(tmp_path, one_thread):
-    (tmp_path / "g.toml").write_text(SUITE)
     out = tmp_path / "saved"
-    assert main(["run", "--suite", str(tmp_path / "g.toml"), "--out", str(out), "--no-progress", "--device", "cpu",
-                 "--no-report", "--save-adversarial"]) == 0
+    assert tiny_runs.run(_write(tmp_path), out, "--no-report", "--save-adversarial") == 0
     with_files, _, _ = _gallery(out)
     shutil.rmtree(out / "gallery")
     from_sets, _, _ = _gallery(out)
