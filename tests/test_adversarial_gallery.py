@@ -24,13 +24,8 @@ SUITE = suite_text(dict(kind="clean"), dict(kind="attack", attack="fgsm", eps=["
 def run(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("gallery")
     out = root / "run"
-    assert tiny_runs.run(_write(root), out) == 0
+    assert tiny_runs.run(tiny_runs.suite(root, SUITE, "g.toml"), out) == 0
     return out
-
-
-def _write(folder):
-    (folder / "g.toml").write_text(SUITE)
-    return folder / "g.toml"
 
 
 def _gallery(out):
@@ -76,7 +71,7 @@ def test_a_gallery_recomputed_with_the_stored_seeds_is_the_runs_own(run, tmp_pat
 
 def test_a_saved_set_stands_in_for_missing_gallery_files(tmp_path, one_thread):
     out = tmp_path / "saved"
-    assert tiny_runs.run(_write(tmp_path), out, "--no-report", "--save-adversarial") == 0
+    assert tiny_runs.run(tiny_runs.suite(tmp_path, SUITE, "g.toml"), out, "--no-report", "--save-adversarial") == 0
     with_files, _, _ = _gallery(out)
     shutil.rmtree(out / "gallery")
     from_sets, _, _ = _gallery(out)

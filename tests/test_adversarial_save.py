@@ -20,7 +20,7 @@ from safetensors import safe_open
 from robustbench_rpc.cli.commands import main
 from robustbench_rpc.store.adversarial import read_set, sample_digest, unit_files
 from robustbench_rpc.store.results import ResultsStore
-from tiny_runs import copy_run, run, sql, suite_text
+from tiny_runs import copy_run, run, sql, suite, suite_text
 
 CLEAN = dict(kind="clean")
 FGSM = dict(kind="attack", attack="fgsm", eps=["8/255"])
@@ -36,14 +36,11 @@ SUITE = _text(CLEAN, FGSM, PGD)
 
 
 def _suite(folder: Path, text: str = SUITE) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    p = folder / "tiny_adv.toml"
-    p.write_text(text)
-    return p
+    return suite(folder, text, "tiny_adv.toml")
 
 
-def _run(suite: Path, out: Path, *extra: str) -> int:
-    return run(suite, out, "--no-report", *extra)
+def _run(suite_file: Path, out: Path, *extra: str) -> int:
+    return run(suite_file, out, "--no-report", *extra)
 
 
 def saved_run(root: Path) -> Path:

@@ -18,6 +18,7 @@ import torch
 from robustbench_rpc.cli.commands import main
 from robustbench_rpc.store.adversarial import encode, read_set
 from robustbench_rpc.store.results import ResultsStore
+from tiny_runs import suite_text
 
 PLUGIN = """
 import torch
@@ -62,19 +63,8 @@ def centroid_trigger(**kw):
 def centroid_plain(**kw):
     return Centroids(False)
 """
-SUITE = """name = "lb-external"
-[defaults]
-dataset = "digits32"
-batch_size = 16
-seed = 3
-limit = 16
-[[evaluation]]
-kind = "clean"
-[[evaluation]]
-kind = "attack"
-attack = "autoattack"
-eps = ["8/255"]
-"""
+SUITE = suite_text(dict(kind="clean"), dict(kind="attack", attack="autoattack", eps=["8/255"]), name="lb-external",
+                   version=None, models=None, batch_size=16, seed=3, limit=16)
 AA = "AutoAttack standard Linf 8/255"
 BEST = "best known Linf 8/255"
 

@@ -8,35 +8,19 @@ import pytest
 from robustbench_rpc.cli.commands import main
 from robustbench_rpc.store.adversarial import quantize_8bit, read_set, unit_files
 from robustbench_rpc.store.results import ResultsStore
+from tiny_runs import MICRO, RPC_MICRO, run, suite, suite_text
 
-MODELS = ["symvit_micro_patch4_32:packaged", "rpc_symvit_micro_patch4_32:packaged"]
-SUITE = f"""name = "tiny-transfer"
-version = 1
-[defaults]
-dataset = "digits32"
-models = {MODELS!r}
-batch_size = 4
-seed = 5
-limit = 16
-[[evaluation]]
-kind = "clean"
-[[evaluation]]
-kind = "attack"
-attack = "pgd"
-eps = ["8/255"]
-steps = 2
-[[evaluation]]
-kind = "transfer"
-quantize = true
-""".replace("'", '"')
+MODELS = [MICRO, RPC_MICRO]
+SUITE = suite_text(dict(kind="clean"), dict(kind="attack", attack="pgd", eps=["8/255"], steps=2),
+                   dict(kind="transfer", quantize=True), name="tiny-transfer", models=MODELS, batch_size=4, seed=5,
+                   limit=16)
 
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("transfer")
-    (root / "t.toml").write_text(SUITE)
     out = root / "run"
-    assert main(["run", "--suite", str(root / "t.toml"), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert run(suite(root, SUITE, "t.toml"), out) == 0
     return out
 
 

@@ -14,33 +14,6 @@ from robustbench_rpc.cli.commands import main
 MICRO = "symvit_micro_patch4_32:packaged"
 RPC_MICRO = "rpc_symvit_micro_patch4_32:packaged"
 
-_HEAD = """name = "tiny-store"
-version = 1
-[defaults]
-dataset = "digits32"
-models = ["symvit_micro_patch4_32:packaged"]
-batch_size = 4
-seed = 3
-limit = 16
-[[evaluation]]
-kind = "clean"
-"""
-SUITE = _HEAD + """[[evaluation]]
-kind = "ood"
-dataset = "digits32-ood"
-"""
-ATTACK_SUITE = _HEAD + """[[evaluation]]
-kind = "attack"
-attack = "fgsm"
-eps = ["2/255"]
-"""
-EXTRA_EVAL = """[[evaluation]]
-kind = "attack"
-attack = "noise"
-eps = ["8/255"]
-"""  # on a dataset the run already reads: the manifests' sample ids cannot tell the runs apart
-UNITS = 8  # either suite: 2 evaluations x 16 images / 4 per unit
-
 
 def _toml(value) -> str:
     if isinstance(value, bool):
@@ -77,9 +50,20 @@ def write_suite(path: Path, *evaluations: dict, **keys) -> Path:
     return path
 
 
-def suite(folder: Path, text: str = SUITE) -> Path:
+_STORE = dict(name="tiny-store", batch_size=4, seed=3, limit=16)
+SUITE = suite_text(dict(kind="clean"), dict(kind="ood", dataset="digits32-ood"), **_STORE)
+ATTACK_SUITE = suite_text(dict(kind="clean"), dict(kind="attack", attack="fgsm", eps=["2/255"]), **_STORE)
+EXTRA_EVAL = """[[evaluation]]
+kind = "attack"
+attack = "noise"
+eps = ["8/255"]
+"""  # on a dataset the run already reads: the manifests' sample ids cannot tell the runs apart
+UNITS = 8  # either suite: 2 evaluations x 16 images / 4 per unit
+
+
+def suite(folder: Path, text: str = SUITE, filename: str = "tiny_store.toml") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    p = folder / "tiny_store.toml"
+    p = folder / filename
     p.write_text(text)
     return p
 
