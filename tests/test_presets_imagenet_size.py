@@ -27,6 +27,7 @@ from robustbench_rpc.evaluation.plan import RunConfig
 from robustbench_rpc.store.results import ResultsStore
 from robustbench_rpc.evaluation.suite import load_suite
 from test_imagenet_o import NOT_O, val_tree
+from tiny_runs import evaluation_table, suite_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -66,27 +67,11 @@ def reduced(spec: dict) -> dict:
     return out
 
 
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"no TOML for {v!r}")
-
-
 def evaluation(spec: dict) -> str:
     """One ``[[evaluation]]`` table for an attack spec (a preset row or a suite's attack table)."""
     spec = dict(spec)
     name = spec.pop("name")
-    lines = ["[[evaluation]]", 'kind = "attack"', f"attack = {toml_value(name)}"]
-    lines += [f"{k} = {toml_value(v)}" for k, v in spec.items() if v is not None and k != "kind"]
-    return "\n".join(lines) + "\n"
+    return evaluation_table({"kind": "attack", "attack": name, **{k: v for k, v in spec.items() if k != "kind"}})
 
 
 def packaged_attack_rows() -> list[tuple[str, dict]]:
@@ -133,8 +118,8 @@ def distinct_once_resolved(rows: list[tuple[str, dict]]) -> set[str]:
 
 def run_suite(tmp_path: Path, name: str, body: str, val: Path, limit: int) -> Path:
     suite = tmp_path / f"{name}.toml"
-    suite.write_text(f'name = "{name}"\n[defaults]\ndataset = "imagenet"\nbatch_size = 2\nseed = 0\n'
-                     '[[evaluation]]\nkind = "clean"\n' + body)
+    suite.write_text(suite_text(dict(kind="clean"), name=name, version=None, dataset="imagenet", models=None,
+                                batch_size=2, seed=0) + body)
     cfg = RunConfig(suite=str(suite), models=[MODEL], out=tmp_path / f"out-{name}", device="cpu", limit=limit,
                     data_roots={"imagenet": str(val)}, progress=False, report=False)
     return run(cfg, log=lambda msg: None)

@@ -15,7 +15,8 @@ MICRO = "symvit_micro_patch4_32:packaged"
 RPC_MICRO = "rpc_symvit_micro_patch4_32:packaged"
 
 
-def _toml(value) -> str:
+def toml_value(value) -> str:
+    """A Python value as TOML: bool, int, float, str, a list of them or a dict (an inline table)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -23,12 +24,17 @@ def _toml(value) -> str:
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
-    return "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return "[" + ", ".join(toml_value(v) for v in value) + "]"
 
 
 def _table(keys: dict) -> str:
-    return "".join(f"{k} = {_toml(v)}\n" for k, v in keys.items() if v is not None)
+    return "".join(f"{k} = {toml_value(v)}\n" for k, v in keys.items() if v is not None)
+
+
+def evaluation_table(keys: dict) -> str:
+    """One ``[[evaluation]]`` table; a key whose value is None is left out."""
+    return "[[evaluation]]\n" + _table(keys)
 
 
 def suite_text(*evaluations: dict, name: str = "tiny", version: int | None = 1, description: str | None = None,
@@ -40,7 +46,7 @@ def suite_text(*evaluations: dict, name: str = "tiny", version: int | None = 1, 
     head = _table({"name": name, "version": version, "description": description, **(top or {})})
     models = list(models) if models is not None else None
     text = head + "[defaults]\n" + _table({"dataset": dataset, "models": models, **defaults})
-    return text + "".join("[[evaluation]]\n" + _table(e) for e in evaluations)
+    return text + "".join(evaluation_table(e) for e in evaluations)
 
 
 def write_suite(path: Path, *evaluations: dict, **keys) -> Path:
