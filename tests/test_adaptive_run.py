@@ -4,13 +4,12 @@ model without adaptive evaluation marked as such."""
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from robustbench_rpc.cli.commands import main
 from robustbench_rpc.store.results import ResultsStore
+from tiny_runs import MICRO, RPC_MICRO, run, write_suite
 
 PLUGIN = '''
 import torch
@@ -73,39 +72,17 @@ def _train_weights(path: Path) -> None:
     torch.save({f"net.{k}": v for k, v in net.state_dict().items()}, path)
 
 
-SUITE = '''
-name = "adaptive-run"
-version = 1
-[defaults]
-dataset = "digits32"
-models = ["adaptive_quantized:WEIGHTS"]
-batch_size = 64
-seed = 0
-limit = 64
+PGD = dict(kind="attack", attack="pgd", eps=["16/255"], steps=10)
 
-[[evaluation]]
-kind = "clean"
 
-[[evaluation]]
-kind = "attack"
-attack = "pgd"
-eps = ["16/255"]
-steps = 10
-
-[[evaluation]]
-kind = "attack"
-attack = "bpda"
-eps = ["16/255"]
-approximation = "identity"
-base_args = {steps = 10}
-
-[[evaluation]]
-kind = "attack"
-attack = "transfer"
-eps = ["16/255"]
-surrogate = "adaptive_unquantized:WEIGHTS"
-base_args = {steps = 10}
-'''
+def _suite(path: Path, weights: Path) -> Path:
+    """Clean, PGD, BPDA and transfer (from the unquantized net) at 16/255 on the quantized plugin model."""
+    return write_suite(path, dict(kind="clean"), PGD,
+                       dict(kind="attack", attack="bpda", eps=["16/255"], approximation="identity",
+                            base_args={"steps": 10}),
+                       dict(kind="attack", attack="transfer", eps=["16/255"],
+                            surrogate=f"adaptive_unquantized:{weights}", base_args={"steps": 10}),
+                       name="adaptive-run", models=[f"adaptive_quantized:{weights}"], batch_size=64, seed=0, limit=64)
 
 
 def _store(out: Path):
@@ -117,9 +94,7 @@ def test_gradient_masked_plugin_model_standard_and_adaptive(tmp_path):
     plugin, suite, out = tmp_path / "adaptive_plugin.py", tmp_path / "suite.toml", tmp_path / "run"
     plugin.write_text(PLUGIN)
     _train_weights(tmp_path / "weights.pt")
-    suite.write_text(SUITE.replace("WEIGHTS", str(tmp_path / "weights.pt")))
-    assert main(["--plugin", str(plugin), "run", "--suite", str(suite), "--out", str(out), "--no-progress",
-                 "--device", "cpu"]) == 0
+    assert run(_suite(suite, tmp_path / "weights.pt"), out, plugin=plugin) == 0
     models, evals, agg, checks = _store(out)
     assert models.iloc[0]["dynamics"] == {"kind": "static", "source": "detected",
                                           "why": models.iloc[0]["dynamics"]["why"]}
@@ -145,23 +120,9 @@ def test_gradient_masked_plugin_model_standard_and_adaptive(tmp_path):
 
 def test_dynamic_model_without_adaptive_evaluation_is_marked(tmp_path):
     suite, out = tmp_path / "suite.toml", tmp_path / "run"
-    suite.write_text(textwrap.dedent('''
-        name = "dyn"
-        version = 1
-        [defaults]
-        dataset = "digits32"
-        models = ["symvit_micro_patch4_32:packaged", "rpc_symvit_micro_patch4_32:packaged"]
-        batch_size = 16
-        seed = 0
-        limit = 16
-        [[evaluation]]
-        kind = "clean"
-        [[evaluation]]
-        kind = "attack"
-        attack = "fgsm"
-        eps = ["2/255"]
-    '''))
-    assert main(["run", "--suite", str(suite), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    write_suite(suite, dict(kind="clean"), dict(kind="attack", attack="fgsm", eps=["2/255"]), name="dyn",
+                models=[MICRO, RPC_MICRO], batch_size=16, seed=0, limit=16)
+    assert run(suite, out) == 0
     models, *_ = _store(out)
     kinds = dict(zip(models["name"], [d["kind"] for d in models["dynamics"]]))
     assert kinds == {"symvit_micro_patch4_32": "static", "rpc_symvit_micro_patch4_32": "dynamic"}
@@ -195,38 +156,15 @@ def thresholded(**kwargs):
     return Thresholded()
 '''
 
-PRESET_SUITE = '''
-name = "adaptive-preset-run"
-version = 1
-[defaults]
-dataset = "digits32"
-models = ["adaptive_thresholded:WEIGHTS"]
-batch_size = 64
-seed = 0
-limit = 16
-
-[[evaluation]]
-kind = "attack"
-attack = "pgd"
-eps = ["16/255"]
-steps = 10
-
-[[evaluation]]
-kind = "attack"
-preset = "adaptive"
-eps = ["16/255"]
-'''
-
-
 def test_the_adaptive_preset_runs_on_a_model_that_cuts_the_input_graph(tmp_path):
     """The reference libraries' APGD raised "element 0 of tensors does not require grad" on such a model (a
     traceback ending the run); now every attack of the preset runs on it and the checks name the masking."""
     plugin, suite, out = tmp_path / "adaptive_threshold.py", tmp_path / "suite.toml", tmp_path / "run"
     plugin.write_text(THRESHOLD_PLUGIN)
     _train_weights(tmp_path / "weights.pt")
-    suite.write_text(PRESET_SUITE.replace("WEIGHTS", str(tmp_path / "weights.pt")))
-    assert main(["--plugin", str(plugin), "run", "--suite", str(suite), "--out", str(out), "--no-progress",
-                 "--no-report", "--device", "cpu"]) == 0
+    write_suite(suite, PGD, dict(kind="attack", preset="adaptive", eps=["16/255"]), name="adaptive-preset-run",
+                models=[f"adaptive_thresholded:{tmp_path / 'weights.pt'}"], batch_size=64, seed=0, limit=16)
+    assert run(suite, out, "--no-report", plugin=plugin) == 0
     _, evals, agg, checks = _store(out)
     assert sorted(evals["name"]) == sorted(["pgd", "apgd", "apgd", "square", "bpda", "bpda", "bpda", "transfer"])
     assert len(agg) == len(evals) and (agg["n"] == 16).all()

@@ -74,8 +74,11 @@ def suite(folder: Path, text: str = SUITE, filename: str = "tiny_store.toml") ->
     return p
 
 
-def run(suite_file: Path, out: Path, *extra: str) -> int:
-    return main(["run", "--suite", str(suite_file), "--out", str(out), "--no-progress", "--device", "cpu", *extra])
+def run(suite_file: Path, out: Path, *extra: str, plugin: Path | None = None) -> int:
+    """``robustbench-rpc [--plugin PLUGIN] run --suite SUITE --out OUT --no-progress --device cpu EXTRA...``"""
+    first = ["--plugin", str(plugin)] if plugin is not None else []
+    return main([*first, "run", "--suite", str(suite_file), "--out", str(out), "--no-progress", "--device", "cpu",
+                 *extra])
 
 
 def copy_run(src: Path, dst: Path) -> Path:
