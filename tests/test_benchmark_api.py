@@ -12,22 +12,12 @@ from torch import nn
 import robustbench_rpc
 from robustbench_rpc.models import ModelContractError
 from robustbench_rpc.store.results import ResultsStore
+from tiny_runs import suite_text
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "running.md"  # its "From a notebook" section
-SUITE = """
-name = "api-tiny"
-[defaults]
-dataset = "digits32"
-batch_size = 16
-limit = 16
-[[evaluation]]
-kind = "clean"
-[[evaluation]]
-kind = "corruption"
-source = "on-the-fly"
-corruptions = ["contrast"]
-severities = [3]
-"""
+SUITE = suite_text(dict(kind="clean"),
+                   dict(kind="corruption", source="on-the-fly", corruptions=["contrast"], severities=[3]),
+                   name="api-tiny", version=None, models=None, batch_size=16, limit=16)
 
 
 def _net(seed: int = 0) -> nn.Module:

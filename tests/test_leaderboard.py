@@ -21,31 +21,15 @@ from robustbench_rpc.data.subsets import subset_fingerprint
 from robustbench_rpc.leaderboard import build_leaderboard
 from robustbench_rpc.leaderboard.fingerprint import differences, is_reduced_autoattack, selection_of
 from robustbench_rpc.store.results import ResultsStore
+from tiny_runs import suite_text
 
 SYM, RPC, VIT = "symvit_micro_patch4_32", "rpc_symvit_micro_patch4_32", "vit_micro_patch4_32"
-CLEAN_SUITE = """
-name = "lb-clean"
-[defaults]
-dataset = "digits32"
-batch_size = 16
-[[evaluation]]
-kind = "clean"
-[[evaluation]]
-kind = "corruption"
-source = "on-the-fly"
-corruptions = ["gaussian_noise"]
-severities = [3]
-"""
-ATTACK_SUITE = CLEAN_SUITE.replace('name = "lb-clean"', 'name = "lb-attack"') + """
-[[evaluation]]
-kind = "attack"
-attack = "autoattack"
-norm = "Linf"
-eps = ["4/255"]
-version = "custom"
-attacks_to_run = ["apgd-ce"]
-n_iter = 2
-"""
+_CLEAN = (dict(kind="clean"),
+          dict(kind="corruption", source="on-the-fly", corruptions=["gaussian_noise"], severities=[3]))
+CLEAN_SUITE = suite_text(*_CLEAN, name="lb-clean", version=None, models=None, batch_size=16)
+ATTACK_SUITE = suite_text(*_CLEAN, dict(kind="attack", attack="autoattack", norm="Linf", eps=["4/255"],
+                                        version="custom", attacks_to_run=["apgd-ce"], n_iter=2),
+                          name="lb-attack", version=None, models=None, batch_size=16)
 
 
 def _run(tmp: Path, name: str, suite: str, models: list[str], *extra: str) -> Path:
