@@ -7,12 +7,9 @@ RobustBench's ``ModelInfo``, its leaderboard template and its ``get_leaderboard_
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import shutil
-import sys
 import types
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +19,7 @@ from robustbench_rpc.cli import commands as cli
 from robustbench_rpc.data import robustbench as rbdata
 from robustbench_rpc.data.subsets import subset_fingerprint
 from robustbench_rpc.store.results import ResultsStore
+from test_robustbench_protocol import robustbench_modules
 
 DATA = Path(__file__).parent / "data" / "robustbench_model_info"
 MODEL_INFO = DATA / "model_info"
@@ -29,27 +27,9 @@ FOLDERS = sorted(f"{p.parent.name}/{p.name}" for p in MODEL_INFO.glob("*/*") if 
 
 
 def _robustbench():
-    """robustbench.utils and robustbench.leaderboard.template, imported with the two shims of
-    test_robustbench_protocol (pkg_resources gone from setuptools >= 81; ``autoattack`` installed as
-    ``pyautoattack``); skipped where robustbench is not installed."""
-    if importlib.util.find_spec("robustbench") is None:
-        pytest.skip("robustbench not installed (pip install --no-deps robustbench==1.1.1)")
-    if "pkg_resources" not in sys.modules:
-        try:
-            import pkg_resources  # noqa: F401
-        except ImportError:
-            shim = types.ModuleType("pkg_resources")
-            shim.resource_filename = lambda mod, name: str(Path(sys.modules[mod].__file__).parent / name)
-            sys.modules["pkg_resources"] = shim
-    if importlib.util.find_spec("autoattack") is None:
-        import pyautoattack
-        import pyautoattack.state
-
-        sys.modules["autoattack"] = pyautoattack
-        sys.modules["autoattack.state"] = pyautoattack.state
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return importlib.import_module("robustbench.utils"), importlib.import_module("robustbench.leaderboard.template")
+    """robustbench.utils and robustbench.leaderboard.template, imported with test_robustbench_protocol's shims."""
+    utils, template = robustbench_modules("robustbench.utils", "robustbench.leaderboard.template")
+    return utils, template
 
 
 def robustbench_render(monkeypatch, models_folder: Path, dataset: str, threat: str) -> tuple[list[dict], str]:

@@ -30,10 +30,12 @@ from robustbench_rpc.data.imagenet_classes import IMAGENET_WNIDS
 from robustbench_rpc.data.subsets import SubsetError, read_subset_file, sample_ids
 from robustbench_rpc.store.results import ResultsStore
 from robustbench_rpc.evaluation.suite import expand, load_suite
+from tiny_runs import suite_text
 
 
-def _robustbench():
-    """robustbench.data, imported with the two shims above; skipped where robustbench is not installed."""
+def robustbench_modules(*names: str) -> list[types.ModuleType]:
+    """robustbench's modules ``names``, imported with the two shims above; skipped where robustbench is not
+    installed."""
     if importlib.util.find_spec("robustbench") is None:
         pytest.skip("robustbench not installed (pip install --no-deps robustbench==1.1.1)")
     if "pkg_resources" not in sys.modules:
@@ -54,7 +56,12 @@ def _robustbench():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return importlib.import_module("robustbench.data")
+        return [importlib.import_module(name) for name in names]
+
+
+def _robustbench():
+    """robustbench.data."""
+    return robustbench_modules("robustbench.data")[0]
 
 
 def _jpeg(path: Path, rng: np.random.Generator, size: tuple[int, int]) -> None:
@@ -149,19 +156,9 @@ def test_preprocessings_equal_robustbenchs():
 
 # ----------------------------------------------------------------------------------- ImageNet (+ -C)
 
-IMAGENET_SUITE = """
-name = "rb-imagenet-tiny"
-[defaults]
-dataset = "imagenet"
-batch_size = 4
-[[evaluation]]
-kind = "clean"
-[[evaluation]]
-kind = "corruption"
-source = "imagenet-c"
-corruptions = ["fog", "shot_noise"]
-severities = [2]
-"""
+IMAGENET_SUITE = suite_text(dict(kind="clean"), dict(kind="corruption", source="imagenet-c",
+                                                      corruptions=["fog", "shot_noise"], severities=[2]),
+                            name="rb-imagenet-tiny", version=None, dataset="imagenet", models=None, batch_size=4)
 
 
 def test_imagenet_and_imagenet_c_selection_and_preprocessing_equal_load_imagenet(tmp_path, cnn224):
@@ -244,19 +241,9 @@ def cifar_roots(tmp_path, monkeypatch):
     return tmp_path / "data", c_dir
 
 
-CIFAR_SUITE = """
-name = "rb-cifar10-tiny"
-[defaults]
-dataset = "cifar10"
-batch_size = 8
-[[evaluation]]
-kind = "clean"
-[[evaluation]]
-kind = "corruption"
-source = "cifar10-c"
-corruptions = ["fog"]
-severities = [1, 3]
-"""
+CIFAR_SUITE = suite_text(dict(kind="clean"), dict(kind="corruption", source="cifar10-c", corruptions=["fog"],
+                                                   severities=[1, 3]),
+                         name="rb-cifar10-tiny", version=None, dataset="cifar10", models=None, batch_size=8)
 
 
 def test_cifar10_and_cifar10c_selection_equal_robustbenchs_loaders(tmp_path, cifar_roots):
