@@ -10,41 +10,24 @@ import pandas as pd
 import pytest
 
 from robustbench_rpc import evalspec
-from robustbench_rpc.cli import commands as cli
 from robustbench_rpc.leaderboard import build_leaderboard
 from robustbench_rpc.store.results import ResultsStore
+import tiny_runs
+from tiny_runs import suite_text
 
 RPC = "rpc_symvit_micro_patch4_32"
-SUITE = """
-name = "vocabulary"
-[defaults]
-dataset = "digits32"
-batch_size = 8
-[[evaluation]]
-kind = "clean"
-[[evaluation]]
-kind = "attack"
-attack = "apgd"
-norm = "Linf"
-eps = ["1/255"]
-n_iter = 1
-adaptive = true
-[[evaluation]]
-kind = "attack"
-attack = "pgd"
-norm = "Linf"
-eps = ["2/255"]
-steps = 1
-"""
+SUITE = suite_text(dict(kind="clean"),
+                   dict(kind="attack", attack="apgd", norm="Linf", eps=["1/255"], n_iter=1, adaptive=True),
+                   dict(kind="attack", attack="pgd", norm="Linf", eps=["2/255"], steps=1),
+                   name="vocabulary", version=None, models=None, batch_size=8)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("vocab")
-    (tmp / "suite.toml").write_text(SUITE)
     out = tmp / "run"
-    assert cli.main(["run", "--suite", str(tmp / "suite.toml"), "--out", str(out), "--device", "cpu",
-                     "--no-progress", "--limit", "8", "--model", f"{RPC}:packaged"]) == 0
+    suite = tiny_runs.suite(tmp, SUITE, "suite.toml")
+    assert tiny_runs.run(suite, out, "--limit", "8", "--model", f"{RPC}:packaged") == 0
     return out
 
 

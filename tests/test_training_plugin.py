@@ -14,6 +14,7 @@ from robustbench_rpc.data import digits32
 from robustbench_rpc.models import CheckpointError, load_model, read_checkpoint_metadata, sha256_of
 from robustbench_rpc.models.trained import apply_recorded_attention
 from robustbench_rpc.store.results import ResultsStore
+from tiny_runs import write_suite
 
 PLUGIN = '''
 import math
@@ -42,24 +43,6 @@ class TemperedAttention(SymmetricAttention):
 '''
 TINY = ["--model-arg", "embed_dim=16", "--model-arg", "depth=1", "--model-arg", "num_heads=2"]
 SMALL = ["--epochs", "1", "--set", "validation.steps=2", "--no-progress"]
-SUITE = """
-name = "tiny"
-version = 1
-[defaults]
-dataset = "digits32"
-batch_size = 16
-seed = 0
-limit = 32
-[[evaluation]]
-kind = "clean"
-[[evaluation]]
-kind = "attack"
-attack = "pgd"
-eps = ["8/255"]
-steps = 2
-"""
-
-
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("plugin") / "tempered_attention.py"
@@ -69,8 +52,9 @@ def plugin(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("suite") / "tiny.toml"
-    path.write_text(SUITE)
+    path = write_suite(tmp_path_factory.mktemp("suite") / "tiny.toml", dict(kind="clean"),
+                       dict(kind="attack", attack="pgd", eps=["8/255"], steps=2), models=None, batch_size=16, seed=0,
+                       limit=32)
     return str(path)
 
 
