@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from safetensors import safe_open
 from robustbench_rpc.cli.commands import main
 from robustbench_rpc.store.adversarial import read_set, sample_digest, unit_files
 from robustbench_rpc.store.results import ResultsStore
-from tiny_runs import copy_run, run, sql, suite, suite_text
+from tiny_runs import copy_run, run, slow_plugin, sql, suite, suite_text
 
 CLEAN = dict(kind="clean")
 FGSM = dict(kind="attack", attack="fgsm", eps=["8/255"])
@@ -182,32 +181,9 @@ def test_the_disk_needed_is_printed_and_a_folder_without_room_is_refused(tmp_pat
     assert not (out / "results.sqlite").exists()  # refused before the store, before any compute
 
 
-_SLOW_PLUGIN = """
-import os, time
-import torch
-from torch import nn
-import robustbench_rpc
-
-class Slow(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(3 * 32 * 32, 10)
-        self.calls = 0
-    def forward(self, x):
-        self.calls += 1
-        if self.calls > 12:
-            time.sleep(float(os.environ.get("SLOW_SECONDS", "0")))
-        return self.lin(x.flatten(1))
-
-@robustbench_rpc.register_model("slow_adv_model", input_size=32, mean=0.5, std=0.25, num_classes=10)
-def slow_adv_model(**kw):
-    return Slow()
-"""
-
-
 def test_kill_9_then_resume_neither_loses_nor_duplicates_a_saved_image(tmp_path, capsys, monkeypatch, one_thread):
     plugin = tmp_path / "slow_adv_plugin.py"
-    plugin.write_text(textwrap.dedent(_SLOW_PLUGIN))
+    plugin.write_text(slow_plugin("slow_adv_model", 'float(os.environ.get("SLOW_SECONDS", "0"))'))
     suite = _suite(tmp_path, _text(CLEAN, FGSM, dict(PGD, steps=1), limit=40))
     args = ["--plugin", str(plugin), "run", "--suite", str(suite), "--model", "slow_adv_model", "--no-report",
             "--no-progress", "--device", "cpu", "--save-adversarial"]

@@ -29,6 +29,7 @@ from robustbench_rpc.cli import commands
 from robustbench_rpc.cli.commands import main
 from robustbench_rpc.cli.startup import INTERRUPTED
 from robustbench_rpc.models import read_checkpoint_metadata
+from tiny_runs import suite_text
 
 # ------------------------------------------------------------------------------------------------ train
 
@@ -258,16 +259,7 @@ def test_suite_version_must_be_a_whole_number(tmp_path, capsys, version, shown):
 
 # ------------------------------------------------------------------------------- evaluations (run, API)
 
-EVAL_SUITE = """
-name = "probe"
-version = 1
-[defaults]
-dataset = "digits32"
-batch_size = 8
-limit = 16
-[[evaluation]]
-kind = "clean"
-"""
+EVAL_SUITE = suite_text(dict(kind="clean"), name="probe", models=None, batch_size=8, limit=16)
 OOD = '\n[[evaluation]]\nkind = "ood"\ndataset = "digits32-ood"\n'
 
 

@@ -12,18 +12,10 @@ from pathlib import Path
 import pytest
 
 from robustbench_rpc.cli.commands import main
+from tiny_runs import slow_plugin, suite_text
 
 MODEL = "symvit_micro_patch4_32:packaged"
-SUITE = """
-name = "faults"
-version = 1
-[defaults]
-dataset = "digits32"
-batch_size = 8
-limit = 16
-[[evaluation]]
-kind = "clean"
-"""
+SUITE = suite_text(dict(kind="clean"), name="faults", models=None, batch_size=8, limit=16)
 FGSM = """
 [[evaluation]]
 kind = "attack"
@@ -272,24 +264,7 @@ def test_strict_exits_0_when_every_check_passes(tmp_path):
 
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_interrupt_is_one_line_and_keeps_finished_units(tmp_path, sig, code, word):
-    plugin = _plugin(tmp_path, """
-        import time
-
-        class Slow(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.lin = nn.Linear(3 * 32 * 32, 10)
-                self.calls = 0
-            def forward(self, x):
-                self.calls += 1
-                if self.calls > 12:  # the checks before the first unit are fast; each unit then takes 1 s
-                    time.sleep(1.0)
-                return self.lin(x.flatten(1))
-
-        @robustbench_rpc.register_model("slow_model", input_size=32, mean=0.5, std=0.25, num_classes=10)
-        def slow_model(**kw):
-            return Slow()
-        """)
+    plugin = _plugin(tmp_path, slow_plugin("slow_model", "1.0"))  # each unit then takes 1 s
     suite = _suite(tmp_path, SUITE.replace("limit = 16", "limit = 400"))
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

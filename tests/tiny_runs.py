@@ -81,6 +81,35 @@ def run(suite_file: Path, out: Path, *extra: str, plugin: Path | None = None) ->
                  *extra])
 
 
+def slow_plugin(name: str, seconds: str) -> str:
+    """A plug-in registering model ``name``: a linear layer whose forwards after the 12th (the checks before the first
+    unit) each sleep ``seconds`` (a Python expression), so a run can be stopped between units."""
+    return f"""import os
+import time
+import torch
+from torch import nn
+import robustbench_rpc
+
+
+class Slow(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3 * 32 * 32, 10)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > 12:
+            time.sleep({seconds})
+        return self.lin(x.flatten(1))
+
+
+@robustbench_rpc.register_model("{name}", input_size=32, mean=0.5, std=0.25, num_classes=10)
+def {name}(**kw):
+    return Slow()
+"""
+
+
 def copy_run(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock"))
     return dst
