@@ -20,6 +20,7 @@ from robustbench_rpc.cli import main
 from robustbench_rpc.store import SCHEMA_VERSION
 from robustbench_rpc.store.adversarial import read_set, unit_files
 from robustbench_rpc.store.results import ResultsStore
+from tiny_runs import sql
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -207,10 +208,7 @@ def test_a_stored_l0_that_is_no_count_is_refused_on_open(tmp_path):
                                         "n_samples": 1})
         store.write_unit("m", "e", 0, {"sample_id": [0], "label": [1], "pred": [2], "correct1": [0],
                                        "correct5": [1], "confidence": [0.5], "l0": [3]})
-    con = sqlite3.connect(path)
-    con.execute("UPDATE samples SET l0 = 2.5")
-    con.commit()
-    con.close()
+    sql(tmp_path, "UPDATE samples SET l0 = 2.5")
     from robustbench_rpc.store.errors import StoreCorruptError
 
     with pytest.raises(StoreCorruptError, match="L0 norm that is no count"):
@@ -230,7 +228,7 @@ def test_a_curve_in_a_norm_not_kept_or_not_taken_is_refused_in_one_line(tmp_path
 
 
 def test_verify_compares_l1_and_l0_and_leaves_them_out_against_an_older_store(tmp_path, capsys):
-    from tiny_runs import ATTACK_SUITE, copy_run, run, sql, suite
+    from tiny_runs import ATTACK_SUITE, copy_run, run, suite
 
     suite_file = suite(tmp_path, ATTACK_SUITE)
     assert run(suite_file, tmp_path / "a", "--no-report") == 0

@@ -203,13 +203,17 @@ _WRITER = textwrap.dedent("""
 """)
 
 
-def test_kill_9_mid_write_keeps_every_committed_unit_intact(tmp_path):
-    path = tmp_path / "results.sqlite"
+def _start_writer(tmp_path, path, n: int, stall_after: int) -> subprocess.Popen:
+    """``_WRITER`` in its own process: units of ``n`` rows into ``path``; -1: never stall."""
     script = tmp_path / "writer.py"
     script.write_text(_WRITER)
-    n = 3000
-    proc = subprocess.Popen([sys.executable, str(script), str(path), str(n), "-1", STORE_PY], stdout=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen([sys.executable, str(script), str(path), str(n), str(stall_after), STORE_PY],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_kill_9_mid_write_keeps_every_committed_unit_intact(tmp_path):
+    path, n = tmp_path / "results.sqlite", 3000
+    proc = _start_writer(tmp_path, path, n, stall_after=-1)
     reported = -1
     deadline = time.time() + 30
     while reported < 6 and time.time() < deadline:
@@ -242,12 +246,8 @@ def test_kill_9_mid_write_keeps_every_committed_unit_intact(tmp_path):
 
 
 def test_kill_9_inside_a_transaction_leaves_no_partial_unit(tmp_path):
-    path = tmp_path / "results.sqlite"
-    script = tmp_path / "writer.py"
-    script.write_text(_WRITER)
-    n = 50
-    proc = subprocess.Popen([sys.executable, str(script), str(path), str(n), "2", STORE_PY], stdout=subprocess.PIPE,
-                            text=True)
+    path, n = tmp_path / "results.sqlite", 50
+    proc = _start_writer(tmp_path, path, n, stall_after=2)
     lines = []
     deadline = time.time() + 30
     while time.time() < deadline:
