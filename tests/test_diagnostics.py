@@ -79,12 +79,17 @@ def test_pap_diagnostics_match_independent_loop(tiny_kwargs, lam, n_iter):
     assert nonzero > 0  # the comparison is not of all-zero S
 
 
-def test_recording_leaves_the_forward_alone(tiny_kwargs):
+def _all_rpc(tiny_kwargs, batch: int):
+    """The RPC micro model with every layer RPC (seed 0), a random batch and the model's output on it."""
     torch.manual_seed(0)
     model = timm.create_model("rpc_symvit_micro_patch4_32", rpc_layers="all", **tiny_kwargs).eval()
-    x = torch.randn(3, 3, 32, 32)
+    x = torch.randn(batch, 3, 32, 32)
     with torch.no_grad():
-        before = model(x)
+        return model, x, model(x)
+
+
+def test_recording_leaves_the_forward_alone(tiny_kwargs):
+    model, x, before = _all_rpc(tiny_kwargs, batch=3)
     run_diagnostics(model, x)
     assert all(b.attn.iterate_recorder is None and b.attn.fused_attn for b in model.blocks)
     assert all(not b.attn._forward_pre_hooks for b in model.blocks)
@@ -237,11 +242,7 @@ def test_diagnose_s_of_the_shipped_rpc_model_is_a_plain_statement_of_paps_iterat
 def test_iterates_are_recorded_in_the_forward_the_model_runs(tiny_kwargs):
     from robustbench_rpc.diagnostics import record_iterates
 
-    torch.manual_seed(0)
-    model = timm.create_model("rpc_symvit_micro_patch4_32", rpc_layers="all", **tiny_kwargs).eval()
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        plain = model(x)
+    model, x, plain = _all_rpc(tiny_kwargs, batch=2)
     paths = []
     with record_iterates(model, lambda layer, a: lambda it, **kw: paths.append(a.fused_attn)):
         with torch.no_grad():

@@ -1,5 +1,7 @@
 """Segmentation attacks (pixel-pgd, segpgd, cospgd): within budget on every image, lower mIoU, seeded, their
 losses as the papers (and the CosPGD authors' code) write them, through get_attack as a user calls them."""
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -60,6 +62,14 @@ def test_the_segmentation_attacks_are_registered():
     assert {"pixel-pgd", "segpgd", "cospgd"} <= set(ATTACKS)
 
 
+def _labelled_pixels(masks: torch.Tensor):
+    """(image, row, column, label) of every pixel whose label is not 255 (ignored)."""
+    for b, i, j in itertools.product(*map(range, masks.shape)):
+        y = int(masks[b, i, j])
+        if y != 255:
+            yield b, i, j, y
+
+
 def test_losses_are_the_papers_formulas():
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 4, 5)
@@ -72,26 +82,16 @@ def test_losses_are_the_papers_formulas():
     for step in range(T):
         lam = step / (2 * T)  # (t - 1) / (2T), t = 1..T
         total = 0.0
-        for b in range(2):
-            for i in range(4):
-                for j in range(5):
-                    y = int(masks[b, i, j])
-                    if y == 255:
-                        continue
-                    ce = -float(torch.log(probs[b, y, i, j]))
-                    total += ((1 - lam) if int(pred[b, i, j]) == y else lam) * ce
+        for b, i, j, y in _labelled_pixels(masks):
+            ce = -float(torch.log(probs[b, y, i, j]))
+            total += ((1 - lam) if int(pred[b, i, j]) == y else lam) * ce
         assert float(seg.pixel_loss(logits, masks, step)) == pytest.approx(total / 20, rel=1e-5)
     total, plain = 0.0, 0.0
-    for b in range(2):
-        for i in range(4):
-            for j in range(5):
-                y = int(masks[b, i, j])
-                if y == 255:
-                    continue
-                p = probs[b, :, i, j]
-                ce = -float(torch.log(p[y]))
-                total += float(p[y] / p.norm()) * ce  # cosine of the softmax with the one-hot label
-                plain += ce
+    for b, i, j, y in _labelled_pixels(masks):
+        p = probs[b, :, i, j]
+        ce = -float(torch.log(p[y]))
+        total += float(p[y] / p.norm()) * ce  # cosine of the softmax with the one-hot label
+        plain += ce
     assert float(cos.pixel_loss(logits, masks, 0)) == pytest.approx(total / 39, rel=1e-5)
     assert float(pgd.pixel_loss(logits, masks, 0)) == pytest.approx(plain / 39, rel=1e-5)
 
