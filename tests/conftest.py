@@ -7,6 +7,14 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+def digits_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` digits32 test images (as the dataset yields them, [0,1] floats) and their labels."""
+    from robustbench_rpc.data.embedded import digits32
+
+    ds = digits32("test")
+    return torch.stack([ds[i][0] for i in range(n)]), torch.tensor([int(ds[i][1]) for i in range(n)])
+
+
 TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
 
 

@@ -11,7 +11,7 @@ import torch.nn as nn
 import robustbench_rpc
 from robustbench_rpc.attacks import get_attack
 from robustbench_rpc.attacks.indicators import attack_indicators, still_falling, unstable_predictions
-from robustbench_rpc.data.embedded import digits32
+from conftest import digits_batch
 from tiny_runs import run, write_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,9 +41,7 @@ def _stall(model, tmp_path, steps: int, description: str):
 
 @pytest.fixture(scope="module")
 def micro():
-    ds = digits32("test")
-    x = torch.stack([ds[i][0] for i in range(8)])
-    y = torch.tensor([int(ds[i][1]) for i in range(8)])
+    x, y = digits_batch(8)
     return robustbench_rpc.load_model("symvit_micro_patch4_32", "packaged").eval(), x, y
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import robustbench_rpc
 from robustbench_rpc.attacks import attack_outcomes, get_attack
-from robustbench_rpc.data.embedded import digits32
-from tiny_runs import run, write_suite
 from robustbench_rpc.reports.curves import (
     curve, median_norm, minimal_norms_from_rows, not_tight, optimality, per_sample_best,
 )
+from conftest import digits_batch
+from tiny_runs import run, write_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 INF = np.inf
@@ -65,9 +64,7 @@ def test_not_tight_flags_fixed_budget_breaks_beyond_the_curve():
 
 
 def test_curve_at_eps_is_not_above_pgd_by_more_than_its_interval():
-    ds = digits32("test")
-    x = torch.stack([ds[i][0] for i in range(24)])
-    y = torch.tensor([int(ds[i][1]) for i in range(24)])
+    x, y = digits_batch(24)
     model = robustbench_rpc.load_model("symvit_micro_patch4_32", "packaged").eval()
     norms = {}
     for name, params in (("fmn", {"norm": "Linf", "steps": 40}), ("fab", {"norm": "Linf", "n_iter": 20})):

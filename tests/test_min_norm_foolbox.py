@@ -19,7 +19,7 @@ import torch
 
 import robustbench_rpc
 from robustbench_rpc.attacks import get_attack, lp_norms
-from robustbench_rpc.data.embedded import digits32
+from conftest import digits_batch
 
 fb = pytest.importorskip("foolbox", minversion="3.3.4")
 ep = pytest.importorskip("eagerpy")
@@ -48,8 +48,7 @@ REFERENCE = {"L0": L0FMNProjected, "L1": fb.attacks.L1FMNAttack, "L2": L2FMNProj
 
 
 def images(n: int):
-    ds = digits32("test")
-    return torch.stack([ds[i][0] for i in range(n)]), torch.tensor([int(ds[i][1]) for i in range(n)])
+    return digits_batch(n)
 
 
 def micro(name: str):

@@ -13,8 +13,8 @@ from robustbench_rpc.attacks.adversarial_patch import AdversarialPatch
 from robustbench_rpc.attacks.patch_fool import PatchFool, pcgrad
 from robustbench_rpc.attacks.patches import AttentionProbe, changed_cells, vit_geometry
 from robustbench_rpc.corruptions import corrupt
-from robustbench_rpc.data.embedded import digits32
 from robustbench_rpc.store.results import ResultsStore
+from conftest import digits_batch
 from tiny_runs import run, write_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,9 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def micro():
-    ds = digits32("test")
-    x = torch.stack([ds[i][0] for i in range(8)])
-    y = torch.tensor([int(ds[i][1]) for i in range(8)])
+    x, y = digits_batch(8)
     models = {n: robustbench_rpc.load_model(n, "packaged").eval()
               for n in ("symvit_micro_patch4_32", "rpc_symvit_micro_patch4_32")}
     return models, x, y
