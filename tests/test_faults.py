@@ -17,21 +17,10 @@ import torch
 from robustbench_rpc.cli.commands import main
 from robustbench_rpc.evaluation.plan import Plan, RunConfig
 from robustbench_rpc.evalspec import SuiteError
+from tiny_runs import evaluation_table, suite_text
 
-CLEAN = """name = "f"
-[defaults]
-models = ["symvit_micro_patch4_32:packaged"]
-batch_size = 4
-limit = 8
-[[evaluation]]
-kind = "clean"
-"""
-PGD = """[[evaluation]]
-kind = "attack"
-attack = "pgd"
-eps = ["2/255"]
-steps = 1
-"""
+CLEAN = suite_text(dict(kind="clean"), name="f", version=None, dataset=None, batch_size=4, limit=8)
+PGD = evaluation_table(dict(kind="attack", attack="pgd", eps=["2/255"], steps=1))
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 

@@ -24,20 +24,10 @@ from robustbench_rpc.models import (
 )
 from robustbench_rpc.evalspec import SuiteError
 from robustbench_rpc.store.results import ResultsStore
+from tiny_runs import suite_text
 
 ROOT = Path(__file__).resolve().parents[1]
-MINI_SUITE = """
-name = "mini"
-version = 1
-[defaults]
-dataset = "digits32"
-models = ["symvit_micro_patch4_32:packaged"]
-batch_size = 32
-seed = 0
-limit = 64
-[[evaluation]]
-kind = "clean"
-"""
+MINI_SUITE = suite_text(dict(kind="clean"), name="mini", batch_size=32, seed=0, limit=64)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from robustbench_rpc.evaluation.plan import Plan, RunConfig
 from robustbench_rpc.models import CheckpointError, load_model
 from robustbench_rpc.models.loading import resolve_model
 from robustbench_rpc.evalspec import SuiteError
+from tiny_runs import suite_text
 
 IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
@@ -342,17 +343,7 @@ def test_resolve_model_leaves_other_models_alone(tmp_path):
     assert r.settings["rpc_lambda"] == {"value": 4.0, "source": "model default"}
 
 
-CLEAN_SUITE = """
-name = "clean_only"
-version = 1
-[defaults]
-dataset = "digits32"
-batch_size = 4
-seed = 1
-limit = 4
-[[evaluation]]
-kind = "clean"
-"""
+CLEAN_SUITE = suite_text(dict(kind="clean"), name="clean_only", models=None, batch_size=4, seed=1, limit=4)
 
 
 def test_cli_run_records_where_settings_came_from(tmp_path, capsys):
