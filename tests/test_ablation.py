@@ -9,6 +9,7 @@ from robustbench_rpc.reports import build_report
 from robustbench_rpc.evaluation.plan import ModelSpec, RunConfig, sweep_models
 from robustbench_rpc.evalspec import SuiteError
 from robustbench_rpc.evaluation.suite import expand, load_suite, suite_from_dict
+from tiny_runs import suite_text
 
 
 def test_packaged_ablation_suite_expands_to_the_grid():
@@ -51,37 +52,14 @@ def test_bad_diagnostics_evaluations_fail_before_compute(ev, match):
         expand(suite_from_dict({"name": "t", "evaluation": [ev]}, "d.toml"), "digits32")
 
 
-SMALL = """
-name = "grid"
-[defaults]
-dataset = "digits32"
-models = ["rpc_symvit_micro_patch4_32:packaged"]
-batch_size = 4
-limit = 8
-[sweep]
-attention = "rpc"
-layers = ["first"]
-[sweep.args]
-lam = [1.0, 4.0]
-n_iter = [2]
-[[evaluation]]
-kind = "clean"
-[[evaluation]]
-kind = "attack"
-attack = "pgd"
-eps = ["4/255"]
-steps = 2
-[[evaluation]]
-kind = "corruption"
-corruptions = ["gaussian_noise"]
-severities = [3]
-[[evaluation]]
-kind = "diagnostics"
-attack = "pgd"
-attack_args = {eps = "4/255", steps = 2}
-corruption = "gaussian_noise"
-severity = 3
-"""
+SMALL = suite_text(
+    dict(kind="clean"), dict(kind="attack", attack="pgd", eps=["4/255"], steps=2),
+    dict(kind="corruption", corruptions=["gaussian_noise"], severities=[3]),
+    dict(kind="diagnostics", attack="pgd", attack_args={"eps": "4/255", "steps": 2}, corruption="gaussian_noise",
+         severity=3),
+    name="grid", version=None, top={"sweep": {"attention": "rpc", "layers": ["first"],
+                                              "args": {"lam": [1.0, 4.0], "n_iter": [2]}}},
+    models=["rpc_symvit_micro_patch4_32:packaged"], batch_size=4, limit=8)
 
 
 def test_grid_run_stores_diagnostics_and_reports_them(tmp_path):

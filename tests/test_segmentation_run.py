@@ -15,28 +15,13 @@ from robustbench_rpc.cli import main
 from robustbench_rpc.metrics_seg import seg_bootstrap, seg_metrics, worst_case_areas
 from robustbench_rpc.store.results import ResultsStore
 from robustbench_rpc.store.seg_areas import read_areas
+from tiny_runs import suite_text
 
-SUITE = """
-name = "tiny-seg"
-task = "segmentation"
-[defaults]
-dataset = "digits-seg64"
-models = ["segmenter_linear_symvit_micro", "segmenter_linear_rpc_symvit_micro"]
-batch_size = 2
-limit = 4
-short_side = 0
-[[evaluation]]
-kind = "clean"
-[[evaluation]]
-kind = "corruption"
-corruptions = ["gaussian_noise"]
-severities = [1, 5]
-[[evaluation]]
-kind = "attack"
-attacks = ["pixel-pgd", "segpgd", "cospgd"]
-eps = ["4/255"]
-steps = 1
-"""
+SUITE = suite_text(dict(kind="clean"), dict(kind="corruption", corruptions=["gaussian_noise"], severities=[1, 5]),
+                   dict(kind="attack", attacks=["pixel-pgd", "segpgd", "cospgd"], eps=["4/255"], steps=1),
+                   name="tiny-seg", version=None, top={"task": "segmentation"}, dataset="digits-seg64",
+                   models=["segmenter_linear_symvit_micro", "segmenter_linear_rpc_symvit_micro"], batch_size=2, limit=4,
+                   short_side=0)
 
 
 def _suite(tmp_path: Path, text: str = SUITE) -> str:
