@@ -15,41 +15,15 @@ import pandas as pd
 import pytest
 
 from robustbench_rpc.cli.commands import main
+from tiny_runs import MICRO, RPC_MICRO, suite_text
 
-TINY_SUITE = """
-name = "tiny"
-version = 1
-[defaults]
-dataset = "digits32"
-models = ["symvit_micro_patch4_32:packaged", "rpc_symvit_micro_patch4_32:packaged"]
-reference_model = "symvit_micro_patch4_32"
-batch_size = 4
-seed = 3
-limit = 12
-[[evaluation]]
-kind = "clean"
-[[evaluation]]
-kind = "attack"
-attack = "fgsm"
-eps = ["2/255", "8/255"]
-[[evaluation]]
-kind = "attack"
-attack = "pgd"
-eps = ["2/255", "8/255"]
-steps = 3
-random_start = true
-[[evaluation]]
-kind = "attack"
-attack = "noise"
-eps = ["8/255"]
-[[evaluation]]
-kind = "corruption"
-corruptions = ["gaussian_noise", "contrast"]
-severities = [2, 5]
-[[evaluation]]
-kind = "ood"
-dataset = "digits32-ood"
-"""
+TINY_SUITE = suite_text(
+    dict(kind="clean"), dict(kind="attack", attack="fgsm", eps=["2/255", "8/255"]),
+    dict(kind="attack", attack="pgd", eps=["2/255", "8/255"], steps=3, random_start=True),
+    dict(kind="attack", attack="noise", eps=["8/255"]),
+    dict(kind="corruption", corruptions=["gaussian_noise", "contrast"], severities=[2, 5]),
+    dict(kind="ood", dataset="digits32-ood"),
+    name="tiny", models=[MICRO, RPC_MICRO], reference_model="symvit_micro_patch4_32", batch_size=4, seed=3, limit=12)
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
