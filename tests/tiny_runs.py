@@ -1,7 +1,8 @@
 """Tiny runs through the real CLI for the store and verify tests: one shipped micro model, 16 digits32
 images in units of 4. ``SUITE`` (clean + OOD) runs in about a second on CPU; ``ATTACK_SUITE`` (clean +
 FGSM) also stores the attack fields (norms, clean/plain correctness) and runs the attack trust checks.
-``write_suite`` renders any other test's suite from Python values; ``run`` is the CLI call a user makes."""
+``suite_text`` / ``write_suite`` render any test's suite from Python values (one renderer, so a suite is
+spelled as its keys and values, not retyped TOML); ``run`` is the ``run`` command as a user types it."""
 from __future__ import annotations
 
 import json
