@@ -187,3 +187,67 @@ def test_attention_probe_equals_timm_explicit_attention(micro):
     assert len(seen) == len(probe.maps) == 4
     for mine, timm_attn in zip(probe.maps, seen):
         assert torch.allclose(mine, timm_attn, atol=1e-6)
+
+
+class Scripted(torch.nn.Module):
+    """Class 0 by a wide margin (labels are all 0), with a small linear term so the attacks have a gradient;
+    at the call numbered in ``fool`` (0-based) the listed samples are pushed to class 1. Keeps every input."""
+
+    def __init__(self, fool: dict[int, list[int]]):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(3 * 32 * 32, 10, generator=torch.Generator().manual_seed(0)) * 1e-2)
+        self.fool, self.inputs = fool, []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        logits = x.flatten(1) @ self.w + torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 10) * 50
+        push = torch.zeros(len(x), 10)
+        push[self.fool.get(len(self.inputs) - 1, []), 1] = 1000.0
+        return logits + push
+
+
+def _scripted_run(attack, fool):
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y = torch.zeros(4, dtype=torch.long)
+    model = Scripted(fool)
+    return attack(model, x, y), model.inputs
+
+
+def test_patch_fool_returns_each_samples_first_fooling_iterate_not_only_the_last():
+    """The reference returns the last iterate, losing samples it had broken on the way (silent successes)."""
+    kw = dict(n_patches=1, select="random", loss="ce", patch_size=4, steps=5, seed=0)
+    adv, inputs = _scripted_run(get_attack("patch_fool", **kw), {2: [0]})
+    assert len(inputs) == 5 + 1  # one forward per step and one more that looks at the last iterate
+    assert torch.equal(adv[0], inputs[2][0]) and not torch.equal(adv[0], inputs[-1][0])
+    assert torch.equal(adv[1:], inputs[-1][1:])  # never fooled: the last iterate
+    adv, inputs = _scripted_run(get_attack("patch_fool", return_best=False, **kw), {2: [0]})
+    assert len(inputs) == 5 and not torch.equal(adv[0], inputs[2][0])  # the reference's last iterate
+
+
+def test_universal_patch_returns_the_iterate_that_fooled_most_and_per_image_patches_their_first():
+    kw = dict(size=8, positions=[[0, 0]], steps=5, seed=0)
+    adv, inputs = _scripted_run(get_attack("adversarial_patch", **kw), {1: [0, 1], 3: [2]})
+    assert len(inputs) == 6 and torch.equal(adv, inputs[1])  # two fooled at call 1, one at call 3
+    adv, inputs = _scripted_run(get_attack("adversarial_patch", universal=False, **kw), {1: [0, 1], 3: [2]})
+    assert torch.equal(adv[:2], inputs[1][:2]) and torch.equal(adv[2], inputs[3][2])
+    assert torch.equal(adv[3], inputs[-1][3])
+    adv, inputs = _scripted_run(get_attack("adversarial_patch", return_best=False, **kw), {1: [0, 1]})
+    assert len(inputs) == 5 and not torch.equal(adv, inputs[1])
+
+
+@pytest.mark.parametrize("name,universal", [("patch_fool", False), ("adversarial_patch", True),
+                                            ("adversarial_patch", False)])
+def test_a_universal_patch_is_not_judged_for_silent_success(micro, name, universal):
+    """One patch for every image: an image fooled by an earlier patch is not a point it could have returned."""
+    from robustbench_rpc.attacks.attack_record import CountQueries
+
+    models, x, y = micro
+    model = models["symvit_micro_patch4_32"]
+    params = dict(steps=3, seed=0) | ({"universal": universal} if name == "adversarial_patch" else {})
+    counted = CountQueries(get_attack(name, **params))
+    with torch.no_grad():
+        adv = counted(model, x, y)
+        clean_ok, adv_ok = model(x).argmax(1) == y, model(adv).argmax(1) == y
+    values = counted.stored(clean_ok, adv_ok)["indicators"]
+    assert ("silent_success" in values) == (not universal)
+    assert "zero_gradients" in values and "incomplete_optimization" in values

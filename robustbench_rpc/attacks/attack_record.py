@@ -44,6 +44,7 @@ class CountQueries:
         if clean_correct is not None and adv_correct is not None:
             fooled = getattr(self._attack, "surrogate_fooled", None)  # a transfer attack's surrogate verdicts
             out["indicators"] = indicator_values(self.recorder, clean_correct.tolist(), adv_correct.tolist(),
-                                                 None if fooled is None else fooled.tolist())
+                                                 None if fooled is None else fooled.tolist(),
+                                                 universal=bool(getattr(self._attack, "universal", False)))
             out["traces"] = compact_traces(self.recorder, (clean_correct & adv_correct).tolist())
         return out

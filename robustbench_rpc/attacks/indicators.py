@@ -138,12 +138,15 @@ def still_falling(margins: np.ndarray, steps: int = INCOMPLETE_STEPS, drop: floa
     return bool(best.max() - best.min() > drop)
 
 
-def indicator_values(recorder: PathRecorder, clean_ok, still, surrogate_fooled=None) -> dict[str, list]:
+def indicator_values(recorder: PathRecorder, clean_ok, still, surrogate_fooled=None,
+                     universal: bool = False) -> dict[str, list]:
     """Per sample of the recorded batch: the indicators' values where the attack did not break a clean-correct
     sample with a path of at least two points (None elsewhere): ``silent_success`` (bool), ``zero_gradients``
     (share of zero input gradients before the first adversarial point; None without gradients),
     ``incomplete_optimization`` (bool), and with ``surrogate_fooled`` (a transfer attack's surrogate verdict on
-    the returned images) ``transfer_failure`` (bool). Compact: what a run stores per unit."""
+    the returned images) ``transfer_failure`` (bool). Compact: what a run stores per unit. A ``universal``
+    attack (one perturbation for every image, as a universal adversarial patch) gets no ``silent_success``: an
+    image fooled by an earlier perturbation is not a point the attack could have returned for it alone."""
     names = ["silent_success", "zero_gradients", "incomplete_optimization"]
     if surrogate_fooled is not None:
         names.append("transfer_failure")
@@ -163,6 +166,8 @@ def indicator_values(recorder: PathRecorder, clean_ok, still, surrogate_fooled=N
         grads = [g for g in recorder.grads[i][:first] if g is not None]
         out["zero_gradients"].append(float(np.mean(np.array(grads) <= 0)) if grads else None)
         out["incomplete_optimization"].append(still_falling(margins))
+    if universal:
+        del out["silent_success"]
     return out
 
 

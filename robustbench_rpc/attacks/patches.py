@@ -80,6 +80,25 @@ def changed_cells(x: torch.Tensor, x_adv: torch.Tensor, patch_size: int, tol: fl
     return cells.flatten(1).sum(dim=1).long()
 
 
+class FirstFooling:
+    """Per sample, the first image of an optimization path the model misclassified (``see`` each iterate with
+    the logits the attack computed on it anyway); ``images(last)`` returns those, and ``last`` for the samples
+    never fooled. What APGD and AutoAttack return; the patch attacks' references return their last iterate."""
+
+    def __init__(self, x: torch.Tensor):
+        self.kept = torch.zeros_like(x)
+        self.found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+
+    def see(self, images: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        new = (logits.detach().argmax(dim=1) != y).to(self.found.device) & ~self.found
+        if new.any():
+            self.kept[new] = images.detach()[new].to(self.kept.dtype)
+            self.found |= new
+
+    def images(self, last: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.found.view(-1, *([1] * (last.dim() - 1))), self.kept, last)
+
+
 def patch_problems(x: torch.Tensor, x_adv: torch.Tensor, budget: PatchBudget, tol: float = 0.0) -> list[str]:
     """What breaks the patch budget (empty when it holds), measured from the images. ``tol``: a change up to it
     is rounding, not a change (an attack working in normalized units returns every pixel through the round
