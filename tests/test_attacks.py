@@ -73,6 +73,7 @@ FAST = {
     "spsa": dict(eps=4 / 255, steps=3, n_samples=8),
     "square": dict(eps=4 / 255, n_queries=20),
     "cw": dict(eps=0.3, steps=10),
+    "cw-cleverhans": dict(eps=4 / 255, binary_search_steps=2, max_iterations=10),
     "sld": dict(eps=2.0, steps=5),
     "noise": dict(eps=4 / 255),
     "autoattack": dict(eps=4 / 255, version="custom", attacks_to_run=["apgd-ce", "apgd-t", "fab-t", "square"],
