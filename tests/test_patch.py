@@ -251,3 +251,37 @@ def test_a_universal_patch_is_not_judged_for_silent_success(micro, name, univers
     values = counted.stored(clean_ok, adv_ok)["indicators"]
     assert ("silent_success" in values) == (not universal)
     assert "zero_gradients" in values and "incomplete_optimization" in values
+
+
+def test_the_report_gives_accuracy_against_the_number_of_patches_with_the_paired_difference(tmp_path):
+    """Through the CLI: the patches table (k = 0 is clean), each model's accuracy as the store has it, the paired
+    difference from the reference model, the plot, and headline columns that name the patches, not an eps."""
+    import pandas as pd
+
+    from robustbench_rpc.metrics import paired_delta_ci
+
+    models = ["symvit_micro_patch4_32:packaged", "rpc_symvit_micro_patch4_32:packaged"]
+    suite = write_suite(tmp_path / "p.toml", dict(kind="clean"),
+                        dict(kind="corruption", source="on-the-fly", corruptions=["patch_noise"], severities=[1, 3]),
+                        dict(kind="attack", attack="patch_fool", n_patches=1, steps=3),
+                        dict(kind="attack", attack="patch_fool", n_patches=2, steps=3),
+                        name="p", description="patches, tiny", models=models, batch_size=8, seed=0, limit=8)
+    out = tmp_path / "out"
+    assert run(suite, out) == 0
+    table = pd.read_csv(out / "tables" / "patches.csv")
+    assert (table["threat"] + " " + table["k"].astype(str)).drop_duplicates().tolist() == [
+        "clean 0", "Patch-Fool (attention loss, 3 steps) 1", "Patch-Fool (attention loss, 3 steps) 2",
+        "random patches replaced by noise 1", "random patches replaced by noise 3"]
+    with ResultsStore(out / "results.sqlite", readonly=True) as store:
+        keys = dict(zip(store.models()["arch"], store.models()["model_key"]))
+        for _, row in table.iterrows():
+            correct = {arch: store.samples(model_key=key, eval_key=row["eval_key"]).sort_values("sample_id")
+                       ["correct1"].to_numpy().astype(bool) for arch, key in keys.items()}
+            assert row["accuracy"] == pytest.approx(correct[row["model"]].mean())
+            if row["model"] == "rpc_symvit_micro_patch4_32":
+                delta = paired_delta_ci(correct[row["model"]], correct["symvit_micro_patch4_32"])
+                assert (row["delta"], row["delta_lo"], row["delta_hi"]) == pytest.approx(delta)
+    assert (out / "plots" / "patches_acc_vs_k.png").is_file()
+    page = (out / "report.md").read_text()
+    assert "Accuracy against the number of corrupted patches" in page
+    assert "Patch-Fool (attention loss, 3 steps), k=2" in page.split("## Headline results")[1].split("**Protocol")[0]

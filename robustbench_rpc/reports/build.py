@@ -13,6 +13,7 @@ from .curve_report import curves_section
 from .data import STORE_FILENAME, RunData
 from .diagnostics import diagnostics_section
 from .html import page_plan, write_index, write_markdown
+from .patch_report import patch_section
 from .plots import all_plots
 from .queries_report import indicators_table, queries_table, trace_plots
 from .tables import all_tables, checks_summary
@@ -72,6 +73,8 @@ def _write_report(data: RunData, run_dir: Path, out: Path) -> dict:
     tables, plots = tables + a_tables, plots + a_plots
     c_tables, c_plots = curves_section(data, out)  # kind = "curve": robust accuracy vs eps from minimal norms
     tables, plots = tables + c_tables, plots + c_plots
+    p_tables, p_plots = patch_section(data, out)  # patch threats: accuracy against the number of patches
+    tables, plots = tables + p_tables, plots + p_plots
     tables += [t for t in (queries_table(data), indicators_table(data)) if t is not None]  # each attack's cost
     plots += trace_plots(data, out / "plots")  # each attack's path: stalled, stopped early or resisted
     for t in tables:

@@ -34,6 +34,8 @@ def _plot_anchor(name: str) -> str | None:
         return "comparison"
     if name.startswith("attack_paths_"):
         return "indicators"
+    if name == "patches_acc_vs_k":
+        return "patches"
     return None
 
 

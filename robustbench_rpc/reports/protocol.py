@@ -11,8 +11,10 @@ from .data import RunData
 
 
 #: attack parameters that make a different attack of the same name (APGD's loss, BPDA's approximation, a
-#: transfer's surrogate, the base attack, AutoAttack's version): part of every label, so rows never read alike
-VARIANT_PARAMS = ("loss", "approximation", "surrogate", "base", "version")
+#: transfer's surrogate, the base attack, AutoAttack's version, a patch attack's patches): part of every label,
+#: so rows never read alike
+VARIANT_PARAMS = ("loss", "approximation", "surrogate", "base", "version", "n_patches", "select", "size", "positions",
+                  "universal")
 
 
 def attack_name(info: dict) -> str:
@@ -21,10 +23,39 @@ def attack_name(info: dict) -> str:
     return attack_label(str(info["name"]), {k: p[k] for k in VARIANT_PARAMS if k in p})
 
 
+PATCH_CORRUPTIONS = {"patch_noise": "random patches replaced by noise",
+                     "patch_shuffle": "random patches swapped within the image"}
+
+
+def patch_threat(name: str, params: dict) -> tuple[str, int] | None:
+    """(threat, k) of a patch evaluation, from its stored parameters (defaults as the attacks define them);
+    None for any other evaluation."""
+    if name == "patch_fool":
+        bits = [f"{params.get('loss', 'attention')} loss"]
+        if params.get("select") == "random":
+            bits.append("random patches")
+        if params.get("eps") is not None:
+            bits.append(f"within {format_eps(params['eps'], 'Linf')} of the clean patch")
+        if params.get("steps") is not None:
+            bits.append(f"{params['steps']} steps")
+        return f"Patch-Fool ({', '.join(bits)})", int(params.get("n_patches", 1))
+    if name == "adversarial_patch":
+        size = int(params.get("size", 8))
+        kind = "universal" if params.get("universal", True) else "one per image"
+        extra = f", {params['steps']} steps" if params.get("steps") is not None else ""
+        return f"adversarial patch {size}x{size} px ({kind}{extra})", len(params.get("positions") or [[0, 0]])
+    if name in PATCH_CORRUPTIONS:
+        return PATCH_CORRUPTIONS[name], int(params.get("severity", 1))
+    return None
+
+
 def eval_label(info: dict) -> str:
     p = info.get("params") or {}
     kind = info.get("kind")
     if kind == "attack":
+        patch = patch_threat(str(info.get("name")), p) if p.get("eps") is None else None
+        if patch is not None:  # a patch's budget is its patches, not an eps
+            return f"{patch[0]}, k={patch[1]}"
         label = f"{attack_name(info)} {p.get('norm', '?')} eps={format_eps(p.get('eps'), p.get('norm'))}"
         steps = p.get("steps")
         return label + (f" ({steps} step{'' if steps == 1 else 's'})" if steps is not None else "")

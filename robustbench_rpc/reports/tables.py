@@ -139,7 +139,8 @@ def _attack_protocol(data: RunData, ev: pd.DataFrame) -> list[str]:
         p = data.info(k)["params"]
         groups.setdefault((data.info(k)["name"], threat_of(p)), []).append(p)
     for (name, _), ps in groups.items():
-        eps_list = ", ".join(dict.fromkeys(format_eps(p.get("eps")) for p in ps))
+        eps_list = ", ".join(dict.fromkeys(format_eps(p.get("eps")) if p.get("eps") is not None
+                                           else "none (a patch's pixels are free)" for p in ps))
         norms = ", ".join(dict.fromkeys(str(p.get("norm", "?")) for p in ps))
         steps = ", ".join(dict.fromkeys(str(p.get("steps")) for p in ps if p.get("steps") is not None)) or NA
         others = params_text(ps[0], skip=("eps", "norm", "steps", *THREAT_DEFAULTS))
