@@ -92,7 +92,7 @@ def test_builtin_attacks_registered():
     assert set(FAST) <= set(list_attacks())
     assert list_attacks("pg*") == ["pgd"]
     grad = {n for n in FAST if is_gradient_based(n)}
-    assert grad == {"fgsm", "pgd", "cw", "sld", "autoattack", "apgd", "bpda", "patch_fool",
+    assert grad == {"fgsm", "pgd", "cw", "cw-cleverhans", "sld", "autoattack", "apgd", "bpda", "patch_fool",
                     "adversarial_patch"}  # transfer: the surrogate's
 
 
