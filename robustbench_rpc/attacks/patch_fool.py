@@ -56,8 +56,8 @@ class PatchFool(GradientAttack):
     def __init__(self, eps: float | None = None, norm: str = "Linf", n_patches: int = 1, select: str = "attention",
                  select_layer: int | None = None, loss: str = "attention", attention_weight: float = 0.002,
                  steps: int = 250, lr: float = 0.05, lr_step: int = 10, lr_gamma: float = 0.95,
-                 patch_size: int | None = None, return_best: bool = True, space: str = "pixel", clip: bool = True, labels: str = "true",
-                 seed: int | None = None, batch_size: int | None = None, progress: bool | None = None):
+                 patch_size: int | None = None, return_best: bool = True, space: str = "pixel", clip: bool = True,
+                 labels: str = "true", seed: int | None = None, batch_size: int | None = None, progress: bool | None = None):
         super().__init__(eps=eps, norm=norm, space=space, clip=clip, labels=labels, seed=seed,
                          batch_size=batch_size, progress=progress)
         if select not in SELECTS:
@@ -113,9 +113,10 @@ class PatchFool(GradientAttack):
         kept = FirstFooling(x) if self.return_best else None
         for _ in range(self.steps):
             with torch.enable_grad(), (probe.recording() if attack_layers else contextlib.nullcontext()):
-                logits = model(background + delta * mask)
+                attacked = background + delta * mask
+                logits = model(attacked)
                 if kept is not None:
-                    kept.see(background + delta.detach() * mask, logits, y)
+                    kept.see(attacked, logits, y)
                 ce = F.cross_entropy(logits.float(), y)
                 grad = g_ce = torch.autograd.grad(ce, delta, retain_graph=bool(attack_layers))[0]
                 for layer in attack_layers:

@@ -7,7 +7,7 @@ from .. import metrics
 from ..evalspec import eps_label as format_eps, is_adaptive, threat_of, threat_text
 from .compute import NAN, WorstGroup, acc_stats, corruption_results, finite, ood_result, worst_case, worst_groups
 from .data import RunData, eps_key, slug
-from .protocol import attack_display, eval_label, patch_threat, threat_suffix
+from .protocol import attack_display, eval_label, patch_label, threat_suffix
 from .render import Table, fmt_ci, fmt_delta, fmt_num, pct
 from ..evaluation.ood import protocol_of
 
@@ -146,8 +146,7 @@ def attack_columns(data: RunData) -> tuple[list[Column], list[str]]:
         elif len(keys) == 1 and str(names[0]).lower() != "autoattack":
             st = p.get("steps")
             label = attack_display(names[0]) + (f"-{st}" if st is not None and st != 1 else "")
-            patch = patch_threat(str(names[0]), p) if p.get("eps") is None else None
-            title = f"{patch[0]}, k={patch[1]}" if patch else f"{label} {where(dataset, norm, eps, p)}"
+            title = patch_label(str(names[0]), p) or f"{label} {where(dataset, norm, eps, p)}"
             robust_cols.append((title, "attacks", _acc_getter(data, keys[0]), keys[0]))
         elif len(keys) > 1:
             combined = ", ".join(attack_display(n) for n in dict.fromkeys(names))

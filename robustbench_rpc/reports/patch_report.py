@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from .. import metrics
-from .compute import acc_stats
+from .compute import _corruption_of, acc_stats
 from .data import RunData, paired
 from .plots import _colors, _save, plt
 from .protocol import patch_threat
@@ -33,8 +33,8 @@ def _items(data: RunData) -> list[tuple[str, int, str]]:
         info = data.info(key)
         if info.get("kind") not in ("attack", "corruption"):
             continue
-        name = info["params"].get("corruption", info.get("name")) if info["kind"] == "corruption" else info.get("name")
-        threat = patch_threat(str(name), info["params"])
+        name = _corruption_of(info) if info["kind"] == "corruption" else str(info.get("name"))
+        threat = patch_threat(name, info["params"])
         if threat is not None:
             found.append((*threat, key))
             datasets.add(info.get("dataset"))

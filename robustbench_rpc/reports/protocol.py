@@ -49,13 +49,20 @@ def patch_threat(name: str, params: dict) -> tuple[str, int] | None:
     return None
 
 
+def patch_label(name: str, params: dict) -> str | None:
+    """'Patch-Fool (ce loss, 50 steps), k=2': a patch attack's label, its budget being its patches (no eps);
+    None for any other attack, or a patch attack also bounded by an eps."""
+    patch = patch_threat(name, params) if params.get("eps") is None else None
+    return f"{patch[0]}, k={patch[1]}" if patch is not None else None
+
+
 def eval_label(info: dict) -> str:
     p = info.get("params") or {}
     kind = info.get("kind")
     if kind == "attack":
-        patch = patch_threat(str(info.get("name")), p) if p.get("eps") is None else None
-        if patch is not None:  # a patch's budget is its patches, not an eps
-            return f"{patch[0]}, k={patch[1]}"
+        patch = patch_label(str(info.get("name")), p)
+        if patch is not None:
+            return patch
         label = f"{attack_name(info)} {p.get('norm', '?')} eps={format_eps(p.get('eps'), p.get('norm'))}"
         steps = p.get("steps")
         return label + (f" ({steps} step{'' if steps == 1 else 's'})" if steps is not None else "")

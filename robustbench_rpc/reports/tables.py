@@ -13,7 +13,8 @@ from .compute import (
 from .data import RunData, eps_key, slug
 from .headline import headline_table
 from .protocol import (
-    attack_name, common_lines, dataset_lines, eval_label, incomplete_notes, params_text, pixel_equivalents,
+    attack_name, common_lines, dataset_lines, eval_label, incomplete_notes, params_text, patch_label,
+    pixel_equivalents,
 )
 from .render import Table, fmt_ci, fmt_delta, fmt_num, fmt_p, pct
 from ..evaluation.ood import describe as describe_protocol, protocol_of
@@ -139,8 +140,8 @@ def _attack_protocol(data: RunData, ev: pd.DataFrame) -> list[str]:
         p = data.info(k)["params"]
         groups.setdefault((data.info(k)["name"], threat_of(p)), []).append(p)
     for (name, _), ps in groups.items():
-        eps_list = ", ".join(dict.fromkeys(format_eps(p.get("eps")) if p.get("eps") is not None
-                                           else "none (a patch's pixels are free)" for p in ps))
+        eps_list = ", ".join(dict.fromkeys("none (a patch's pixels are free)" if patch_label(name, p)
+                                           else format_eps(p.get("eps")) for p in ps))
         norms = ", ".join(dict.fromkeys(str(p.get("norm", "?")) for p in ps))
         steps = ", ".join(dict.fromkeys(str(p.get("steps")) for p in ps if p.get("steps") is not None)) or NA
         others = params_text(ps[0], skip=("eps", "norm", "steps", *THREAT_DEFAULTS))
